@@ -1,0 +1,185 @@
+"""The job config: one typed section per stage, loaded from YAML plus ``key=value`` overrides.
+
+Everything is validated here, before Ray starts; stage code reads these fields and never
+guesses a default. An error names the file and the dotted field.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dsw_ray.errors import ConfigError
+from dsw_ray.tasks import TASKS
+from dsw_ray.toy import ToyModelConfig
+
+
+class Section(BaseModel):
+    # A misspelt key is an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid")
+
+
+class TaskConfig(Section):
+    name: str = Field(description=f"Task: one of {sorted(TASKS)}.")
+    data_path: str | None = Field(
+        None, description="Dataset folder or file (local path or pyarrow URI); arith generates its own."
+    )
+    num_questions: int | None = Field(None, ge=1, description="Cap on unlabeled questions (None: the whole split).")
+    num_valid: int | None = Field(None, ge=1, description="Cap on the labeled valid set (None: the whole split).")
+    num_test: int | None = Field(None, ge=1, description="Cap on test questions (None: the whole split).")
+    seed: int = Field(0, description="Seed of the arith task's generated data.")
+
+    @field_validator("name")
+    @classmethod
+    def known_task(cls, name: str) -> str:
+        if name not in TASKS:
+            raise ValueError(f"unknown task {name!r}; choose one of {sorted(TASKS)}")
+        return name
+
+    @model_validator(mode="after")
+    def data_present(self) -> TaskConfig:
+        if TASKS[self.name].needs_data:
+            if self.data_path is None:
+                raise ValueError(f"task {self.name!r} reads a dataset: set task.data_path")
+            if "://" not in self.data_path and not os.path.exists(self.data_path):
+                raise ValueError(f"task.data_path {self.data_path!r} does not exist")
+        return self
+
+
+class ModelConfig(Section):
+    path: str = Field(description="Hugging Face model directory of the base model (round 1).")
+    toy: ToyModelConfig | None = Field(
+        None, description="If set, build the embedded toy base model at `path` when it is not there yet."
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype in every stage.")
+    trust_remote_code: bool = Field(False, description="Run code shipped with the model (off: only known archs).")
+
+
+class ActorPool(Section):
+    actors: int = Field(1, ge=1, description="Actors in the pool; each loads the model once.")
+    cpus_per_actor: float | None = Field(
+        None, gt=0, description="CPUs Ray reserves per actor (None: share the cluster, leaving room for Ray Data)."
+    )
+    gpus_per_actor: float = Field(0, ge=0, description="GPUs per actor.")
+    batch_size: int = Field(8, ge=1, description="Rows per call of the actor.")
+
+
+class GenerateConfig(ActorPool):
+    backend: Literal["transformers"] = Field("transformers", description="Generation engine.")
+    samples_per_question: int = Field(4, ge=1, description="m: candidates sampled per question.")
+    temperature: float = Field(1.1, gt=0, description="Sampling temperature (the paper: 1.1).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    max_new_tokens: int = Field(256, ge=1, description="Token budget of one candidate; it stops at '\\nQ:' first.")
+    seed: int = Field(0, description="Job seed; each candidate's seed derives from it, its question and index.")
+
+
+class ScoreConfig(ActorPool):
+    batch_size: int = Field(16, ge=1, description="Candidates per batched forward pass.")
+    loss_on: Literal["answer", "full"] = Field(
+        "answer",
+        description="Tokens a sample's loss averages over: the answer and its EOS (what training minimizes), "
+        "or the whole 'Q: ...\\nA: ...' text as the authors' code does.",
+    )
+
+
+class FilterConfig(Section):
+    keep_fraction: float = Field(0.8, gt=0, le=1, description="k: fraction of majority candidates kept (lowest DS).")
+
+
+class LoraConfig(Section):
+    r: int = Field(8, ge=1, description="LoRA rank.")
+    alpha: float = Field(16, gt=0, description="LoRA alpha.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
+    target_modules: list[str] = Field(
+        ["q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"], min_length=1, description="Modules to adapt."
+    )
+
+
+class TrainConfig(Section):
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (one process each).")
+    cpus_per_worker: float | None = Field(None, gt=0, description="CPUs per worker (None: share the cluster).")
+    use_gpu: bool = Field(False, description="One GPU per worker, NCCL; off: CPU and gloo.")
+    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage (0: plain data parallel).")
+    epochs: int = Field(1, ge=1, description="Passes over the kept samples.")
+    micro_batch_size: int = Field(4, ge=1, description="Samples per worker per forward pass.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro batches per optimizer step.")
+    learning_rate: float = Field(3e-4, gt=0, description="Peak learning rate of AdamW.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field("linear", description="Decay after warmup.")
+    warmup_fraction: float = Field(0.0, ge=0, lt=1, description="Share of optimizer steps spent warming up.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    max_length: int = Field(512, ge=8, description="Longest training text in tokens; longer ones are cut.")
+    lora: LoraConfig | None = Field(None, description="LoRA adapter settings; None: full fine-tuning.")
+    seed: int = Field(0, description="Seed of shuffling and initialization.")
+
+
+class EvaluateConfig(ActorPool):
+    batch_size: int = Field(16, ge=1, description="Test questions per greedy generate call.")
+    max_new_tokens: int = Field(256, ge=1, description="Token budget of one greedy answer.")
+
+
+class RayConfig(Section):
+    address: str | None = Field(None, description="Cluster to join ('auto' or ray://...); None: start Ray locally.")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a locally started Ray (None: this machine's).")
+
+
+class JobConfig(Section):
+    run_dir: str = Field(description="Where every stage writes its artifacts; rerunning reuses finished ones.")
+    rounds: int = Field(1, ge=1, description="Self-improvement rounds; each starts from the last exported model.")
+    task: TaskConfig
+    model: ModelConfig
+    generate: GenerateConfig = GenerateConfig()
+    score: ScoreConfig = ScoreConfig()
+    filter: FilterConfig = FilterConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    ray: RayConfig = RayConfig()
+
+
+def apply_override(data: dict, override: str, source: str) -> None:
+    """``train.epochs=2`` sets ``data["train"]["epochs"] = 2`` (the value read as YAML)."""
+    key, sep, raw = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {override!r} is not of the form key=value (e.g. train.epochs=2).")
+    *parents, leaf = key.strip().split(".")
+    node = data
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {override!r}: {part!r} in {source} is not a section.")
+        node = child
+    try:
+        node[leaf] = yaml.safe_load(raw)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {override!r}: the value is not valid YAML ({error}).") from error
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    lines = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"  {field}: {item['msg']}")
+    return f"{source}: the job config is not valid:\n" + "\n".join(lines)
+
+
+def load_job(path: str, overrides: list[str] = ()) -> JobConfig:
+    """Read a job YAML, apply overrides, validate. Every problem is a ConfigError naming the file."""
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such job file.") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error}).") from error
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a job file is a YAML mapping of sections (task, model, ...).")
+    for override in overrides:
+        apply_override(data, override, path)
+    try:
+        return JobConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error, path)) from None

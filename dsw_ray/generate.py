@@ -1,0 +1,194 @@
+"""Generate: m chain-of-thought candidates per question, on a Ray Data actor pool.
+
+Each actor loads the model once; one ``generate`` call produces all m samples of a batch
+of prompts, padded to the longest prompt of the batch, stopping at ``\\nQ:``.
+
+Every candidate has its own seed, derived from the job seed, the round, its question and
+its index: sampling is Gumbel-max (temperature, top-p, then noise from the candidate's
+own generator, then argmax), so a candidate's text does not depend on which batch or
+actor produced it, and a retried batch reproduces its rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import numpy as np
+
+from dsw_ray import columns as C
+from dsw_ray.models import STOP, load_model, load_tokenizer
+from dsw_ray.tasks import get_task
+
+log = logging.getLogger(__name__)
+
+OUTPUT_COLUMNS = (
+    C.QUESTION_ID, C.SAMPLE_INDEX, C.QUESTION, C.GOLD, C.TEXT, C.SEED,
+    C.PROMPT_TOKENS, C.COMPLETION_TOKENS, C.FINISH_REASON,
+)
+
+
+def sample_seed(job_seed: int, round_index: int, question_id: str, sample_index: int) -> int:
+    """A 63-bit seed that is a pure function of the candidate's identity."""
+    digest = hashlib.blake2b(f"{job_seed}/{round_index}/{question_id}/{sample_index}".encode(), digest_size=8)
+    return int.from_bytes(digest.digest(), "little") >> 1
+
+
+def cut_at_stop(text: str, stopped_by_eos: bool) -> tuple[str, str]:
+    """The candidate before ``\\nQ:``, and why it ended: ``stop`` or ``length``."""
+    head, found, _ = text.partition(STOP)
+    return head.strip(), "stop" if found or stopped_by_eos else "length"
+
+
+class GumbelSampler:
+    """A logits processor that turns greedy decoding into sampling with per-row seeds.
+
+    ``argmax(logits / T + Gumbel noise)`` is an exact sample of ``softmax(logits / T)``;
+    drawing each row's noise from its own generator makes the sample independent of the
+    other rows in the batch.
+    """
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float):
+        import torch
+
+        self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        self.temperature, self.top_p = temperature, top_p
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        scores = scores.float() / self.temperature
+        if self.top_p < 1.0:
+            ordered, order = torch.sort(scores, descending=True, dim=-1)
+            cumulative = ordered.softmax(-1).cumsum(-1)
+            # Drop a token once the mass before it already reaches top_p (the first always stays).
+            drop = (cumulative - ordered.softmax(-1)) >= self.top_p
+            scores = scores.scatter(-1, order, ordered.masked_fill(drop, float("-inf")))
+        uniform = torch.stack([torch.rand(scores.shape[-1], generator=g) for g in self.generators])
+        uniform = uniform.clamp_(min=1e-20, max=1 - 1e-7).to(scores.device)
+        return scores - torch.log(-torch.log(uniform))
+
+
+class TransformersGenerator:
+    """Ray Data callable class: ``__call__`` maps a batch of questions to their candidates.
+
+    ``temperature=None`` decodes greedily with one candidate per question (evaluation).
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        task_name: str,
+        samples_per_question: int,
+        temperature: float | None,
+        top_p: float,
+        max_new_tokens: int,
+        seed: int,
+        round_index: int,
+        dtype: str = "float32",
+        trust_remote_code: bool = False,
+        threads: int | None = None,
+    ):
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.task = get_task(task_name)
+        self.tokenizer = load_tokenizer(model_path, trust_remote_code, padding_side="left")
+        self.model = load_model(model_path, dtype, trust_remote_code)
+        self.samples = 1 if temperature is None else samples_per_question
+        self.temperature, self.top_p = temperature, top_p
+        self.max_new_tokens, self.seed, self.round_index = max_new_tokens, seed, round_index
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        import torch
+        from transformers import LogitsProcessorList
+
+        C.require(batch, (C.QUESTION_ID, C.QUESTION), "generate")
+        question_ids = [str(q) for q in batch[C.QUESTION_ID]]
+        prompts = [self.task.prompt(str(q)) for q in batch[C.QUESTION]]
+        encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        encoded = encoded.to(self.model.device)
+        seeds = [sample_seed(self.seed, self.round_index, q, i) for q in question_ids for i in range(self.samples)]
+        processors = LogitsProcessorList()
+        if self.temperature is not None:
+            processors.append(GumbelSampler(seeds, self.temperature, self.top_p))
+        with torch.inference_mode():
+            output = self.model.generate(
+                **encoded,
+                do_sample=False,
+                num_return_sequences=self.samples,  # rows come out prompt-major: q0 s0..s(m-1), q1 ...
+                max_new_tokens=self.max_new_tokens,
+                stop_strings=[STOP],
+                tokenizer=self.tokenizer,
+                logits_processor=processors,
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.tokenizer.eos_token_id,
+            )
+        new_tokens = output[:, encoded["input_ids"].shape[1] :].cpu()
+        prompt_lengths = encoded["attention_mask"].sum(dim=1).tolist()
+        rows = {name: [] for name in OUTPUT_COLUMNS}
+        golds = batch.get(C.GOLD)
+        for row, tokens in enumerate(new_tokens.tolist()):
+            question = row // self.samples
+            length, stopped_by_eos = self.generated_length(tokens)
+            text, finish_reason = cut_at_stop(
+                self.tokenizer.decode(tokens[:length], skip_special_tokens=True), stopped_by_eos
+            )
+            rows[C.QUESTION_ID].append(question_ids[question])
+            rows[C.SAMPLE_INDEX].append(row % self.samples)
+            rows[C.QUESTION].append(str(batch[C.QUESTION][question]))
+            rows[C.GOLD].append(None if golds is None else golds[question])
+            rows[C.TEXT].append(text)
+            rows[C.SEED].append(seeds[row] if self.temperature is not None else None)
+            rows[C.PROMPT_TOKENS].append(int(prompt_lengths[question]))
+            rows[C.COMPLETION_TOKENS].append(length)
+            rows[C.FINISH_REASON].append(finish_reason)
+        return rows
+
+    def generated_length(self, tokens: list[int]) -> tuple[int, bool]:
+        """Tokens the model really produced (padding after a stop excluded), and whether EOS ended it."""
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        for position, token in enumerate(tokens):
+            if token == eos:
+                return position + 1, True
+            if token == pad:
+                return position, False
+        return len(tokens), False
+
+
+def generate(questions, model_path: str, job, round_index: int, greedy: bool = False):
+    """The generate stage: a Ray Dataset of questions to one of candidates (lazy).
+
+    ``greedy`` decodes one answer per question with the evaluate section's settings.
+    """
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from dsw_ray.resources import pool_cpus, torch_threads
+
+    section = job.evaluate if greedy else job.generate
+    what = "evaluate" if greedy else "generate"
+    cpus = pool_cpus(section.actors, section.cpus_per_actor, ray.cluster_resources().get("CPU", 1), what)
+    constructor = dict(
+        model_path=model_path,
+        task_name=job.task.name,
+        samples_per_question=1 if greedy else job.generate.samples_per_question,
+        temperature=None if greedy else job.generate.temperature,
+        top_p=job.generate.top_p,
+        max_new_tokens=section.max_new_tokens,
+        seed=job.generate.seed,
+        round_index=round_index,
+        dtype=job.model.dtype,
+        trust_remote_code=job.model.trust_remote_code,
+        threads=torch_threads(cpus),
+    )
+    return questions.map_batches(
+        TransformersGenerator,
+        fn_constructor_kwargs=constructor,
+        batch_size=section.batch_size,
+        batch_format="numpy",
+        compute=ActorPoolStrategy(size=section.actors),
+        num_cpus=cpus,
+        num_gpus=section.gpus_per_actor,
+    )

@@ -1,0 +1,34 @@
+"""How much of the cluster an actor pool takes, so that no default job can hang.
+
+Ray Data's read and map tasks need CPU too: a pool whose actors reserve every CPU starves
+them and the job waits forever without an error. Pools therefore leave RESERVED_CPUS free,
+and a pool asked to take more is a configuration error, raised before any work starts.
+"""
+
+from __future__ import annotations
+
+import math
+
+from dsw_ray.errors import ConfigError
+
+RESERVED_CPUS = 0.5
+
+
+def pool_cpus(actors: int, cpus_per_actor: float | None, cluster_cpus: float, what: str) -> float:
+    """CPUs Ray reserves for each actor of a pool of ``actors`` on ``cluster_cpus``."""
+    free = cluster_cpus - RESERVED_CPUS
+    if cpus_per_actor is None:
+        # Share the cluster: at most one CPU per actor, never all of it.
+        return round(min(1.0, free / actors), 3)
+    if actors * cpus_per_actor > free:
+        raise ConfigError(
+            f"{what}: {actors} actor(s) x {cpus_per_actor} CPU leave less than {RESERVED_CPUS} of the "
+            f"cluster's {cluster_cpus:g} CPUs for Ray Data's tasks, and the job would hang; "
+            f"lower {what}.actors or {what}.cpus_per_actor (or leave it unset)."
+        )
+    return cpus_per_actor
+
+
+def torch_threads(cpus: float) -> int:
+    """Intra-op threads for a worker holding ``cpus`` CPUs (at least one)."""
+    return max(1, math.floor(cpus))

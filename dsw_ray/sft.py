@@ -1,0 +1,50 @@
+"""The supervised text of one sample: ``Q: <question>\\nA: <answer><EOS>``.
+
+One encoding serves training and scoring, so the loss a DS weight is computed from is the
+loss the trainer minimizes: the prompt gets label -100 (no loss), the answer and the EOS
+that closes it are the targets.
+"""
+
+from __future__ import annotations
+
+from dsw_ray.tasks.numeric import training_prompt
+
+IGNORE = -100
+
+
+def encode_example(tokenizer, question: str, answer: str, max_length: int, loss_on: str = "answer") -> dict:
+    """``input_ids`` and ``labels`` of one sample; ``loss_on="full"`` keeps the prompt in the loss."""
+    prompt_ids = tokenizer(training_prompt(question), add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    input_ids = (prompt_ids + answer_ids)[:max_length]
+    labels = (prompt_ids if loss_on == "full" else [IGNORE] * len(prompt_ids)) + answer_ids
+    return {"input_ids": input_ids, "labels": labels[:max_length]}
+
+
+def pad_batch(examples: list[dict], pad_token_id: int):
+    """Right-pad to the longest example of the batch: ``input_ids``, ``attention_mask``, ``labels``."""
+    import torch
+
+    longest = max(len(e["input_ids"]) for e in examples)
+    input_ids = torch.full((len(examples), longest), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(examples), longest), IGNORE, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), longest), dtype=torch.long)
+    for row, example in enumerate(examples):
+        n = len(example["input_ids"])
+        input_ids[row, :n] = torch.tensor(example["input_ids"])
+        labels[row, :n] = torch.tensor(example["labels"])
+        attention_mask[row, :n] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def sequence_losses(model, batch: dict):
+    """Mean token cross-entropy of each row over its labeled positions (a 1-D tensor)."""
+    import torch
+
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    targets = batch["labels"][:, 1:]
+    token_losses = torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE, reduction="none"
+    )
+    counts = (targets != IGNORE).sum(dim=1)
+    return token_losses.sum(dim=1) / counts.clamp(min=1)

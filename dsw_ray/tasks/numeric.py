@@ -1,0 +1,86 @@
+"""What every numeric task shares: the prompt layout, the answer parser and the grader.
+
+A candidate ends in ``The answer is X.``; the parser reads the number after the
+first ``the answer is`` (generation stops at the next ``\\nQ:``, so there is one).
+Numbers compare as numbers: ``"1,000" == "1000"`` and ``"2.5" != "2"``.
+
+>>> parse_answer("48 / 2 = 24. 48 + 24 = 72. The answer is 72.")
+'72'
+>>> is_correct("1000", "1,000"), is_correct("2.5", "2"), is_correct(None, "3")
+(True, False, False)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+
+ANSWER_PHRASE = re.compile(r"the answer is", re.IGNORECASE)
+# A number as people write it: optional sign or currency, thousands commas, decimals.
+NUMBER = re.compile(r"-?\$?\s*(\d[\d,]*(?:\.\d+)?|\.\d+)")
+
+
+def normalize_number(value: str | float | int) -> str | None:
+    """Canonical text of a number (``"1,000.50"`` -> ``"1000.5"``), or None."""
+    text = str(value).strip().replace(",", "").replace("$", "").replace(" ", "")
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        return None
+    if not number.is_finite():
+        return None
+    canonical = format(number.normalize(), "f")
+    return "0" if canonical in ("-0", "0") else canonical
+
+
+def parse_answer(text: str) -> str | None:
+    """The number after the first "The answer is", normalized; None if there is none."""
+    phrase = ANSWER_PHRASE.search(text)
+    if phrase is None:
+        return None
+    match = NUMBER.search(text, phrase.end())
+    # The number must follow the phrase directly (allowing ': $ ' and spaces), not
+    # be one found a sentence later.
+    if match is None or text[phrase.end() : match.start()].strip(" :*") not in ("", "$", "-"):
+        return None
+    sign = "-" if match.group(0).lstrip().startswith("-") else ""
+    return normalize_number(sign + match.group(1))
+
+
+def is_correct(predicted: str | None, gold: str | float | int) -> bool:
+    """Whether a parsed answer equals the gold answer as a number."""
+    if predicted is None:
+        return False
+    expected = normalize_number(gold)
+    return expected is not None and normalize_number(predicted) == expected
+
+
+@dataclass(frozen=True)
+class Example:
+    """One labeled or unlabeled question of a task split."""
+
+    question_id: str
+    question: str
+    gold: str | None = None
+    rationale: str | None = None
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The three sets of one round: unlabeled questions, the labeled valid set, the test set."""
+
+    questions: list[Example]
+    valid: list[Example]
+    test: list[Example]
+
+
+def few_shot_prompt(exemplars: list[tuple[str, str]], question: str) -> str:
+    """Exemplars as ``Q: ...\\nA: ...`` blocks, then ``Q: <question>\\nA: ``."""
+    shots = "".join(f"Q: {q}\nA: {a}\n\n" for q, a in exemplars)
+    return f"{shots}Q: {question}\nA: "
+
+
+def training_prompt(question: str) -> str:
+    """The part of a training text that gets no loss (the paper: no few-shot prefix)."""
+    return f"Q: {question}\nA: "

@@ -1,0 +1,157 @@
+"""The embedded base model: a tiny Llama pre-trained briefly on labeled ``arith`` problems.
+
+No weights can be downloaded on a machine without internet, so the quickstart builds its
+own base model: a byte-level BPE tokenizer trained on arith text (digits split one per
+token, which makes arithmetic learnable for a small model) and a small Llama pre-trained
+on packed ``Q: ...\\nA: ...`` blocks, the same layout as a few-shot prompt. It is saved as
+an ordinary Hugging Face directory and used like any other model path; a second build at
+the same path with the same settings reuses it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dsw_ray.tasks import arith
+
+log = logging.getLogger(__name__)
+
+MARKER = "dsw_ray_toy.json"
+
+
+class ToyModelConfig(BaseModel):
+    """How to build the embedded base model when ``model.path`` does not hold one yet."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hidden_size: int = Field(192, ge=8, description="Width of the Llama model.")
+    num_layers: int = Field(2, ge=1, description="Number of decoder layers.")
+    num_heads: int = Field(6, ge=1, description="Attention heads per layer.")
+    vocab_size: int = Field(400, ge=300, description="Target size of the trained BPE vocabulary.")
+    pretrain_examples: int = Field(6000, ge=10, description="Labeled arith problems in the pre-training corpus.")
+    steps: int = Field(800, ge=1, description="Optimizer steps of pre-training; fewer leave more room to improve.")
+    batch_size: int = Field(16, ge=1, description="Packed sequences per pre-training step.")
+    block_size: int = Field(128, ge=32, description="Tokens per packed pre-training sequence.")
+    learning_rate: float = Field(2e-3, gt=0, description="Peak AdamW learning rate (cosine decay).")
+    seed: int = Field(1234, description="Seed of the corpus, the initialization and the batches.")
+
+
+def corpus(config: ToyModelConfig, exclude: set[str]) -> list[str]:
+    """Labeled ``Q:/A:`` blocks from a stream of their own, none of them an ``exclude`` question."""
+    examples = arith.generate_examples(config.seed, config.pretrain_examples, "pretrain", exclude)
+    return [f"Q: {e.question}\nA: {e.rationale}\n\n" for e in examples]
+
+
+def train_tokenizer(texts: list[str], vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+
+
+def pretrain(model, token_ids: list[int], config: ToyModelConfig) -> float:
+    """Next-token training on random windows of the token stream; returns the last loss."""
+    import torch
+
+    generator = torch.Generator().manual_seed(config.seed)
+    stream = torch.tensor(token_ids)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, betas=(0.9, 0.95), weight_decay=0.0)
+    warmup = max(1, config.steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / config.steps)),
+    )
+    model.train()
+    loss = torch.tensor(float("nan"))
+    for step in range(config.steps):
+        starts = torch.randint(0, len(stream) - config.block_size, (config.batch_size,), generator=generator)
+        batch = torch.stack([stream[s : s + config.block_size] for s in starts.tolist()])
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % 50 == 0 or step == config.steps - 1:
+            log.info("toy pre-training step %d/%d loss %.3f", step + 1, config.steps, loss.item())
+    model.eval()
+    return float(loss.item())
+
+
+def build_toy_model(path: str, config: ToyModelConfig, exclude: set[str] = frozenset()) -> str:
+    """Build the model at ``path`` unless a build with the same settings is already there."""
+    marker = os.path.join(path, MARKER)
+    settings = config.model_dump()
+    if os.path.exists(marker):
+        with open(marker) as f:
+            if json.load(f).get("config") == settings:
+                log.info("reusing the toy base model at %s", path)
+                return path
+        raise FileExistsError(
+            f"{path} holds a toy model built with other settings; remove it or point model.path elsewhere."
+        )
+    if os.path.exists(path) and os.listdir(path):
+        raise FileExistsError(f"{path} exists and is not a toy model build; point model.path elsewhere.")
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    started = time.time()
+    torch.manual_seed(config.seed)
+    texts = corpus(config, set(exclude))
+    random.Random(config.seed).shuffle(texts)
+    tokenizer = train_tokenizer(texts, config.vocab_size)
+    token_ids = [tokenizer.bos_token_id]
+    for text in texts:
+        token_ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=config.hidden_size,
+            intermediate_size=config.hidden_size * 3,
+            num_hidden_layers=config.num_layers,
+            num_attention_heads=config.num_heads,
+            num_key_value_heads=config.num_heads,
+            max_position_embeddings=1024,
+            tie_word_embeddings=True,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    final_loss = pretrain(model, token_ids, config)
+    # Build in a sibling folder and rename, so an interrupted build never looks finished.
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".toy-", dir=parent)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    with open(os.path.join(staging, MARKER), "w") as f:
+        json.dump({"config": settings, "final_loss": final_loss, "seconds": time.time() - started}, f)
+    if os.path.exists(path):
+        shutil.rmtree(path)
+    os.rename(staging, path)
+    log.info("built the toy base model at %s in %.0f s (loss %.3f)", path, time.time() - started, final_loss)
+    return path
