@@ -108,7 +108,9 @@ class TransformersGenerator:
         question_ids = [str(q) for q in batch[C.QUESTION_ID]]
         prompts = [self.task.prompt(str(q)) for q in batch[C.QUESTION]]
         encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        encoded = encoded.to(self.model.device)
+        # Each prompt repeated m times, prompt-major (q0 s0..s(m-1), q1 ...): decoding is
+        # greedy over Gumbel-perturbed logits, and greedy generate takes one sequence per row.
+        encoded = {k: v.repeat_interleave(self.samples, dim=0).to(self.model.device) for k, v in encoded.items()}
         seeds = [sample_seed(self.seed, self.round_index, q, i) for q in question_ids for i in range(self.samples)]
         processors = LogitsProcessorList()
         if self.temperature is not None:
@@ -117,7 +119,6 @@ class TransformersGenerator:
             output = self.model.generate(
                 **encoded,
                 do_sample=False,
-                num_return_sequences=self.samples,  # rows come out prompt-major: q0 s0..s(m-1), q1 ...
                 max_new_tokens=self.max_new_tokens,
                 stop_strings=[STOP],
                 tokenizer=self.tokenizer,
@@ -126,7 +127,7 @@ class TransformersGenerator:
                 eos_token_id=self.tokenizer.eos_token_id,
             )
         new_tokens = output[:, encoded["input_ids"].shape[1] :].cpu()
-        prompt_lengths = encoded["attention_mask"].sum(dim=1).tolist()
+        prompt_lengths = encoded["attention_mask"].sum(dim=1).tolist()  # one per row
         rows = {name: [] for name in OUTPUT_COLUMNS}
         golds = batch.get(C.GOLD)
         for row, tokens in enumerate(new_tokens.tolist()):
@@ -141,7 +142,7 @@ class TransformersGenerator:
             rows[C.GOLD].append(None if golds is None else golds[question])
             rows[C.TEXT].append(text)
             rows[C.SEED].append(seeds[row] if self.temperature is not None else None)
-            rows[C.PROMPT_TOKENS].append(int(prompt_lengths[question]))
+            rows[C.PROMPT_TOKENS].append(int(prompt_lengths[row]))
             rows[C.COMPLETION_TOKENS].append(length)
             rows[C.FINISH_REASON].append(finish_reason)
         return rows

@@ -1,7 +1,7 @@
 """What every numeric task shares: the prompt layout, the answer parser and the grader.
 
-A candidate ends in ``The answer is X.``; the parser reads the number after the
-first ``the answer is`` (generation stops at the next ``\\nQ:``, so there is one).
+A candidate ends in ``The answer is X.``; the parser reads the number right after
+the first ``the answer is`` that has one (generation stops at the next ``\\nQ:``).
 Numbers compare as numbers: ``"1,000" == "1000"`` and ``"2.5" != "2"``.
 
 >>> parse_answer("48 / 2 = 24. 48 + 24 = 72. The answer is 72.")
@@ -35,17 +35,15 @@ def normalize_number(value: str | float | int) -> str | None:
 
 
 def parse_answer(text: str) -> str | None:
-    """The number after the first "The answer is", normalized; None if there is none."""
-    phrase = ANSWER_PHRASE.search(text)
-    if phrase is None:
-        return None
-    match = NUMBER.search(text, phrase.end())
-    # The number must follow the phrase directly (allowing ': $ ' and spaces), not
-    # be one found a sentence later.
-    if match is None or text[phrase.end() : match.start()].strip(" :*") not in ("", "$", "-"):
-        return None
-    sign = "-" if match.group(0).lstrip().startswith("-") else ""
-    return normalize_number(sign + match.group(1))
+    """The number right after the first "The answer is" that has one, normalized; else None."""
+    for phrase in ANSWER_PHRASE.finditer(text):
+        match = NUMBER.search(text, phrase.end())
+        # The number must follow the phrase directly (allowing ':', '$' and spaces), not be
+        # one found a sentence later ("The answer is therefore 3" reads on to the next one).
+        if match is not None and text[phrase.end() : match.start()].strip(" :*") in ("", "$", "-"):
+            sign = "-" if match.group(0).lstrip().startswith("-") else ""
+            return normalize_number(sign + match.group(1))
+    return None
 
 
 def is_correct(predicted: str | None, gold: str | float | int) -> bool:

@@ -1,0 +1,27 @@
+"""Shared fixtures: the real datasets beside the checkout and a tiny model the tests build."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> str:
+    if not os.path.isdir(SHARED_DATA):
+        pytest.skip(f"the shared datasets are not at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """A real (tiny, briefly pre-trained) Llama model directory, built once per test session."""
+    from dsw_ray.toy import ToyModelConfig, build_toy_model
+
+    path = tmp_path_factory.mktemp("models") / "tiny"
+    config = ToyModelConfig(hidden_size=32, num_layers=2, num_heads=2, pretrain_examples=300, steps=30, batch_size=8)
+    return build_toy_model(str(path), config)

@@ -1,0 +1,78 @@
+import glob
+import os
+
+import pytest
+
+from dsw_ray import ConfigError, load_job
+from dsw_ray.resources import pool_cpus
+from tests.conftest import ROOT
+
+MINIMAL = "run_dir: runs/x\ntask: {name: arith}\nmodel: {path: m}\n"
+
+
+def write(tmp_path, text):
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults_and_overrides(tmp_path):
+    job = load_job(write(tmp_path, MINIMAL), ["train.epochs=3", "filter.keep_fraction=0.5", "train.lora={r: 4}"])
+    assert job.train.epochs == 3 and job.filter.keep_fraction == 0.5 and job.train.lora.r == 4
+    assert job.generate.samples_per_question == 4 and job.train.zero_stage == 2 and job.rounds == 1
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("filter.keep_fraction=0", "filter.keep_fraction"),
+        ("filter.keep_fraction=1.5", "filter.keep_fraction"),
+        ("generate.samples_per_question=0", "generate.samples_per_question"),
+        ("train.epochs=two", "train.epochs"),
+        ("task.name=mnist", "task.name"),
+        ("train.zero_stage=4", "train.zero_stage"),
+        ("train.epoch=2", "train.epoch"),
+    ],
+)
+def test_errors_name_the_field_and_the_file(tmp_path, override, field):
+    path = write(tmp_path, MINIMAL)
+    with pytest.raises(ConfigError) as error:
+        load_job(path, [override])
+    assert field in str(error.value) and path in str(error.value)
+
+
+def test_dataset_tasks_need_an_existing_path(tmp_path):
+    path = write(tmp_path, MINIMAL.replace("arith", "gsm8k"))
+    with pytest.raises(ConfigError, match="task.data_path"):
+        load_job(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_job(path, [f"task.data_path={tmp_path}/missing"])
+
+
+def test_malformed_inputs(tmp_path):
+    with pytest.raises(ConfigError, match="no such job file"):
+        load_job(str(tmp_path / "nope.yaml"))
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_job(write(tmp_path, "task: [unclosed"))
+    with pytest.raises(ConfigError, match="key=value"):
+        load_job(write(tmp_path, MINIMAL), ["train.epochs"])
+
+
+@pytest.mark.parametrize("job_file", sorted(glob.glob(os.path.join(ROOT, "jobs", "*.yaml"))))
+def test_every_shipped_job_validates(job_file):
+    with open(job_file) as f:
+        assert f.readline().startswith("# dsw-ray run"), "a job file opens with the command that runs it"
+    cwd = os.getcwd()
+    os.chdir(ROOT)  # job files give paths relative to the project root
+    try:
+        load_job(job_file)
+    finally:
+        os.chdir(cwd)
+
+
+def test_pools_leave_cpu_for_ray_data():
+    assert pool_cpus(1, None, 2, "generate") == 1.0
+    assert pool_cpus(2, None, 2, "generate") == 0.75
+    assert pool_cpus(2, 0.5, 2, "generate") == 0.5
+    with pytest.raises(ConfigError, match="would hang"):
+        pool_cpus(2, 1.0, 2, "generate")

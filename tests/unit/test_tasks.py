@@ -1,0 +1,105 @@
+import json
+
+import pytest
+
+from dsw_ray import get_task
+from dsw_ray.errors import DataError
+from dsw_ray.tasks import gsm8k, svamp
+from dsw_ray.tasks.numeric import normalize_number
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("3 + 4 = 7. The answer is 7.", "7"),
+        ("So 1,000 in all. The answer is 1,000.", "1000"),
+        ("The answer is $2.50.", "2.5"),
+        ("The answer is -3.", "-3"),
+        ("the answer is: 12", "12"),
+        ("The answer is 5. Then the answer is 6.", "5"),
+        ("No final answer here, 42.", None),
+        ("The answer is unclear. Maybe 4.", None),
+        ("", None),
+    ],
+)
+def test_parse_answer(text, expected):
+    assert get_task("gsm8k").parse_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    "predicted, gold, expected",
+    [("1000", "1,000", True), ("2.5", "2", False), ("2", 2.0, True), ("51", 51.0, True), (None, "3", False),
+     ("0.50", ".5", True), ("-0", "0", True), ("7", "seven", False)],
+)
+def test_is_correct_compares_numbers(predicted, gold, expected):
+    assert get_task("svamp").is_correct(predicted, gold) is expected
+
+
+def test_prompt_ends_with_the_question_and_exemplars_end_in_the_answer():
+    for name in ("arith", "gsm8k", "svamp"):
+        task = get_task(name)
+        prompt = task.prompt("How many?")
+        assert prompt.endswith("Q: How many?\nA: ")
+        for question, answer in task.exemplars:
+            assert answer.startswith(answer.strip()) and "The answer is" in answer
+            assert task.parse_answer(answer) is not None
+            assert f"Q: {question}\nA: {answer}\n\n" in prompt
+
+
+def test_every_gsm8k_gold_answer_parses_back(shared_data):
+    splits = gsm8k.load(f"{shared_data}/gsm8k", None, None, None, 0)
+    assert (len(splits.questions), len(splits.valid), len(splits.test)) == (7099, 374, 1319)
+    task = get_task("gsm8k")
+    for example in splits.questions + splits.valid + splits.test:
+        # The rewritten rationale ends in "The answer is N." and parses back to the gold answer.
+        assert task.is_correct(task.parse_answer(example.rationale), example.gold), example
+        assert "<<" not in example.rationale and "####" not in example.rationale
+
+
+def test_every_svamp_gold_answer_parses_back(shared_data):
+    splits = svamp.load(f"{shared_data}/svamp/SVAMP.json", None, None, None, 0)
+    assert len(splits.test) == 300 and len(splits.questions) + len(splits.valid) == 700
+    task = get_task("svamp")
+    for example in splits.valid:
+        assert task.is_correct(task.parse_answer(example.rationale), example.gold), example
+    raw = json.load(open(f"{shared_data}/svamp/SVAMP.json"))
+    assert all(task.is_correct(task.parse_answer(f"The answer is {row['Answer']}."), row["Answer"]) for row in raw)
+
+
+def test_arith_splits_are_seeded_and_disjoint():
+    task = get_task("arith")
+    first, again = task.load(None, 50, 10, 20, 3), task.load(None, 50, 10, 20, 3)
+    assert first == again
+    texts = [{e.question for e in part} for part in (first.questions, first.valid, first.test)]
+    assert not (texts[0] & texts[1] or texts[0] & texts[2] or texts[1] & texts[2])
+    for example in first.valid:
+        assert task.is_correct(task.parse_answer(example.rationale), example.gold)
+    assert task.load(None, 50, 10, 20, 4).questions != first.questions
+
+
+def test_gsm8k_bad_rows_name_the_file_and_line(tmp_path):
+    (tmp_path / "test.jsonl").write_text(json.dumps({"question": "q", "answer": "1\n#### 1"}) + "\n")
+    cases = {
+        "{not json": "line 2: not a JSON object",
+        json.dumps({"question": "", "answer": "#### 1"}): "'question' is missing, empty",
+        json.dumps({"question": "q", "answer": "no marker"}): "no '#### N' line",
+        json.dumps({"question": "q", "answer": "#### many"}): "is not a number",
+    }
+    for line, message in cases.items():
+        (tmp_path / "train.jsonl").write_text(json.dumps({"question": "q", "answer": "#### 2"}) + "\n" + line + "\n")
+        with pytest.raises(DataError, match=message) as error:
+            gsm8k.load(str(tmp_path), None, None, None, 0)
+        assert "train.jsonl" in str(error.value)
+
+
+def test_svamp_duplicate_ids_are_rejected(tmp_path):
+    row = {"ID": "a", "Body": "b", "Question": "q?", "Equation": "( 1.0 + 1.0 )", "Answer": 2.0}
+    (tmp_path / "SVAMP.json").write_text(json.dumps([row, row]))
+    with pytest.raises(DataError, match="duplicate ID 'a'"):
+        svamp.load(str(tmp_path), None, None, None, 0)
+
+
+def test_normalize_number():
+    assert normalize_number("1,000.50") == "1000.5"
+    assert normalize_number(51.0) == "51"
+    assert normalize_number("nan") is None and normalize_number("inf") is None
