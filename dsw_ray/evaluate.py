@@ -14,7 +14,7 @@ def grade(answers: pd.DataFrame, task_name: str) -> pd.DataFrame:
     task = get_task(task_name)
     parsed = [task.parse_answer(text) for text in answers[C.TEXT]]
     correct = [task.is_correct(p, gold) for p, gold in zip(parsed, answers[C.GOLD])]
-    return answers.assign(**{C.ANSWER: parsed, C.CORRECT: correct})
+    return answers.assign(**{C.ANSWER: pd.array(parsed, dtype="string"), C.CORRECT: correct})
 
 
 def evaluate(test_questions, model_path: str, job):

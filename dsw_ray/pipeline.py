@@ -109,7 +109,11 @@ def base_model(job: JobConfig, splits: Splits) -> str:
 
 def run_round(job: JobConfig, run_dir: str, round_index: int, model_path: str, model_fp: str, splits: Splits) -> dict:
     """One round of METHOD.md on ``model_path``; returns the round's summary."""
-    stage = lambda name: os.path.join(run_dir, f"round-{round_index}", name)  # noqa: E731
+    round_dir = os.path.join(run_dir, f"round-{round_index}")
+
+    def stage(name: str) -> str:
+        return os.path.join(round_dir, name)
+
     questions = os.path.join(run_dir, "inputs", "questions")
 
     gen_fp = fingerprint("generate", job.task, job.generate, model_fp, round_index)
@@ -167,7 +171,7 @@ def run_round(job: JobConfig, run_dir: str, round_index: int, model_path: str, m
             model_path,
             job,
             os.path.join(out, "model"),
-            os.path.join(run_dir, f"round-{round_index}", "ray_train"),
+            stage("ray_train"),
         ),
     )
     model_dir = os.path.join(stage("train"), "model")
@@ -217,16 +221,23 @@ def write_inputs(run_dir: str, splits: Splits, job: JobConfig) -> None:
         )
 
 
+# Workers log our stage lines, not one download-style progress bar per model load.
+QUIET_WORKERS = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false"}
+
+
 def start_ray(job: JobConfig) -> None:
     import ray
+    import ray.data
 
-    if ray.is_initialized():
-        return
-    if job.ray.address:
-        ray.init(address=job.ray.address)
-    else:
-        # The dashboard stays off: a local run exposes nothing beyond this process.
-        ray.init(num_cpus=job.ray.num_cpus, include_dashboard=False, configure_logging=False)
+    if not ray.is_initialized():
+        runtime_env = {"env_vars": QUIET_WORKERS}
+        if job.ray.address:
+            ray.init(address=job.ray.address, runtime_env=runtime_env)
+        else:
+            # The dashboard stays off: a local run exposes nothing beyond this process.
+            ray.init(num_cpus=job.ray.num_cpus, include_dashboard=False, runtime_env=runtime_env)
+    context = ray.data.DataContext.get_current()
+    context.enable_operator_progress_bars = False
 
 
 def run_job(job: JobConfig) -> dict:

@@ -33,6 +33,12 @@ def vote_question(candidates: pd.DataFrame, parse_answer) -> pd.DataFrame:
     candidates = candidates.sort_values(C.SAMPLE_INDEX, kind="stable")
     answers = [parse_answer(text) for text in candidates[C.TEXT]]
     winner, is_majority = majority_vote(answers)
+    # Typed as strings even when every answer is None: a block of nulls must not give
+    # the stage's parquet files a schema that disagrees with the other blocks.
     return candidates.assign(
-        **{C.ANSWER: answers, C.MAJORITY_ANSWER: winner, C.IS_MAJORITY: is_majority}
+        **{
+            C.ANSWER: pd.array(answers, dtype="string"),
+            C.MAJORITY_ANSWER: pd.array([winner] * len(answers), dtype="string"),
+            C.IS_MAJORITY: is_majority,
+        }
     )

@@ -41,23 +41,23 @@ def problem(rng: random.Random) -> tuple[str, str, int]:
     (name, pronoun), item = rng.choice(NAMES), rng.choice(ITEMS)
     kind = rng.choice(["add", "sub", "mul", "two_step"])
     if kind == "add":
-        a, b = rng.randint(2, 12), rng.randint(2, 9)
+        a, b = rng.randint(2, 19), rng.randint(2, 9)
         answer = a + b
         question = f"{name} has {a} {item}. {pronoun} gets {b} more. How many {item} does {name} have now?"
         steps = f"{a} + {b} = {answer}."
     elif kind == "sub":
-        a = rng.randint(5, 15)
+        a = rng.randint(5, 20)
         b = rng.randint(1, a - 1)
         answer = a - b
         question = f"{name} has {a} {item}. {pronoun} gives away {b}. How many {item} does {name} have left?"
         steps = f"{a} - {b} = {answer}."
     elif kind == "mul":
-        a, b = rng.randint(2, 5), rng.randint(2, 4)
+        a, b = rng.randint(2, 5), rng.randint(2, 5)
         answer = a * b
         question = f"{name} buys {a} bags with {b} {item} in each bag. How many {item} does {name} buy?"
         steps = f"{a} * {b} = {answer}."
     else:
-        a, b = rng.randint(2, 9), rng.randint(2, 6)
+        a, b = rng.randint(2, 12), rng.randint(2, 9)
         c = rng.randint(1, a + b - 1)
         answer = a + b - c
         question = (

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pandas as pd
 import pyarrow.dataset as pads
 import pytest
 
@@ -64,8 +65,9 @@ def test_whole_round(tiny_model, tmp_path, ray_session):
     task = get_task("arith")
     assert len(voted) == len(generated)
     for _, row in voted.iterrows():
-        assert row[C.IS_MAJORITY] == (row[C.ANSWER] is not None and row[C.ANSWER] == row[C.MAJORITY_ANSWER])
-        assert task.parse_answer(row[C.TEXT]) == row[C.ANSWER]
+        answer = None if pd.isna(row[C.ANSWER]) else row[C.ANSWER]
+        assert row[C.IS_MAJORITY] == (answer is not None and answer == row[C.MAJORITY_ANSWER])
+        assert task.parse_answer(row[C.TEXT]) == answer
 
     scored = table(run_dir, "round-1/score")
     assert len(scored) == int(voted[C.IS_MAJORITY].sum())
@@ -149,3 +151,25 @@ def test_cli_reports_user_errors_without_traceback(tmp_path):
     )
     assert missing.returncode == 2 and "is not a directory" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+@pytest.mark.timeout(300)
+def test_two_default_actors_on_two_cpus_do_not_starve_ray_data(tiny_model, tmp_path):
+    """The trap of this machine: actors that reserve every CPU leave Ray Data's read tasks none
+    and the job waits forever. With default CPUs a two-actor pool on two CPUs must finish."""
+    script = f"""
+import ray
+from dsw_ray.config import JobConfig
+from dsw_ray.pipeline import read_dataset, write_inputs, examples_table, write_table
+from dsw_ray.generate import generate
+from dsw_ray.tasks import get_task
+job = JobConfig.model_validate({{"run_dir": "{tmp_path}", "task": {{"name": "arith"}}, "model": {{"path": "{tiny_model}"}},
+    "generate": {{"actors": 2, "samples_per_question": 2, "max_new_tokens": 8, "batch_size": 2}}}})
+ray.init(num_cpus=2, include_dashboard=False)
+write_table(examples_table(get_task("arith").load(None, 8, 2, 2, 0).questions), "{tmp_path}/q")
+rows = generate(read_dataset("{tmp_path}/q", 2, 2), "{tiny_model}", job, 1).count()
+print("ROWS", rows)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ROWS 16" in result.stdout

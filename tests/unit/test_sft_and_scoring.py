@@ -1,0 +1,59 @@
+"""The supervised encoding and the scorer's losses, on a real tiny transformers model."""
+
+import numpy as np
+import pytest
+import torch
+
+from dsw_ray.models import load_model, load_tokenizer
+from dsw_ray.score import LossModel, valid_loss_stats
+from dsw_ray.sft import IGNORE, encode_example, pad_batch, sequence_losses
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model):
+    return load_tokenizer(tiny_model)
+
+
+def test_prompt_gets_no_loss_and_eos_closes_the_answer(tokenizer):
+    example = encode_example(tokenizer, "Mia has 3 pens.", "3 + 1 = 4. The answer is 4.", 512)
+    prompt_len = len(tokenizer("Q: Mia has 3 pens.\nA: ", add_special_tokens=False)["input_ids"])
+    assert example["labels"][:prompt_len] == [IGNORE] * prompt_len
+    assert example["labels"][prompt_len:] == example["input_ids"][prompt_len:]
+    assert example["input_ids"][-1] == tokenizer.eos_token_id and example["labels"][-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(example["input_ids"][prompt_len:-1]) == "3 + 1 = 4. The answer is 4."
+    full = encode_example(tokenizer, "Mia has 3 pens.", "4.", 512, loss_on="full")
+    assert IGNORE not in full["labels"]
+
+
+def test_padding_gets_no_loss(tokenizer):
+    short = encode_example(tokenizer, "q", "1.", 512)
+    long = encode_example(tokenizer, "a longer question here", "2 + 2 = 4. The answer is 4.", 512)
+    batch = pad_batch([short, long], tokenizer.pad_token_id)
+    n = len(short["input_ids"])
+    assert (batch["labels"][0, n:] == IGNORE).all() and (batch["attention_mask"][0, n:] == 0).all()
+    assert batch["attention_mask"][1].all()
+
+
+def test_batched_loss_equals_one_at_a_time_loss(tiny_model):
+    scorer = LossModel(tiny_model, "float32", False, 512, "answer")
+    questions = ["Mia has 3 pens.", "Tom buys 2 bags with 4 cards in each bag. How many cards?", "q"]
+    answers = ["3 + 1 = 4. The answer is 4.", "2 * 4 = 8. The answer is 8.", "The answer is 1."]
+    batched = scorer.losses(questions, answers, batch_size=3)
+    single = np.array([scorer.losses([q], [a], batch_size=1)[0] for q, a in zip(questions, answers)])
+    np.testing.assert_allclose(batched, single, atol=1e-5, rtol=0)
+    # And both equal a plain per-token cross-entropy computed without our helpers.
+    model, tokenizer = load_model(tiny_model, device="cpu"), load_tokenizer(tiny_model)
+    example = encode_example(tokenizer, questions[1], answers[1], 512)
+    ids = torch.tensor([example["input_ids"]])
+    with torch.no_grad():
+        reference = model(input_ids=ids, labels=torch.tensor([example["labels"]])).loss.item()
+    assert batched[1] == pytest.approx(reference, abs=1e-5)
+    with torch.no_grad():
+        again = sequence_losses(model, pad_batch([example], tokenizer.pad_token_id))
+    assert again.item() == pytest.approx(reference, abs=1e-5)
+
+
+def test_valid_loss_stats():
+    mean, stderr, n = valid_loss_stats(np.array([1.0, 2.0, 3.0, 4.0]))
+    assert (mean, n) == (2.5, 4)
+    assert stderr == pytest.approx(np.std([1, 2, 3, 4], ddof=1) / 2)
