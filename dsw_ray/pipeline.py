@@ -127,7 +127,7 @@ def run_round(job: JobConfig, run_dir: str, round_index: int, model_path: str, m
     )
 
     vote_fp = fingerprint("vote", gen_fp)
-    voted = run_stage(
+    run_stage(
         stage("vote"),
         vote_fp,
         lambda out: write_dataset(
@@ -182,16 +182,11 @@ def run_round(job: JobConfig, run_dir: str, round_index: int, model_path: str, m
         "model": model_dir,
         "model_fingerprint": train_fp,
         "candidates": generated["rows"],
-        "majority": voted_majority(stage("vote")),
-        "scored": scored["rows"],
+        "majority": scored["rows"],  # only majority candidates are scored
         "valid_loss_mean": first_value(stage("score"), C.VALID_LOSS_MEAN),
         "methods": {"iwsi": {"kept": kept["rows"], "dropped": kept["dropped"], "accuracy": evaluated}},
         "train": {k: trained[k] for k in ("optimizer_steps", "final_loss") if k in trained},
     }
-
-
-def voted_majority(stage_dir: str) -> int:
-    return sum(read_table(stage_dir)[C.IS_MAJORITY].to_pylist())
 
 
 def first_value(stage_dir: str, column: str):

@@ -39,8 +39,8 @@ class ToyModelConfig(BaseModel):
     vocab_size: int = Field(400, ge=300, description="Target size of the trained BPE vocabulary.")
     pretrain_examples: int = Field(6000, ge=10, description="Labeled arith problems in the pre-training corpus.")
     steps: int = Field(800, ge=1, description="Optimizer steps of pre-training; fewer leave more room to improve.")
-    batch_size: int = Field(16, ge=1, description="Packed sequences per pre-training step.")
-    block_size: int = Field(128, ge=32, description="Tokens per packed pre-training sequence.")
+    batch_size: int = Field(8, ge=1, description="Packed sequences per pre-training step.")
+    block_size: int = Field(256, ge=32, description="Tokens per packed pre-training sequence; longer than a few-shot prompt and its answer.")
     learning_rate: float = Field(2e-3, gt=0, description="Peak AdamW learning rate (cosine decay).")
     seed: int = Field(1234, description="Seed of the corpus, the initialization and the batches.")
 

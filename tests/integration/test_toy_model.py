@@ -1,0 +1,37 @@
+"""The embedded default model must leave self-improvement room: right sometimes, not always."""
+
+import os
+
+import pytest
+import torch
+
+from dsw_ray import get_task
+from dsw_ray.models import STOP, load_model, load_tokenizer
+from dsw_ray.toy import MARKER, ToyModelConfig, build_toy_model
+
+
+@pytest.mark.timeout(600)
+def test_default_toy_model_is_between_useless_and_perfect(tmp_path):
+    task = get_task("arith")
+    splits = task.load(None, 8, 24, 100, 0)
+    path = build_toy_model(str(tmp_path / "toy"), ToyModelConfig(), {e.question for e in splits.test + splits.valid})
+    tokenizer, model = load_tokenizer(path, padding_side="left"), load_model(path, device="cpu")
+    correct = 0
+    for start in range(0, 100, 50):
+        batch = splits.test[start : start + 50]
+        encoded = tokenizer([task.prompt(e.question) for e in batch], return_tensors="pt", padding=True)
+        with torch.inference_mode():
+            output = model.generate(
+                **encoded, do_sample=False, max_new_tokens=48, stop_strings=[STOP], tokenizer=tokenizer,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        texts = tokenizer.batch_decode(output[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
+        correct += sum(task.is_correct(task.parse_answer(t.split(STOP)[0]), e.gold) for t, e in zip(texts, batch))
+    assert 5 <= correct <= 80, f"greedy accuracy {correct}% leaves no room to improve or nothing to improve on"
+
+    # A second build with the same settings reuses the directory; other settings are refused.
+    mtime = os.path.getmtime(os.path.join(path, MARKER))
+    assert build_toy_model(path, ToyModelConfig()) == path
+    assert os.path.getmtime(os.path.join(path, MARKER)) == mtime
+    with pytest.raises(FileExistsError, match="other settings"):
+        build_toy_model(path, ToyModelConfig(steps=5))
