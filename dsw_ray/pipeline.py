@@ -42,6 +42,8 @@ def data_dir(stage_dir: str) -> str:
 
 
 def count_rows(stage_dir: str) -> int:
+    if not os.path.isdir(data_dir(stage_dir)):  # Ray Data writes no file for an empty dataset
+        return 0
     return pads.dataset(data_dir(stage_dir), format="parquet").count_rows()
 
 
@@ -148,6 +150,12 @@ def run_round(job: JobConfig, run_dir: str, round_index: int, model_path: str, m
         ),
     )
 
+    if scored["rows"] == 0:
+        raise UserError(
+            f"round {round_index}: no candidate has a parsable majority answer, so there is nothing to "
+            f"fine-tune on; see {stage('vote')} and raise generate.max_new_tokens or check the task's prompt."
+        )
+
     filter_fp = fingerprint("filter", score_fp, job.filter)
 
     def keep(out: str) -> dict:
@@ -155,11 +163,6 @@ def run_round(job: JobConfig, run_dir: str, round_index: int, model_path: str, m
         return {**write_table(filtered.kept, out), "dropped": filtered.dropped}
 
     kept = run_stage(stage("filter"), filter_fp, keep)
-    if kept["rows"] == 0:
-        raise UserError(
-            f"round {round_index}: no candidate survived voting and filtering (no parsable answers?); "
-            f"see {stage('vote')} and raise generate.max_new_tokens or check the task's prompt."
-        )
 
     train_fp = fingerprint("train", filter_fp, job.train, job.model.dtype)
     trained = run_stage(

@@ -112,7 +112,9 @@ def score(candidates, valid, model_path: str, job):
     if len(valid) < 30:
         log.warning("the valid set has %d examples; Lv's standard error will be large (the paper: >= 50).", len(valid))
     cpus = pool_cpus(job.score.actors, job.score.cpus_per_actor, ray.cluster_resources().get("CPU", 1), "score")
-    return candidates.filter(expr=f"{C.IS_MAJORITY} == True").map_batches(
+    from ray.data.expressions import col
+
+    return candidates.filter(expr=col(C.IS_MAJORITY)).map_batches(
         Scorer,
         fn_constructor_kwargs=dict(
             model_path=model_path,

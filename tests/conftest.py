@@ -25,3 +25,14 @@ def tiny_model(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("models") / "tiny"
     config = ToyModelConfig(hidden_size=32, num_layers=2, num_heads=2, pretrain_examples=300, steps=30, batch_size=8)
     return build_toy_model(str(path), config)
+
+
+@pytest.fixture(scope="session")
+def toy_model(tmp_path_factory) -> str:
+    """The quickstart's base model (about 100 s to build): good enough to give parsable answers."""
+    from dsw_ray import get_task
+    from dsw_ray.toy import ToyModelConfig, build_toy_model
+
+    splits = get_task("arith").load(None, 8, 24, 100, 0)
+    path = tmp_path_factory.mktemp("models") / "toy"
+    return build_toy_model(str(path), ToyModelConfig(), {e.question for e in splits.test + splits.valid})

@@ -44,7 +44,8 @@ def ray_session():
     ray.shutdown()
 
 
-def test_whole_round(tiny_model, tmp_path, ray_session):
+def test_whole_round(toy_model, tmp_path, ray_session):
+    tiny_model = toy_model
     from dsw_ray.pipeline import run_job
 
     job = tiny_job(tiny_model, tmp_path / "run")

@@ -11,10 +11,10 @@ from dsw_ray.toy import MARKER, ToyModelConfig, build_toy_model
 
 
 @pytest.mark.timeout(600)
-def test_default_toy_model_is_between_useless_and_perfect(tmp_path):
+def test_default_toy_model_is_between_useless_and_perfect(toy_model):
     task = get_task("arith")
     splits = task.load(None, 8, 24, 100, 0)
-    path = build_toy_model(str(tmp_path / "toy"), ToyModelConfig(), {e.question for e in splits.test + splits.valid})
+    path = toy_model
     tokenizer, model = load_tokenizer(path, padding_side="left"), load_model(path, device="cpu")
     correct = 0
     for start in range(0, 100, 50):
