@@ -1,7 +1,7 @@
 """How much of the cluster an actor pool takes, so that no default job can hang.
 
 Ray Data's read and map tasks need CPU too: a pool whose actors reserve every CPU starves
-them and the job waits forever without an error. Pools therefore leave RESERVED_CPUS free,
+them and the job waits forever without an error. A Ray Data task asks for one CPU, so pools leave RESERVED_CPUS free,
 and a pool asked to take more is a configuration error, raised before any work starts.
 """
 
@@ -11,7 +11,7 @@ import math
 
 from dsw_ray.errors import ConfigError
 
-RESERVED_CPUS = 0.5
+RESERVED_CPUS = 1.0
 
 
 def pool_cpus(actors: int, cpus_per_actor: float | None, cluster_cpus: float, what: str) -> float:
