@@ -58,8 +58,8 @@ def write_dataset(dataset, stage_dir: str) -> dict:
     return {"rows": count_rows(stage_dir)}
 
 
-def read_table(stage_dir: str) -> pa.Table:
-    return pads.dataset(data_dir(stage_dir), format="parquet").to_table()
+def read_table(stage_dir: str, columns: list[str] | None = None) -> pa.Table:
+    return pads.dataset(data_dir(stage_dir), format="parquet").to_table(columns=columns)
 
 
 def read_dataset(stage_dir: str, rows_per_block: int, min_blocks: int = 1):
@@ -84,7 +84,7 @@ def vote_group(candidates, task_name: str):
 
 
 def accuracy(stage_dir: str) -> float:
-    correct = read_table(stage_dir)[C.CORRECT].to_pylist()
+    correct = read_table(stage_dir, [C.CORRECT])[C.CORRECT].to_pylist()
     return sum(correct) / len(correct) if correct else float("nan")
 
 
@@ -160,7 +160,10 @@ def run_round(job: JobConfig, run_dir: str, round_index: int, model_path: str, m
 
     def keep(out: str) -> dict:
         filtered = iwsi(read_table(stage("score")), job.filter.keep_fraction)
-        return {**write_table(filtered.kept, out), "dropped": filtered.dropped}
+        # Scoring already left out the candidates that lost the vote: count them here too.
+        lost_vote = generated["rows"] - scored["rows"]
+        dropped = {**filtered.dropped, "not_majority": filtered.dropped["not_majority"] + lost_vote}
+        return {**write_table(filtered.kept, out), "dropped": dropped}
 
     kept = run_stage(stage("filter"), filter_fp, keep)
 
@@ -193,7 +196,7 @@ def run_round(job: JobConfig, run_dir: str, round_index: int, model_path: str, m
 
 
 def first_value(stage_dir: str, column: str):
-    values = read_table(stage_dir)[column]
+    values = read_table(stage_dir, [column])[column]
     return values[0].as_py() if len(values) else None
 
 

@@ -1,8 +1,9 @@
 """How much of the cluster an actor pool takes, so that no default job can hang.
 
 Ray Data's read and map tasks need CPU too: a pool whose actors reserve every CPU starves
-them and the job waits forever without an error. A Ray Data task asks for one CPU, so pools leave RESERVED_CPUS free,
-and a pool asked to take more is a configuration error, raised before any work starts.
+them and the job waits forever without an error. A Ray Data task asks for one whole CPU,
+so pools leave RESERVED_CPUS free, and a pool asked to take more is a configuration
+error, raised before any work starts.
 """
 
 from __future__ import annotations

@@ -119,7 +119,8 @@ def train_worker(
     optimizer = torch.optim.AdamW(
         parameters, lr=settings["learning_rate"], betas=tuple(settings["betas"]), weight_decay=settings["weight_decay"]
     )
-    total_steps = max(1, optimizer_steps(num_samples_per_worker, settings))
+    expected_steps = optimizer_steps(num_samples_per_worker, settings)
+    total_steps = max(1, expected_steps)
     warmup = math.floor(settings["warmup_fraction"] * total_steps)
 
     def lr_factor(step: int) -> float:
@@ -153,7 +154,7 @@ def train_worker(
             history.append({"epoch": epoch, "optimizer_step": int(engine.global_steps), "loss": float(loss.item())})
     metrics = {
         "optimizer_steps": int(engine.global_steps),
-        "expected_optimizer_steps": optimizer_steps(num_samples_per_worker, settings),
+        "expected_optimizer_steps": expected_steps,
         "micro_batches": len(history),
         "final_loss": history[-1]["loss"] if history else float("nan"),
         "seconds": time.time() - started,
@@ -169,6 +170,7 @@ def train_worker(
     with open(os.path.join(out_dir, LOSS_HISTORY), "w") as f:
         json.dump({"metrics": metrics, "history": history}, f)
     report(metrics, out_dir)
+    shutil.rmtree(out_dir, ignore_errors=True)  # the report copied it into the run's storage
 
 
 def ray_train_loop(settings: dict) -> None:

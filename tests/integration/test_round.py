@@ -20,11 +20,11 @@ def table(run_dir, stage):
     return pads.dataset(os.path.join(run_dir, stage, "data"), format="parquet").to_table().to_pandas()
 
 
-def tiny_job(tiny_model, run_dir, **overrides):
+def tiny_job(model_path, run_dir, **overrides):
     job = {
         "run_dir": str(run_dir),
         "task": {"name": "arith", "num_questions": 12, "num_valid": 6, "num_test": 10, "seed": 1},
-        "model": {"path": tiny_model},
+        "model": {"path": model_path},
         "generate": {"samples_per_question": 3, "max_new_tokens": 24, "batch_size": 4},
         "score": {"batch_size": 8},
         "train": {"epochs": 1, "micro_batch_size": 4, "learning_rate": 1e-3},
@@ -45,10 +45,9 @@ def ray_session():
 
 
 def test_whole_round(toy_model, tmp_path, ray_session):
-    tiny_model = toy_model
     from dsw_ray.pipeline import run_job
 
-    job = tiny_job(tiny_model, tmp_path / "run")
+    job = tiny_job(toy_model, tmp_path / "run")
     summary = run_job(job)
     run_dir = job.run_dir
 
@@ -95,7 +94,10 @@ def test_whole_round(toy_model, tmp_path, ray_session):
     assert len(evaluated) == 10
     with open(os.path.join(run_dir, "summary.json")) as f:
         written = json.load(f)
-    assert written["task"] == "arith" and written["model"] == tiny_model
+    assert written["task"] == "arith" and written["model"] == toy_model
+    dropped = written["methods"]["iwsi"]["dropped"]
+    assert dropped["not_majority"] == len(generated) - len(scored)
+    assert dropped["high_ds_weight"] == len(scored) - len(kept)
     assert written["methods"]["iwsi"]["kept"] == len(kept)
     assert written["methods"]["iwsi"]["accuracy"] == pytest.approx(evaluated[C.CORRECT].mean())
     assert written["base_accuracy"] == pytest.approx(table(run_dir, "base/evaluate")[C.CORRECT].mean())
@@ -109,7 +111,7 @@ def test_whole_round(toy_model, tmp_path, ray_session):
         assert os.path.getmtime(os.path.join(run_dir, "round-1", stage, "manifest.json")) == mtime, stage
 
     # A changed filter recomputes the filter and what follows, not generation or scoring.
-    changed = tiny_job(tiny_model, tmp_path / "run", filter={"keep_fraction": 0.5})
+    changed = tiny_job(toy_model, tmp_path / "run", filter={"keep_fraction": 0.5})
     resumed = run_job(changed)
     assert resumed["methods"]["iwsi"]["kept"] == round(0.5 * len(scored))
     assert os.path.getmtime(os.path.join(run_dir, "round-1", "score", "manifest.json")) == before["score"]
