@@ -10,17 +10,6 @@ import time
 from dsw_ray.errors import UserError
 
 
-def format_table(summary: dict) -> str:
-    rows = [("base", "-", summary["base_accuracy"])]
-    for result in summary["rounds"]:
-        for method, numbers in result["methods"].items():
-            rows.append((f"{method} (round {result['round']})", str(numbers["kept"]), numbers["accuracy"]))
-    width = max(len(name) for name, _, _ in rows)
-    lines = [f"{'method':<{width}}  {'kept':>6}  accuracy", f"{'-' * width}  {'-' * 6}  --------"]
-    lines += [f"{name:<{width}}  {kept:>6}  {acc * 100:7.1f}%" for name, kept, acc in rows]
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dsw-ray", description="Importance-weighted self-improvement on Ray.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -41,14 +30,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         job = load_job(args.job, args.overrides)
         from dsw_ray.pipeline import run_job
+        from dsw_ray.report import text_table
 
         summary = run_job(job)
     except UserError as error:
         print(f"dsw-ray: {error}", file=sys.stderr)
         return 2
     print(f"\n{summary['task']}: {summary['questions']} questions, {summary['valid']} valid, {summary['test']} test")
-    print(format_table(summary))
-    print(f"\nrun directory: {job.run_dir} (summary.json); {time.time() - started:.0f} s")
+    print(text_table(summary))
+    print(f"\nrun directory: {job.run_dir} (summary.json, report.md); {time.time() - started:.0f} s")
     return 0
 
 

@@ -19,6 +19,8 @@ MAJORITY_ANSWER = "majority_answer"
 LOSS = "loss"
 VALID_LOSS_MEAN = "valid_loss_mean"
 DS_WEIGHT = "ds_weight"
+REWARD = "reward"  # a reward model's score of the candidate (the rm method)
+LOSS_WEIGHT = "loss_weight"  # the factor on a kept sample's training loss (1 unless a method weights)
 CORRECT = "correct"
 
 KEY = (QUESTION_ID, SAMPLE_INDEX)

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dsw_ray.errors import ConfigError
+from dsw_ray.filters import METHODS
 from dsw_ray.tasks import TASKS
 from dsw_ray.toy import ToyModelConfig
 
@@ -86,7 +87,21 @@ class ScoreConfig(ActorPool):
 
 
 class FilterConfig(Section):
-    keep_fraction: float = Field(0.8, gt=0, le=1, description="k: fraction of majority candidates kept (lowest DS).")
+    keep_fraction: float = Field(
+        0.8, gt=0, le=1, description="k: fraction of majority candidates iwsi and rm keep (random keeps as many as iwsi)."
+    )
+    weight_clip: float = Field(2.0, gt=0, description="C: iwsi_w weights each sample's loss by clip(w', 0, C).")
+    entropy_threshold: float = Field(
+        0.5, ge=0, le=1, description="entropy drops questions whose answer entropy / log m is above this."
+    )
+    seed: int = Field(0, description="Seed of the random method's draw.")
+
+
+class RewardConfig(ActorPool):
+    model_path: str | None = Field(
+        None, description="Sequence-classification reward model directory (the rm method); its first logit is the reward."
+    )
+    batch_size: int = Field(16, ge=1, description="Candidates per batched forward pass.")
 
 
 class LoraConfig(Section):
@@ -129,15 +144,46 @@ class RayConfig(Section):
 
 class JobConfig(Section):
     run_dir: str = Field(description="Where every stage writes its artifacts; rerunning reuses finished ones.")
-    rounds: int = Field(1, ge=1, description="Self-improvement rounds; each starts from the last exported model.")
+    rounds: int = Field(1, ge=1, description="Self-improvement rounds; each method starts from its own last export.")
+    methods: list[str] = Field(
+        ["iwsi"],
+        min_length=1,
+        description=f"Filters to compare on the same candidates, one fine-tune each: any of {list(METHODS)}.",
+    )
+    semantics: Literal["paper", "official"] = Field(
+        "paper",
+        description="paper: the method as published. official: the authors' released code where it changes "
+        "the numbers (loss text, DS clipping, keep rule, integer answers), to compare with published results.",
+    )
     task: TaskConfig
     model: ModelConfig
     generate: GenerateConfig = GenerateConfig()
     score: ScoreConfig = ScoreConfig()
     filter: FilterConfig = FilterConfig()
+    reward: RewardConfig = RewardConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     ray: RayConfig = RayConfig()
+
+    @field_validator("methods")
+    @classmethod
+    def known_methods(cls, methods: list[str]) -> list[str]:
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+        if len(set(methods)) != len(methods):
+            raise ValueError("a method is listed twice")
+        return methods
+
+    @model_validator(mode="after")
+    def reward_model_present(self) -> JobConfig:
+        if "rm" in self.methods:
+            path = self.reward.model_path
+            if path is None:
+                raise ValueError("the rm method needs reward.model_path (a sequence-classification model)")
+            if "://" not in path and not os.path.isdir(path):
+                raise ValueError(f"reward.model_path {path!r} is not a directory")
+        return self
 
 
 def apply_override(data: dict, override: str, source: str) -> None:

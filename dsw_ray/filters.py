@@ -1,38 +1,207 @@
-"""Filter: which scored candidates the fine-tune learns from, with every drop counted.
+"""Filter: which candidates a method fine-tunes on, with per-row loss weights and every drop counted.
 
-IWSI keeps the ``keep_fraction`` of majority candidates with the lowest DS weights. The
-ranking is over all candidates of the round at once, ordered by ``(question_id,
-sample_index)`` first, so ties break the same way in every run.
+Every method reads the same table: all candidates of a round with their parsed ``answer``
+and ``is_majority`` (vote), and for majority candidates ``loss``, ``valid_loss_mean`` and
+``ds_weight`` (score) and, when the ``rm`` method runs, ``reward``. It returns the kept
+rows, ordered by ``(question_id, sample_index)``, with a ``loss_weight`` column (1 unless
+the method weights), and the number of candidates dropped for each reason; kept plus
+dropped is always every candidate.
+
+| method | keeps |
+| --- | --- |
+| ``lmsi`` | every majority candidate (self-consistency, the paper's LMSI) |
+| ``iwsi`` | the ``keep_fraction`` of majority candidates with the lowest DS weight |
+| ``iwsi_w`` | every majority candidate, its loss weighted by ``clip(w', 0, C)`` |
+| ``entropy`` | majority candidates of questions whose normalised answer entropy is at most a threshold |
+| ``random`` | as many majority candidates as ``iwsi`` keeps, drawn with a seed |
+| ``oracle`` | candidates whose answer equals the gold label (needs labels) |
+| ``rm`` | the ``keep_fraction`` of majority candidates a reward model rates highest |
+| ``none`` | every candidate (an ablation) |
 """
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from dsw_ray import columns as C
-from dsw_ray.weights import keep_lowest
+from dsw_ray.tasks.numeric import is_correct
+from dsw_ray.weights import (
+    importance_ratios,
+    keep_lowest,
+    official_keep,
+    official_ratios,
+)
+
+if TYPE_CHECKING:
+    from dsw_ray.config import FilterConfig
 
 
 @dataclass
 class Filtered:
-    """The kept rows and how many were dropped, by reason."""
+    """The kept rows (with ``loss_weight``) and how many candidates were dropped, by reason."""
 
     kept: pa.Table
     dropped: dict[str, int] = field(default_factory=dict)
 
 
-def iwsi(scored: pa.Table, keep_fraction: float) -> Filtered:
-    """The k lowest DS weights among majority candidates (METHOD.md step 5)."""
-    C.require(scored, C.KEY + (C.DS_WEIGHT, C.IS_MAJORITY), "filter")
-    majority = scored.filter(pc.field(C.IS_MAJORITY)).sort_by([(C.QUESTION_ID, "ascending"), (C.SAMPLE_INDEX, "ascending")])
-    if majority.num_rows == 0:
-        return Filtered(majority, {"not_majority": scored.num_rows})
-    mask = keep_lowest(majority[C.DS_WEIGHT].to_numpy(), keep_fraction)
-    kept = majority.filter(pa.array(mask))
-    return Filtered(
-        kept,
-        {"not_majority": scored.num_rows - majority.num_rows, "high_ds_weight": majority.num_rows - kept.num_rows},
+def ordered(candidates: pa.Table) -> pa.Table:
+    return candidates.sort_by([(C.QUESTION_ID, "ascending"), (C.SAMPLE_INDEX, "ascending")])
+
+
+def with_weights(kept: pa.Table, weights=None) -> pa.Table:
+    values = np.ones(kept.num_rows) if weights is None else np.asarray(weights, dtype=np.float64)
+    return kept.append_column(C.LOSS_WEIGHT, pa.array(values, pa.float64()))
+
+
+def vote_drops(candidates: pa.Table) -> tuple[pa.Table, dict[str, int]]:
+    """The majority candidates, and the candidates the vote left out: with no parsable
+    answer, or with an answer other than the majority's."""
+    no_answer = candidates[C.ANSWER].null_count
+    majority = candidates.filter(pc.field(C.IS_MAJORITY))
+    return majority, {"no_answer": no_answer, "not_majority": candidates.num_rows - majority.num_rows - no_answer}
+
+
+def scored(majority: pa.Table) -> tuple[np.ndarray, float]:
+    """The majority candidates' losses and ``Lv``; every majority candidate must have been scored."""
+    C.require(majority, (C.LOSS, C.VALID_LOSS_MEAN), "filter")
+    losses = majority[C.LOSS]
+    if losses.null_count:
+        raise ValueError(f"filter: {losses.null_count} majority candidate(s) have no loss; rerun the score stage.")
+    valid = pc.unique(majority[C.VALID_LOSS_MEAN]).to_pylist()
+    if len(valid) > 1:
+        raise ValueError(f"filter: the candidates were scored against different valid losses {valid}.")
+    return losses.to_numpy(), (valid[0] if valid else 1.0)
+
+
+def keep_mask(majority: pa.Table, settings: FilterConfig, official: bool) -> np.ndarray:
+    """The IWSI keep rule over the majority candidates' DS weights."""
+    scored(majority)
+    ds = majority[C.DS_WEIGHT].to_numpy()
+    return (official_keep if official else keep_lowest)(ds, settings.keep_fraction)
+
+
+# ---- the methods -----------------------------------------------------------------------------
+
+def lmsi(candidates: pa.Table, settings: FilterConfig, official: bool) -> Filtered:
+    majority, dropped = vote_drops(candidates)
+    return Filtered(with_weights(majority), dropped)
+
+
+def iwsi(candidates: pa.Table, settings: FilterConfig, official: bool) -> Filtered:
+    majority, dropped = vote_drops(candidates)
+    kept = majority.filter(pa.array(keep_mask(majority, settings, official), pa.bool_()))
+    return Filtered(with_weights(kept), {**dropped, "high_ds_weight": majority.num_rows - kept.num_rows})
+
+
+def iwsi_w(candidates: pa.Table, settings: FilterConfig, official: bool) -> Filtered:
+    """No filtering beyond the vote; weights ``clip(w', 0, C)``. A weight of 0 would only
+    waste compute in the loader (a defect of the released code), so those rows are dropped."""
+    majority, dropped = vote_drops(candidates)
+    losses, valid_loss_mean = scored(majority)
+    ratios = (official_ratios if official else importance_ratios)(losses, valid_loss_mean)
+    weights = np.clip(ratios, 0.0, settings.weight_clip)
+    positive = weights > 0
+    kept = with_weights(majority.filter(pa.array(positive, pa.bool_())), weights[positive])
+    return Filtered(kept, {**dropped, "zero_weight": int((~positive).sum())})
+
+
+def answer_entropy(answers: list[str | None], samples: int) -> float:
+    """``-sum p log p / log m`` over the parsable answers (unparsable ones do not vote)."""
+    counts = Counter(answer for answer in answers if answer is not None)
+    total = sum(counts.values())
+    if total == 0 or samples < 2:
+        return 0.0
+    return -sum(c / total * math.log(c / total) for c in counts.values()) / math.log(samples)
+
+
+def entropy(candidates: pa.Table, settings: FilterConfig, official: bool) -> Filtered:
+    by_question: dict[str, list] = {}
+    for question_id, answer in zip(candidates[C.QUESTION_ID].to_pylist(), candidates[C.ANSWER].to_pylist()):
+        by_question.setdefault(question_id, []).append(answer)
+    uncertain = [q for q, answers in by_question.items() if answer_entropy(answers, len(answers)) > settings.entropy_threshold]
+    confident = candidates.filter(pc.invert(pc.is_in(candidates[C.QUESTION_ID], pa.array(uncertain, pa.string()))))
+    majority, dropped = vote_drops(confident)
+    return Filtered(with_weights(majority), {"high_entropy": candidates.num_rows - confident.num_rows, **dropped})
+
+
+def random(candidates: pa.Table, settings: FilterConfig, official: bool) -> Filtered:
+    """As many majority candidates as IWSI keeps, drawn uniformly with the filter seed."""
+    majority, dropped = vote_drops(candidates)
+    count = int(keep_mask(majority, settings, official).sum())
+    mask = np.zeros(majority.num_rows, dtype=bool)
+    mask[np.random.default_rng(settings.seed).choice(majority.num_rows, size=count, replace=False)] = True
+    kept = majority.filter(pa.array(mask, pa.bool_()))
+    return Filtered(with_weights(kept), {**dropped, "not_drawn": majority.num_rows - count})
+
+
+def oracle(candidates: pa.Table, settings: FilterConfig, official: bool) -> Filtered:
+    """Candidates whose answer equals the gold label, majority or not (an upper bound)."""
+    C.require(candidates, (C.GOLD,), "filter (oracle)")
+    if candidates[C.GOLD].null_count:
+        raise ValueError("the oracle method needs a gold answer for every question; this task's questions lack some.")
+    correct = np.array(
+        [
+            is_correct(answer, gold, official)
+            for answer, gold in zip(candidates[C.ANSWER].to_pylist(), candidates[C.GOLD].to_pylist())
+        ],
+        dtype=bool,
     )
+    no_answer = candidates[C.ANSWER].null_count
+    kept = candidates.filter(pa.array(correct, pa.bool_()))
+    return Filtered(with_weights(kept), {"no_answer": no_answer, "wrong_answer": candidates.num_rows - kept.num_rows - no_answer})
+
+
+def reward_model(candidates: pa.Table, settings: FilterConfig, official: bool) -> Filtered:
+    """The ``keep_fraction`` of majority candidates with the highest reward; ties by key."""
+    majority, dropped = vote_drops(candidates)
+    C.require(majority, (C.REWARD,), "filter (rm)")
+    if majority[C.REWARD].null_count:
+        raise ValueError(f"filter: {majority[C.REWARD].null_count} majority candidate(s) have no reward.")
+    # Lowest negated reward first is highest reward first; the stable sort breaks ties by key.
+    kept = majority.filter(pa.array(keep_lowest(-majority[C.REWARD].to_numpy(), settings.keep_fraction), pa.bool_()))
+    return Filtered(with_weights(kept), {**dropped, "low_reward": majority.num_rows - kept.num_rows})
+
+
+def everything(candidates: pa.Table, settings: FilterConfig, official: bool) -> Filtered:
+    return Filtered(with_weights(candidates), {})
+
+
+@dataclass(frozen=True)
+class Method:
+    """A filter as the pipeline sees it: the function, its name in the paper's Table 1,
+    the stage it needs beyond the vote, and the filter settings its result depends on
+    (``official`` selects the authors' semantics)."""
+
+    select: Callable[[pa.Table, FilterConfig, bool], Filtered]
+    title: str
+    needs: str | None = None  # "score" or "reward"
+    settings: tuple[str, ...] = ()
+
+
+METHODS = {
+    "lmsi": Method(lmsi, "LMSI"),
+    "iwsi": Method(iwsi, "IWSI", "score", ("keep_fraction",)),
+    "iwsi_w": Method(iwsi_w, "IWSI-w", "score", ("weight_clip",)),
+    "entropy": Method(entropy, "Entropy-filter", None, ("entropy_threshold",)),
+    "random": Method(random, "random", "score", ("keep_fraction", "seed")),
+    "oracle": Method(oracle, "oracle"),
+    "rm": Method(reward_model, "RM-filter", "reward", ("keep_fraction",)),
+    "none": Method(everything, "none"),
+}
+
+
+def apply(method: str, candidates: pa.Table, settings: FilterConfig, official: bool) -> Filtered:
+    """Run one method on a round's candidates; the kept rows are ordered by key."""
+    C.require(candidates, C.KEY + (C.ANSWER, C.IS_MAJORITY), "filter")
+    result = METHODS[method].select(ordered(candidates), settings, official)
+    accounted = result.kept.num_rows + sum(result.dropped.values())
+    if accounted != candidates.num_rows:  # a broken method must not lose rows silently
+        raise RuntimeError(f"filter {method}: kept {result.kept.num_rows} + dropped {result.dropped} != {candidates.num_rows}")
+    return result

@@ -163,14 +163,9 @@ def generate(questions, model_path: str, job, round_index: int, greedy: bool = F
 
     ``greedy`` decodes one answer per question with the evaluate section's settings.
     """
-    import ray
-    from ray.data import ActorPoolStrategy
-
-    from dsw_ray.resources import pool_cpus, torch_threads
+    from dsw_ray.resources import pool_map
 
     section = job.evaluate if greedy else job.generate
-    what = "evaluate" if greedy else "generate"
-    cpus = pool_cpus(section.actors, section.cpus_per_actor, ray.cluster_resources().get("CPU", 1), what)
     constructor = dict(
         model_path=model_path,
         task_name=job.task.name,
@@ -182,14 +177,5 @@ def generate(questions, model_path: str, job, round_index: int, greedy: bool = F
         round_index=round_index,
         dtype=job.model.dtype,
         trust_remote_code=job.model.trust_remote_code,
-        threads=torch_threads(cpus),
     )
-    return questions.map_batches(
-        TransformersGenerator,
-        fn_constructor_kwargs=constructor,
-        batch_size=section.batch_size,
-        batch_format="numpy",
-        compute=ActorPoolStrategy(size=section.actors),
-        num_cpus=cpus,
-        num_gpus=section.gpus_per_actor,
-    )
+    return pool_map(questions, TransformersGenerator, constructor, section, "evaluate" if greedy else "generate")

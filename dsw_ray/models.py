@@ -27,16 +27,24 @@ def load_tokenizer(path: str, trust_remote_code: bool = False, padding_side: str
     return tokenizer
 
 
-def load_model(path: str, dtype: str = "float32", trust_remote_code: bool = False, device: str | None = None):
-    """An eval-mode causal LM from safetensors, on ``device`` (default: CUDA if there is one)."""
+def load_model(
+    path: str,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    device: str | None = None,
+    kind: str = "causal LM",
+):
+    """An eval-mode model from safetensors, on ``device`` (default: CUDA if there is one);
+    ``kind`` is "causal LM" or "sequence classifier" (a reward model)."""
     import torch
-    from transformers import AutoModelForCausalLM
+    import transformers
 
+    auto_class = {"causal LM": transformers.AutoModelForCausalLM, "sequence classifier": transformers.AutoModelForSequenceClassification}[kind]
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model = auto_class.from_pretrained(
             path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code, use_safetensors=True
         )
     except (ValueError, OSError) as error:
-        raise UserError(f"cannot load {path!r} as a causal LM from safetensors: {error}") from error
+        raise UserError(f"cannot load {path!r} as a {kind} from safetensors: {error}") from error
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval()

@@ -10,9 +10,10 @@ import json
 import logging
 import math
 import os
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
@@ -20,12 +21,16 @@ from dsw_ray import columns as C
 from dsw_ray.config import JobConfig
 from dsw_ray.errors import UserError
 from dsw_ray.evaluate import evaluate
-from dsw_ray.filters import iwsi
+from dsw_ray.filters import METHODS
+from dsw_ray.filters import apply as apply_filter
 from dsw_ray.generate import generate
 from dsw_ray.models import check_model_dir
 from dsw_ray.rundir import fingerprint, run_stage
-from dsw_ray.score import score
+from dsw_ray.report import write_report
+from dsw_ray.reward import reward
+from dsw_ray.score import VALID_LOSS_STDERR, VALID_N, score
 from dsw_ray.tasks import Splits, get_task
+from dsw_ray.tasks.numeric import is_correct
 from dsw_ray.toy import build_toy_model
 from dsw_ray.train import fine_tune
 from dsw_ray.vote import vote_question
@@ -79,13 +84,25 @@ def examples_table(examples) -> pa.Table:
 
 # ---- stages that run in the driver -------------------------------------------------------
 
-def vote_group(candidates, task_name: str):
-    return vote_question(candidates, get_task(task_name).parse_answer)
+def vote_group(candidates, task_name: str, integer: bool):
+    task = get_task(task_name)
+    return vote_question(candidates, lambda text: task.parse_answer(text, integer))
 
 
 def accuracy(stage_dir: str) -> float:
     correct = read_table(stage_dir, [C.CORRECT])[C.CORRECT].to_pylist()
     return sum(correct) / len(correct) if correct else float("nan")
+
+
+def correct_fraction(table: pa.Table, official: bool) -> float | None:
+    """The share of rows whose parsed answer equals the gold label (None without labels or rows)."""
+    if table.num_rows == 0 or C.GOLD not in table.column_names or table[C.GOLD].null_count:
+        return None
+    task_correct = [
+        is_correct(answer, gold, official)
+        for answer, gold in zip(table[C.ANSWER].to_pylist(), table[C.GOLD].to_pylist())
+    ]
+    return sum(task_correct) / len(task_correct)
 
 
 def check_splits(splits: Splits) -> None:
@@ -107,65 +124,139 @@ def base_model(job: JobConfig, splits: Splits) -> str:
     return os.path.abspath(job.model.path)
 
 
-# ---- the job -------------------------------------------------------------------------------
+# ---- a round -------------------------------------------------------------------------------
 
-def run_round(job: JobConfig, run_dir: str, round_index: int, model_path: str, model_fp: str, splits: Splits) -> dict:
-    """One round of METHOD.md on ``model_path``; returns the round's summary."""
-    round_dir = os.path.join(run_dir, f"round-{round_index}")
+@dataclass
+class Candidates:
+    """The stages a round's methods share: generate, vote, score (and reward, for rm)."""
+
+    dir: str
+    fingerprints: dict[str, str]  # stage name -> fingerprint
+    summary: dict
+
+    def stage(self, name: str) -> str:
+        return os.path.join(self.dir, name)
+
+    def table(self, needs: str | None) -> pa.Table:
+        """Every candidate with its vote, joined with the stage a method needs ("score", "reward")."""
+        table = read_table(self.stage("vote"))
+        if needs is not None:
+            extra = SCORE_COLUMNS if needs == "score" else [C.REWARD]
+            if count_rows(self.stage(needs)) == 0:  # nothing had a majority answer
+                for name in extra:
+                    table = table.append_column(name, pa.nulls(table.num_rows, pa.float64()))
+            else:
+                table = table.join(read_table(self.stage(needs), list(C.KEY) + extra), keys=list(C.KEY))
+        return table
+
+
+SCORE_COLUMNS = [C.LOSS, C.VALID_LOSS_MEAN, C.DS_WEIGHT]
+
+
+def make_candidates(
+    job: JobConfig, run_dir: str, where: str, round_index: int, model_path: str, model_fp: str, splits: Splits
+) -> Candidates:
+    """Generate, vote and score once on ``model_path``; every method of the round reads them."""
 
     def stage(name: str) -> str:
-        return os.path.join(round_dir, name)
+        return os.path.join(where, name)
 
     questions = os.path.join(run_dir, "inputs", "questions")
-
-    gen_fp = fingerprint("generate", job.task, job.generate, model_fp, round_index)
+    fps = {"generate": fingerprint("generate", job.task, job.generate, model_fp, round_index)}
     generated = run_stage(
         stage("generate"),
-        gen_fp,
+        fps["generate"],
         lambda out: write_dataset(
             generate(read_dataset(questions, job.generate.batch_size, job.generate.actors), model_path, job, round_index),
             out,
         ),
     )
 
-    vote_fp = fingerprint("vote", gen_fp)
+    official = job.semantics == "official"
+    fps["vote"] = fingerprint("vote", fps["generate"], job.semantics)
     run_stage(
         stage("vote"),
-        vote_fp,
+        fps["vote"],
         lambda out: write_dataset(
             read_dataset(stage("generate"), 1024)
             .groupby(C.QUESTION_ID)
-            .map_groups(vote_group, fn_kwargs={"task_name": job.task.name}, batch_format="pandas"),
+            .map_groups(vote_group, fn_kwargs={"task_name": job.task.name, "integer": official}, batch_format="pandas"),
             out,
         ),
     )
 
-    score_fp = fingerprint("score", vote_fp, job.score, job.train.max_length, model_fp)
+    fps["score"] = fingerprint("score", fps["vote"], job.score, job.train.max_length, model_fp)
     scored = run_stage(
         stage("score"),
-        score_fp,
+        fps["score"],
         lambda out: write_dataset(
             score(read_dataset(stage("vote"), job.score.batch_size * 4, job.score.actors), splits.valid, model_path, job),
             out,
         ),
     )
-
-    if scored["rows"] == 0:
-        raise UserError(
-            f"round {round_index}: no candidate has a parsable majority answer, so there is nothing to "
-            f"fine-tune on; see {stage('vote')} and raise generate.max_new_tokens or check the task's prompt."
+    if "rm" in job.methods:
+        fps["reward"] = fingerprint("reward", fps["vote"], job.reward, job.train.max_length)
+        run_stage(
+            stage("reward"),
+            fps["reward"],
+            lambda out: write_dataset(
+                reward(read_dataset(stage("vote"), job.reward.batch_size * 4, job.reward.actors), job), out
+            ),
         )
+    if scored["rows"] == 0:
+        log.warning(
+            "round %d: no candidate has a parsable majority answer (see %s); raise generate.max_new_tokens "
+            "or check the task's prompt. Only methods that keep other candidates can fine-tune.",
+            round_index,
+            stage("vote"),
+        )
+    voted = read_table(stage("vote"), [C.ANSWER, C.IS_MAJORITY, C.GOLD])
+    summary = {
+        "dir": os.path.relpath(where, run_dir),
+        "generated": generated["rows"],
+        "no_answer": voted[C.ANSWER].null_count,
+        "majority": scored["rows"],  # only majority candidates are scored
+        "correct": correct_fraction(voted, official),
+        "majority_correct": correct_fraction(voted.filter(pc.field(C.IS_MAJORITY)), official),
+    }
+    if scored["rows"]:
+        stats = read_table(stage("score"), [C.VALID_LOSS_MEAN, VALID_LOSS_STDERR, VALID_N]).slice(0, 1).to_pylist()[0]
+        summary["valid_loss"] = {"mean": stats[C.VALID_LOSS_MEAN], "stderr": stats[VALID_LOSS_STDERR], "n": stats[VALID_N]}
+    return Candidates(where, fps, summary)
 
-    filter_fp = fingerprint("filter", score_fp, job.filter)
+
+def run_method(job: JobConfig, run_dir: str, method: str, candidates: Candidates, where: str, model_path: str) -> dict:
+    """Filter, fine-tune and evaluate one method on a round's shared candidates."""
+    spec = METHODS[method]
+    official = job.semantics == "official"
+
+    def stage(name: str) -> str:
+        return os.path.join(where, name)
+
+    filter_fp = fingerprint(
+        "filter",
+        method,
+        candidates.fingerprints["vote"],
+        candidates.fingerprints.get(spec.needs),
+        {name: getattr(job.filter, name) for name in spec.settings},
+    )
 
     def keep(out: str) -> dict:
-        filtered = iwsi(read_table(stage("score")), job.filter.keep_fraction)
-        # Scoring already left out the candidates that lost the vote: count them here too.
-        lost_vote = generated["rows"] - scored["rows"]
-        dropped = {**filtered.dropped, "not_majority": filtered.dropped["not_majority"] + lost_vote}
-        return {**write_table(filtered.kept, out), "dropped": dropped}
+        try:
+            filtered = apply_filter(method, candidates.table(spec.needs), job.filter, official)
+        except ValueError as error:
+            raise UserError(f"method {method}: {error}") from error
+        return {
+            **write_table(filtered.kept, out),
+            "dropped": filtered.dropped,
+            "kept_correct": correct_fraction(filtered.kept, official),
+        }
 
     kept = run_stage(stage("filter"), filter_fp, keep)
+    result = {"kept": kept["rows"], "dropped": kept["dropped"], "kept_correct": kept["kept_correct"]}
+    if kept["rows"] == 0:
+        log.warning("method %s kept no candidate: it is not fine-tuned or evaluated.", method)
+        return {**result, "accuracy": None, "model": model_path, "model_fingerprint": filter_fp}
 
     train_fp = fingerprint("train", filter_fp, job.train, job.model.dtype)
     trained = run_stage(
@@ -181,30 +272,38 @@ def run_round(job: JobConfig, run_dir: str, round_index: int, model_path: str, m
         ),
     )
     model_dir = os.path.join(stage("train"), "model")
-
-    evaluated = run_evaluation(job, run_dir, stage("evaluate"), model_dir, train_fp)
     return {
-        "round": round_index,
+        **result,
+        "accuracy": run_evaluation(job, run_dir, stage("evaluate"), model_dir, train_fp),
+        "train": {k: trained[k] for k in ("optimizer_steps", "final_loss") if k in trained},
         "model": model_dir,
         "model_fingerprint": train_fp,
-        "candidates": generated["rows"],
-        "majority": scored["rows"],  # only majority candidates are scored
-        "valid_loss_mean": first_value(stage("score"), C.VALID_LOSS_MEAN),
-        "methods": {"iwsi": {"kept": kept["rows"], "dropped": kept["dropped"], "accuracy": evaluated}},
-        "train": {k: trained[k] for k in ("optimizer_steps", "final_loss") if k in trained},
     }
 
 
-def first_value(stage_dir: str, column: str):
-    values = read_table(stage_dir, [column])[column]
-    return values[0].as_py() if len(values) else None
-
+def run_round(job: JobConfig, run_dir: str, round_index: int, lineages: dict[str, tuple[str, str]], splits: Splits) -> dict:
+    """One round of METHOD.md for every method. ``lineages`` maps a method to the model it
+    starts from (path, fingerprint): in round 1 all share the base model, and so share one
+    set of candidates; later each method generates from its own fine-tuned model."""
+    round_dir = os.path.join(run_dir, f"round-{round_index}")
+    shared: dict[str, Candidates] = {}  # model fingerprint -> candidates
+    methods = {}
+    for method in job.methods:
+        model_path, model_fp = lineages[method]
+        if model_fp not in shared:
+            where = round_dir if round_index == 1 else os.path.join(round_dir, method)
+            shared[model_fp] = make_candidates(job, run_dir, where, round_index, model_path, model_fp, splits)
+        candidates = shared[model_fp]
+        result = run_method(job, run_dir, method, candidates, os.path.join(round_dir, method), model_path)
+        methods[method] = {**result, "candidates": candidates.summary}
+    return {"round": round_index, "methods": methods}
 
 def run_evaluation(job: JobConfig, run_dir: str, stage_dir: str, model_path: str, model_fp: str) -> float:
+    """Greedy accuracy of ``model_path`` on the test set, cached in ``stage_dir``."""
     test = os.path.join(run_dir, "inputs", "test")
     run_stage(
         stage_dir,
-        fingerprint("evaluate", job.task, job.evaluate, model_fp),
+        fingerprint("evaluate", job.task, job.evaluate, job.semantics, model_fp),
         lambda out: write_dataset(
             evaluate(read_dataset(test, job.evaluate.batch_size, job.evaluate.actors), model_path, job), out
         ),
@@ -258,17 +357,20 @@ def run_job(job: JobConfig) -> dict:
     summary = {
         "task": job.task.name,
         "model": model_path,
+        "semantics": job.semantics,
         "questions": len(splits.questions),
         "valid": len(splits.valid),
         "test": len(splits.test),
         "base_accuracy": run_evaluation(job, run_dir, os.path.join(run_dir, "base", "evaluate"), model_path, model_fp),
         "rounds": [],
     }
+    lineages = {method: (model_path, model_fp) for method in job.methods}
     for round_index in range(1, job.rounds + 1):
-        result = run_round(job, run_dir, round_index, model_path, model_fp, splits)
+        result = run_round(job, run_dir, round_index, lineages, splits)
         summary["rounds"].append(result)
-        model_path, model_fp = result["model"], result["model_fingerprint"]
+        lineages = {m: (r["model"], r["model_fingerprint"]) for m, r in result["methods"].items()}
     summary["methods"] = summary["rounds"][-1]["methods"]
     with open(os.path.join(run_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
+    write_report(run_dir, summary, job.filter.keep_fraction)
     return summary

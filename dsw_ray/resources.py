@@ -33,3 +33,21 @@ def pool_cpus(actors: int, cpus_per_actor: float | None, cluster_cpus: float, wh
 def torch_threads(cpus: float) -> int:
     """Intra-op threads for a worker holding ``cpus`` CPUs (at least one)."""
     return max(1, math.floor(cpus))
+
+
+def pool_map(dataset, actor_class, constructor_kwargs: dict, section, what: str, batch_size: int | None = None):
+    """``dataset.map_batches`` through a pool of ``section.actors`` stateful actors of
+    ``actor_class`` (model loaded once in ``__init__``, which takes ``threads``), sized here."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    cpus = pool_cpus(section.actors, section.cpus_per_actor, ray.cluster_resources().get("CPU", 1), what)
+    return dataset.map_batches(
+        actor_class,
+        fn_constructor_kwargs={**constructor_kwargs, "threads": torch_threads(cpus)},
+        batch_size=batch_size or section.batch_size,
+        batch_format="numpy",
+        compute=ActorPoolStrategy(size=section.actors),
+        num_cpus=cpus,
+        num_gpus=section.gpus_per_actor,
+    )

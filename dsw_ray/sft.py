@@ -10,6 +10,7 @@ from __future__ import annotations
 from dsw_ray.tasks.numeric import training_prompt
 
 IGNORE = -100
+OFFICIAL_LENGTH = 400  # the authors' scoring pads (and cuts) every text to this many tokens
 
 
 def encode_example(tokenizer, question: str, answer: str, max_length: int, loss_on: str = "answer") -> dict:
@@ -19,6 +20,22 @@ def encode_example(tokenizer, question: str, answer: str, max_length: int, loss_
     input_ids = (prompt_ids + answer_ids)[:max_length]
     labels = (prompt_ids if loss_on == "full" else [IGNORE] * len(prompt_ids)) + answer_ids
     return {"input_ids": input_ids, "labels": labels[:max_length]}
+
+
+def encode_official(tokenizer, question: str, answer: str) -> dict:
+    """The authors' scoring text: BOS, ``Q: <question>\nA: ``, EOS, the answer; cut and
+    left-padded to 400 tokens. Every real token is a target except the first, which
+    nothing real precedes. Positions stay 0..399 as in their code (no position ids)."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    prompt_ids = tokenizer(training_prompt(question), add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    real = (bos + prompt_ids + [tokenizer.eos_token_id] + answer_ids)[:OFFICIAL_LENGTH]
+    padding = OFFICIAL_LENGTH - len(real)
+    return {
+        "input_ids": [tokenizer.pad_token_id] * padding + real,
+        "attention_mask": [0] * padding + [1] * len(real),
+        "labels": [IGNORE] * (padding + 1) + real[1:],
+    }
 
 
 def pad_batch(examples: list[dict], pad_token_id: int):
@@ -35,6 +52,13 @@ def pad_batch(examples: list[dict], pad_token_id: int):
         labels[row, :n] = torch.tensor(example["labels"])
         attention_mask[row, :n] = 1
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def stack(examples: list[dict]):
+    """Tensors of examples that already share one length (``encode_official``)."""
+    import torch
+
+    return {name: torch.tensor([e[name] for e in examples], dtype=torch.long) for name in examples[0]}
 
 
 def sequence_losses(model, batch: dict):

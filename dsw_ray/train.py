@@ -4,7 +4,9 @@
 (full, or wrapped in a peft LoRA adapter) goes through ``deepspeed.initialize`` with
 torch's AdamW (no DeepSpeed op to compile), the worker's shard of the kept samples is
 encoded with the prompt masked and EOS closing the answer, and DeepSpeed owns gradient
-accumulation, clipping and the ZeRO partitioning. At the end every rank takes part in
+accumulation, clipping and the ZeRO partitioning. A micro batch's loss is the mean over
+its samples of ``loss_weight * (mean token loss of the sample)``: the per-sample loss the
+DS weight is computed from, weighted by the filter (1 unless the method weights). At the end every rank takes part in
 gathering the parameters (a no-op below ZeRO-3) and rank 0 exports a Hugging Face model
 directory (LoRA merged into the weights) as the run's checkpoint.
 
@@ -24,8 +26,9 @@ import time
 from typing import Callable, Iterable
 
 from dsw_ray import columns as C
+from dsw_ray.errors import UserError
 from dsw_ray.models import load_tokenizer
-from dsw_ray.sft import encode_example, pad_batch
+from dsw_ray.sft import encode_example, pad_batch, sequence_losses
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +151,12 @@ def train_worker(
                 for q, t in zip(batch[C.QUESTION], batch[C.TEXT])
             ]
             tensors = {k: v.to(engine.device) for k, v in pad_batch(examples, tokenizer.pad_token_id).items()}
-            loss = engine(**tensors).loss
+            weights = torch.as_tensor(
+                batch[C.LOSS_WEIGHT] if C.LOSS_WEIGHT in batch else [1.0] * len(examples),
+                dtype=torch.float32,
+                device=engine.device,
+            )
+            loss = (sequence_losses(engine, tensors) * weights).mean()
             engine.backward(loss)
             engine.step()
             history.append({"epoch": epoch, "optimizer_step": int(engine.global_steps), "loss": float(loss.item())})
@@ -221,7 +229,10 @@ def fine_tune(kept, num_samples: int, model_path: str, job, out_dir: str, storag
 
     train = job.train
     if num_samples < train.num_workers:
-        raise ValueError(f"train: {num_samples} kept sample(s) cannot feed {train.num_workers} workers.")
+        raise UserError(
+            f"train: {num_samples} kept sample(s) cannot feed {train.num_workers} workers; "
+            "lower train.num_workers or keep more candidates."
+        )
     cpus = pool_cpus(train.num_workers, train.cpus_per_worker, ray.cluster_resources().get("CPU", 1), "train")
     settings = training_settings(job, model_path, num_samples, torch_threads(cpus))
     trainer = TorchTrainer(

@@ -36,3 +36,26 @@ def toy_model(tmp_path_factory) -> str:
     splits = get_task("arith").load(None, 8, 24, 100, 0)
     path = tmp_path_factory.mktemp("models") / "toy"
     return build_toy_model(str(path), ToyModelConfig(), {e.question for e in splits.test + splits.valid})
+
+
+def build_reward_model(path, base_model: str, num_labels: int = 1) -> str:
+    """A randomly initialized Llama sequence classifier with the tiny model's tokenizer."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, LlamaForSequenceClassification
+
+    config = AutoConfig.from_pretrained(base_model)
+    config.num_labels = num_labels
+    torch.manual_seed(0)
+    LlamaForSequenceClassification(config).save_pretrained(path, safe_serialization=True)
+    AutoTokenizer.from_pretrained(base_model).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_model(tmp_path_factory, tiny_model) -> str:
+    return build_reward_model(tmp_path_factory.mktemp("models") / "reward", tiny_model)
+
+
+@pytest.fixture(scope="session")
+def two_label_reward_model(tmp_path_factory, tiny_model) -> str:
+    return build_reward_model(tmp_path_factory.mktemp("models") / "reward2", tiny_model, num_labels=2)

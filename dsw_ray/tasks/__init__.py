@@ -23,12 +23,12 @@ class Task:
         return numeric.few_shot_prompt(self.exemplars, question)
 
     @staticmethod
-    def parse_answer(text: str) -> str | None:
-        return numeric.parse_answer(text)
+    def parse_answer(text: str, integer: bool = False) -> str | None:
+        return numeric.parse_answer(text, integer)
 
     @staticmethod
-    def is_correct(predicted: str | None, gold) -> bool:
-        return numeric.is_correct(predicted, gold)
+    def is_correct(predicted: str | None, gold, integer: bool = False) -> bool:
+        return numeric.is_correct(predicted, gold, integer)
 
 
 TASKS = {

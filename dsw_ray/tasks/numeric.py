@@ -2,12 +2,15 @@
 
 A candidate ends in ``The answer is X.``; the parser reads the number right after
 the first ``the answer is`` that has one (generation stops at the next ``\\nQ:``).
-Numbers compare as numbers: ``"1,000" == "1000"`` and ``"2.5" != "2"``.
+Numbers compare as numbers: ``"1,000" == "1000"`` and ``"2.5" != "2"``; the authors'
+code compares ``int(float(x))`` instead (``integer=True``, the ``official`` semantics).
 
 >>> parse_answer("48 / 2 = 24. 48 + 24 = 72. The answer is 72.")
 '72'
 >>> is_correct("1000", "1,000"), is_correct("2.5", "2"), is_correct(None, "3")
 (True, False, False)
+>>> is_correct("2.5", "2", integer=True), parse_answer("The answer is -2.7.", integer=True)
+(True, '-2')
 """
 
 from __future__ import annotations
@@ -34,24 +37,36 @@ def normalize_number(value: str | float | int) -> str | None:
     return "0" if canonical in ("-0", "0") else canonical
 
 
-def parse_answer(text: str) -> str | None:
-    """The number right after the first "The answer is" that has one, normalized; else None."""
+def as_integer(answer: str | None) -> str | None:
+    """The authors' comparison key ``int(float(x))``: ``"2.5"`` and ``"2"`` agree."""
+    try:
+        return None if answer is None else str(int(float(answer)))
+    except (ValueError, OverflowError):
+        return None
+
+
+def parse_answer(text: str, integer: bool = False) -> str | None:
+    """The number right after the first "The answer is" that has one, normalized; else None.
+    With ``integer``, the number is truncated to an integer as the authors' code does."""
     for phrase in ANSWER_PHRASE.finditer(text):
         match = NUMBER.search(text, phrase.end())
         # The number must follow the phrase directly (allowing ':', '$' and spaces), not be
         # one found a sentence later ("The answer is therefore 3" reads on to the next one).
         if match is not None and text[phrase.end() : match.start()].strip(" :*") in ("", "$", "-"):
             sign = "-" if match.group(0).lstrip().startswith("-") else ""
-            return normalize_number(sign + match.group(1))
+            answer = normalize_number(sign + match.group(1))
+            return as_integer(answer) if integer else answer
     return None
 
 
-def is_correct(predicted: str | None, gold: str | float | int) -> bool:
-    """Whether a parsed answer equals the gold answer as a number."""
+def is_correct(predicted: str | None, gold: str | float | int, integer: bool = False) -> bool:
+    """Whether a parsed answer equals the gold answer as a number (as integers with ``integer``)."""
     if predicted is None:
         return False
-    expected = normalize_number(gold)
-    return expected is not None and normalize_number(predicted) == expected
+    expected, got = normalize_number(gold), normalize_number(predicted)
+    if integer:
+        expected, got = as_integer(expected), as_integer(got)
+    return expected is not None and got == expected
 
 
 @dataclass(frozen=True)

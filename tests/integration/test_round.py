@@ -44,10 +44,14 @@ def ray_session():
     ray.shutdown()
 
 
-def test_whole_round(toy_model, tmp_path, ray_session):
+def manifest_times(run_dir, stages):
+    return {stage: os.path.getmtime(os.path.join(run_dir, stage, "manifest.json")) for stage in stages}
+
+
+def test_whole_round_with_two_methods(toy_model, tmp_path, ray_session):
     from dsw_ray.pipeline import run_job
 
-    job = tiny_job(toy_model, tmp_path / "run")
+    job = tiny_job(toy_model, tmp_path / "run", methods=["iwsi", "oracle"])
     summary = run_job(job)
     run_dir = job.run_dir
 
@@ -75,47 +79,112 @@ def test_whole_round(toy_model, tmp_path, ray_session):
     ratio = scored[C.VALID_LOSS_MEAN] / scored[C.LOSS]
     assert ((scored[C.DS_WEIGHT] - ratio.where(ratio >= 1, 1 / ratio)).abs() < 1e-9).all()
 
-    kept = table(run_dir, "round-1/filter")
+    kept = table(run_dir, "round-1/iwsi/filter")
     ordered = scored.sort_values([C.QUESTION_ID, C.SAMPLE_INDEX])
     mask = keep_lowest(ordered[C.DS_WEIGHT].to_numpy(), 0.8)
-    assert sorted(zip(kept[C.QUESTION_ID], kept[C.SAMPLE_INDEX])) == sorted(
+    assert list(zip(kept[C.QUESTION_ID], kept[C.SAMPLE_INDEX])) == list(
         zip(ordered[C.QUESTION_ID][mask], ordered[C.SAMPLE_INDEX][mask])
     )
+    assert (kept[C.LOSS_WEIGHT] == 1.0).all()
 
-    model_dir = os.path.join(run_dir, "round-1", "train", "model")
+    oracle = table(run_dir, "round-1/oracle/filter")
+    correct = voted[[task.is_correct(None if pd.isna(a) else a, g) for a, g in zip(voted[C.ANSWER], voted[C.GOLD])]]
+    assert sorted(zip(oracle[C.QUESTION_ID], oracle[C.SAMPLE_INDEX])) == sorted(
+        zip(correct[C.QUESTION_ID], correct[C.SAMPLE_INDEX])
+    )
+
     from transformers import AutoModelForCausalLM
 
-    assert AutoModelForCausalLM.from_pretrained(model_dir) is not None
-    with open(os.path.join(run_dir, "round-1", "train", "manifest.json")) as f:
-        trained = json.load(f)
-    assert trained["optimizer_steps"] == trained["expected_optimizer_steps"] > 0
+    for method in ("iwsi", "oracle"):
+        assert AutoModelForCausalLM.from_pretrained(os.path.join(run_dir, "round-1", method, "train", "model"))
+        with open(os.path.join(run_dir, "round-1", method, "train", "manifest.json")) as f:
+            trained = json.load(f)
+        assert trained["optimizer_steps"] == trained["expected_optimizer_steps"] > 0
+        assert len(table(run_dir, f"round-1/{method}/evaluate")) == 10
 
-    evaluated = table(run_dir, "round-1/evaluate")
-    assert len(evaluated) == 10
     with open(os.path.join(run_dir, "summary.json")) as f:
         written = json.load(f)
-    assert written["task"] == "arith" and written["model"] == toy_model
-    dropped = written["methods"]["iwsi"]["dropped"]
-    assert dropped["not_majority"] == len(generated) - len(scored)
-    assert dropped["high_ds_weight"] == len(scored) - len(kept)
-    assert written["methods"]["iwsi"]["kept"] == len(kept)
-    assert written["methods"]["iwsi"]["accuracy"] == pytest.approx(evaluated[C.CORRECT].mean())
-    assert written["base_accuracy"] == pytest.approx(table(run_dir, "base/evaluate")[C.CORRECT].mean())
     assert summary == written
+    assert written["task"] == "arith" and written["model"] == toy_model and written["semantics"] == "paper"
+    iwsi = written["methods"]["iwsi"]
+    no_answer = int(voted[C.ANSWER].isna().sum())
+    assert iwsi["dropped"] == {
+        "no_answer": no_answer,
+        "not_majority": len(generated) - len(scored) - no_answer,
+        "high_ds_weight": len(scored) - len(kept),
+    }
+    assert iwsi["kept"] == len(kept)
+    kept_correct = [task.is_correct(a, g) for a, g in zip(kept[C.ANSWER], kept[C.GOLD])]
+    assert iwsi["kept_correct"] == pytest.approx(sum(kept_correct) / len(kept))
+    assert written["methods"]["oracle"]["kept_correct"] == 1.0
+    assert iwsi["accuracy"] == pytest.approx(table(run_dir, "round-1/iwsi/evaluate")[C.CORRECT].mean())
+    assert written["base_accuracy"] == pytest.approx(table(run_dir, "base/evaluate")[C.CORRECT].mean())
+    candidates = iwsi["candidates"]
+    assert candidates["generated"] == len(generated) and candidates["majority"] == len(scored)
+    assert candidates["valid_loss"]["n"] == 6 and candidates["valid_loss"]["mean"] == scored[C.VALID_LOSS_MEAN][0]
+
+    with open(os.path.join(run_dir, "report.md")) as f:
+        report = f.read()
+    assert "| IWSI | 1 | " + str(len(kept)) in report and "| oracle | 1 |" in report
+    for png in ("ds_weights.png", "accuracy.png"):
+        with open(os.path.join(run_dir, png), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+        assert f"]({png})" in report
 
     # A rerun skips every finished stage and reproduces the summary.
-    before = {stage: os.path.getmtime(os.path.join(run_dir, "round-1", stage, "manifest.json"))
-              for stage in ("generate", "vote", "score", "filter", "train", "evaluate")}
+    shared = ["round-1/generate", "round-1/vote", "round-1/score"]
+    per_method = [f"round-1/{m}/{s}" for m in ("iwsi", "oracle") for s in ("filter", "train", "evaluate")]
+    before = manifest_times(run_dir, shared + per_method)
     assert run_job(job) == summary
-    for stage, mtime in before.items():
-        assert os.path.getmtime(os.path.join(run_dir, "round-1", stage, "manifest.json")) == mtime, stage
+    assert manifest_times(run_dir, shared + per_method) == before
 
-    # A changed filter recomputes the filter and what follows, not generation or scoring.
-    changed = tiny_job(toy_model, tmp_path / "run", filter={"keep_fraction": 0.5})
+    # One more method and a changed keep fraction: candidates and scores are reused, oracle
+    # (which does not read keep_fraction) is untouched, iwsi is redone, lmsi is new.
+    changed = tiny_job(toy_model, tmp_path / "run", methods=["iwsi", "oracle", "lmsi"], filter={"keep_fraction": 0.5})
     resumed = run_job(changed)
+    after = manifest_times(run_dir, shared + per_method)
+    for stage in shared + [s for s in per_method if "/oracle/" in s]:
+        assert after[stage] == before[stage], stage
+    assert after["round-1/iwsi/train"] != before["round-1/iwsi/train"]
     assert resumed["methods"]["iwsi"]["kept"] == round(0.5 * len(scored))
-    assert os.path.getmtime(os.path.join(run_dir, "round-1", "score", "manifest.json")) == before["score"]
-    assert os.path.getmtime(os.path.join(run_dir, "round-1", "train", "manifest.json")) != before["train"]
+    assert resumed["methods"]["lmsi"]["kept"] == len(scored)
+    assert list(resumed["methods"]) == ["iwsi", "oracle", "lmsi"]
+
+
+def test_official_semantics_reward_model_and_weighted_loss(toy_model, tiny_reward_model, tmp_path, ray_session):
+    """The authors' semantics end to end, the rm method's reward stage on an actor pool, and
+    iwsi_w's loss weights reaching the trainer."""
+    from dsw_ray.pipeline import run_job
+    from dsw_ray.weights import official_ds_weights, official_ratios
+
+    job = tiny_job(
+        toy_model,
+        tmp_path / "run",
+        methods=["rm", "iwsi_w"],
+        semantics="official",
+        reward={"model_path": tiny_reward_model, "batch_size": 4},
+        filter={"keep_fraction": 0.5, "weight_clip": 1.2},
+    )
+    summary = run_job(job)
+    run_dir = job.run_dir
+    voted = table(run_dir, "round-1/vote")
+    parsed = voted[C.ANSWER].dropna()
+    assert all("." not in answer for answer in parsed), "official answers are integers"
+
+    scored = table(run_dir, "round-1/score")
+    ds = official_ds_weights(scored[C.LOSS].to_numpy(), scored[C.VALID_LOSS_MEAN][0])
+    assert (scored[C.DS_WEIGHT].to_numpy() == ds).all() and ds.max() <= 5
+
+    rewards = table(run_dir, "round-1/reward").sort_values(C.REWARD, ascending=False, kind="stable")
+    assert len(rewards) == len(scored)
+    kept = table(run_dir, "round-1/rm/filter")
+    assert len(kept) == round(0.5 * len(scored))
+    assert kept[C.REWARD].min() >= rewards[C.REWARD].iloc[len(kept) - 1]
+
+    weighted = table(run_dir, "round-1/iwsi_w/filter").sort_values([C.QUESTION_ID, C.SAMPLE_INDEX])
+    expected = official_ratios(weighted[C.LOSS].to_numpy(), weighted[C.VALID_LOSS_MEAN].iloc[0]).clip(0, 1.2)
+    assert weighted[C.LOSS_WEIGHT].to_numpy() == pytest.approx(expected)
+    assert summary["semantics"] == "official" and summary["methods"]["iwsi_w"]["train"]["optimizer_steps"] > 0
 
 
 def test_same_seed_same_candidates_whatever_the_batching(tiny_model, tmp_path, ray_session):

@@ -6,7 +6,7 @@ import torch
 
 from dsw_ray.models import load_model, load_tokenizer
 from dsw_ray.score import LossModel, valid_loss_stats
-from dsw_ray.sft import IGNORE, encode_example, pad_batch, sequence_losses
+from dsw_ray.sft import IGNORE, OFFICIAL_LENGTH, encode_example, encode_official, pad_batch, sequence_losses
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +57,38 @@ def test_valid_loss_stats():
     mean, stderr, n = valid_loss_stats(np.array([1.0, 2.0, 3.0, 4.0]))
     assert (mean, n) == (2.5, 4)
     assert stderr == pytest.approx(np.std([1, 2, 3, 4], ddof=1) / 2)
+
+
+def test_official_encoding_is_the_authors_text(tokenizer):
+    example = encode_official(tokenizer, "Mia has 3 pens.", "3 + 1 = 4. The answer is 4.")
+    assert len(example["input_ids"]) == OFFICIAL_LENGTH == len(example["labels"]) == len(example["attention_mask"])
+    real = [t for t, m in zip(example["input_ids"], example["attention_mask"]) if m]
+    padding = OFFICIAL_LENGTH - len(real)
+    # Left padding, then BOS, "Q: ...\nA: ", EOS, the answer (and no EOS after it).
+    assert example["attention_mask"][:padding] == [0] * padding and set(example["input_ids"][:padding]) == {tokenizer.pad_token_id}
+    prompt = tokenizer("Q: Mia has 3 pens.\nA: ", add_special_tokens=False)["input_ids"]
+    assert real[0] == tokenizer.bos_token_id
+    assert real[1 : 1 + len(prompt)] == prompt and real[1 + len(prompt)] == tokenizer.eos_token_id
+    assert tokenizer.decode(real[2 + len(prompt) :]) == "3 + 1 = 4. The answer is 4."
+    # Every real token but the first is a target, question tokens included.
+    assert example["labels"][: padding + 1] == [IGNORE] * (padding + 1)
+    assert example["labels"][padding + 1 :] == real[1:]
+    long = encode_official(tokenizer, "x " * 500, "1.")
+    assert len(long["input_ids"]) == OFFICIAL_LENGTH and all(long["attention_mask"])
+
+
+def test_official_loss_is_the_mean_over_real_tokens(tiny_model, tokenizer):
+    """The left-padded 400-token loss equals the same tokens' loss computed unpadded
+    (positions shift, and rotary attention depends only on relative positions)."""
+    official = LossModel(tiny_model, "float32", False, 512, "answer", official=True)
+    questions, answers = ["Mia has 3 pens.", "q"], ["3 + 1 = 4. The answer is 4.", "The answer is 1."]
+    losses = official.losses(questions, answers, batch_size=2)
+    model = load_model(tiny_model, device="cpu")
+    for loss, q, a in zip(losses, questions, answers):
+        example = encode_official(tokenizer, q, a)
+        real = [t for t, m in zip(example["input_ids"], example["attention_mask"]) if m]
+        with torch.no_grad():
+            reference = model(input_ids=torch.tensor([real]), labels=torch.tensor([real])).loss.item()
+        assert loss == pytest.approx(reference, abs=1e-4)
+    paper = LossModel(tiny_model, "float32", False, 512, "full").losses(questions, answers, batch_size=2)
+    assert not np.allclose(losses, paper), "the EOS after 'A: ' and the BOS change the loss"

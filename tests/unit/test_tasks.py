@@ -35,6 +35,23 @@ def test_is_correct_compares_numbers(predicted, gold, expected):
     assert get_task("svamp").is_correct(predicted, gold) is expected
 
 
+@pytest.mark.parametrize(
+    "predicted, gold, expected",
+    [("2.5", "2", True), ("2.9", "2", True), ("-2.5", "-2", True), ("3", "2.99", False), ("1,000.7", "1000", True),
+     ("1e400", "1", False), (None, "3", False)],
+)
+def test_official_semantics_compare_as_integers(predicted, gold, expected):
+    """The authors' code compares int(float(x)): truncation toward zero."""
+    assert get_task("gsm8k").is_correct(predicted, gold, integer=True) is expected
+
+
+def test_official_parse_truncates_and_votes_agree():
+    task = get_task("gsm8k")
+    assert task.parse_answer("The answer is 7.9.", integer=True) == "7"
+    assert task.parse_answer("The answer is -0.5.", integer=True) == "0"
+    assert task.parse_answer("No answer.", integer=True) is None
+
+
 def test_prompt_ends_with_the_question_and_exemplars_end_in_the_answer():
     for name in ("arith", "gsm8k", "svamp"):
         task = get_task(name)

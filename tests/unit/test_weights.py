@@ -4,6 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dsw_ray import ds_weights, keep_lowest
+from dsw_ray.weights import official_ds_weights, official_keep, official_ratios
 
 finite_losses = st.lists(st.floats(min_value=1e-3, max_value=1e3), min_size=1, max_size=50)
 
@@ -67,3 +68,37 @@ def test_keep_lowest_keeps_exact_count_of_lowest(weights, fraction):
     assert mask.sum() == round(fraction * len(weights))
     if 0 < mask.sum() < len(weights):
         assert max(np.asarray(weights)[mask]) <= min(np.asarray(weights)[~mask])
+
+
+def test_official_ds_weights_by_hand():
+    # Lv = 2: loss 0.5 -> w' 4 clipped to 2 -> ds 2; loss 2 -> w' 1 -> not > 1 -> min(1/1, 5) = 1;
+    # loss 8 -> w' 0.25 -> ds 4; loss 100 -> w' 0.02 -> 1/w' = 50 capped at 5; loss 0 -> w' 0 -> ds 5.
+    assert official_ds_weights([0.5, 2.0, 8.0, 100.0, 0.0], 2.0).tolist() == [2.0, 1.0, 4.0, 5.0, 5.0]
+    assert official_ratios([0.5, 2.0, 8.0, 0.0], 2.0).tolist() == [2.0, 1.0, 0.25, 0.0]
+    with pytest.raises(ValueError, match="row 0"):
+        official_ds_weights([-1.0], 2.0)
+
+
+def test_official_keep_by_hand():
+    # int(4 * 0.5) = 2; sorted = [1, 2, 2, 3]; threshold 2; keep ds < 2: only the 1.
+    assert official_keep([2.0, 1.0, 3.0, 2.0], 0.5).tolist() == [False, True, False, False]
+    # Without ties it keeps int(n * k): int(5 * 0.8) = 4.
+    assert official_keep([1.0, 5.0, 2.0, 3.0, 4.0], 0.8).tolist() == [True, False, True, True, True]
+    assert official_keep([3.0, 1.0], 1.0).tolist() == [True, True]  # their index would run past the end
+    assert official_keep([3.0], 0.8).tolist() == [False]  # int(0.8) = 0: threshold is the only row
+    assert official_keep([], 0.8).tolist() == []
+
+
+@given(finite_losses, st.floats(min_value=1e-3, max_value=1e3))
+def test_official_ds_is_between_one_and_five(losses, valid):
+    ds = official_ds_weights(losses, valid)
+    assert np.all((ds >= 1.0) & (ds <= 5.0))
+
+
+@given(st.lists(st.floats(min_value=1, max_value=5), max_size=60), st.floats(min_value=0.01, max_value=1))
+def test_official_keep_keeps_at_most_int_nk_strictly_below_the_rest(weights, fraction):
+    mask = official_keep(weights, fraction)
+    n = len(weights)
+    assert mask.sum() <= (n if int(n * fraction) >= n else int(n * fraction))
+    if 0 < mask.sum() < n:
+        assert max(np.asarray(weights)[mask]) < min(np.asarray(weights)[~mask])
