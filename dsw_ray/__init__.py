@@ -1,14 +1,15 @@
 """dsw-ray: importance-weighted self-improvement (IWSI) of LLMs on Ray.
 
-The public surface: tasks, voting, DS weights and the keep rule as plain functions, and
-``run_job`` for a whole job. Importing this package loads neither torch nor Ray.
+The public surface: tasks, voting, DS weights and the keep rules (the paper's and the
+authors' code's) as plain functions, the filter methods, and ``run_job`` for a whole job. Importing this package loads neither torch nor Ray.
 """
 
 from dsw_ray.config import JobConfig, load_job
 from dsw_ray.errors import ConfigError, DataError, UserError
 from dsw_ray.tasks import get_task
 from dsw_ray.vote import majority_vote
-from dsw_ray.weights import ds_weights, keep_lowest
+from dsw_ray.filters import METHODS
+from dsw_ray.weights import ds_weights, keep_lowest, official_ds_weights, official_keep
 
 
 def run_job(job: JobConfig) -> dict:
@@ -19,6 +20,7 @@ def run_job(job: JobConfig) -> dict:
 
 
 __all__ = [
-    "ConfigError", "DataError", "JobConfig", "UserError",
-    "ds_weights", "get_task", "keep_lowest", "load_job", "majority_vote", "run_job",
+    "METHODS", "ConfigError", "DataError", "JobConfig", "UserError",
+    "ds_weights", "get_task", "keep_lowest", "load_job", "majority_vote", "official_ds_weights", "official_keep",
+    "run_job",
 ]

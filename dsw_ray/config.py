@@ -82,7 +82,7 @@ class ScoreConfig(ActorPool):
     loss_on: Literal["answer", "full"] = Field(
         "answer",
         description="Tokens a sample's loss averages over: the answer and its EOS (what training minimizes), "
-        "or the whole 'Q: ...\\nA: ...' text as the authors' code does.",
+        "or the whole 'Q: ...\\nA: ...' text. semantics: official replaces both with the authors' text.",
     )
 
 

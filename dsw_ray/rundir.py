@@ -35,13 +35,20 @@ def read_manifest(path: str) -> dict | None:
         return None
 
 
+def display_name(path: str) -> str:
+    """A stage's path from its round (``round-1/iwsi/train``), or its last two parts."""
+    parts = os.path.normpath(path).split(os.sep)
+    starts = [i for i, part in enumerate(parts) if part.startswith("round-")]
+    return "/".join(parts[starts[-1] :] if starts else parts[-2:])
+
+
 def run_stage(path: str, stage_fingerprint: str, produce: Callable[[str], dict]) -> dict:
     """Run ``produce(partial_dir) -> info`` unless ``path`` already holds this fingerprint's output.
 
     Returns the manifest: ``fingerprint``, ``seconds``, and what ``produce`` returned.
     """
     manifest = read_manifest(path)
-    name = os.path.relpath(path, os.path.dirname(os.path.dirname(path)))
+    name = display_name(path)
     if manifest is not None and manifest.get("fingerprint") == stage_fingerprint:
         log.info("%s: done already, skipped", name)
         manifest["skipped"] = True

@@ -187,6 +187,42 @@ def test_official_semantics_reward_model_and_weighted_loss(toy_model, tiny_rewar
     assert summary["semantics"] == "official" and summary["methods"]["iwsi_w"]["train"]["optimizer_steps"] > 0
 
 
+def test_two_rounds_each_method_continues_its_own_model(tiny_model, tmp_path, ray_session):
+    """Round 2 generates from each method's round-1 export; a method that keeps nothing is
+    reported as such, not fine-tuned, and goes on from the model it had."""
+    from dsw_ray.pipeline import run_job
+
+    job = tiny_job(
+        tiny_model,
+        tmp_path / "run",
+        rounds=2,
+        methods=["none", "oracle"],
+        task={"name": "arith", "num_questions": 6, "num_valid": 4, "num_test": 4, "seed": 2},
+        generate={"samples_per_question": 2, "max_new_tokens": 8, "batch_size": 6},
+        evaluate={"max_new_tokens": 8, "batch_size": 4},
+    )
+    summary = run_job(job)
+    run_dir = job.run_dir
+    first, second = summary["rounds"]
+    # The untrained tiny model never answers correctly: the oracle keeps nothing.
+    assert first["methods"]["oracle"]["kept"] == 0 and first["methods"]["oracle"]["accuracy"] is None
+    assert not os.path.exists(os.path.join(run_dir, "round-1", "oracle", "train"))
+    assert first["methods"]["none"]["kept"] == 12 and first["methods"]["none"]["accuracy"] is not None
+    # Round 2: each method has its own candidates, from its own model.
+    assert second["methods"]["none"]["candidates"]["dir"] == "round-2/none"
+    assert second["methods"]["oracle"]["candidates"]["dir"] == "round-2/oracle"
+    round_two = table(run_dir, "round-2/none/generate")
+    assert len(round_two) == 12
+    assert set(round_two[C.SEED]).isdisjoint(table(run_dir, "round-1/generate")[C.SEED]), "new samples each round"
+    with open(os.path.join(run_dir, "round-2", "none", "train", "manifest.json")) as f:
+        assert json.load(f)["optimizer_steps"] > 0
+    assert second["methods"]["none"]["model"] == os.path.join(run_dir, "round-2", "none", "train", "model")
+    assert summary["methods"] == second["methods"]
+    with open(os.path.join(run_dir, "report.md")) as f:
+        report = f.read()
+    assert "| oracle | 1 | 0 | - | - |" in report and "round-2/none" in report
+
+
 def test_same_seed_same_candidates_whatever_the_batching(tiny_model, tmp_path, ray_session):
     """Per-candidate seeds: batch size and actor count do not change what is sampled."""
     import ray
