@@ -28,7 +28,7 @@ from dsw_ray.models import check_model_dir
 from dsw_ray.rundir import fingerprint, run_stage
 from dsw_ray.report import write_report
 from dsw_ray.reward import reward
-from dsw_ray.score import VALID_LOSS_STDERR, VALID_N, score
+from dsw_ray.score import score, valid_loss_stats, valid_losses
 from dsw_ray.tasks import Splits, get_task
 from dsw_ray.tasks.numeric import is_correct
 from dsw_ray.toy import build_toy_model
@@ -38,6 +38,7 @@ from dsw_ray.vote import vote_question
 log = logging.getLogger(__name__)
 
 DATA = "data"  # the parquet folder inside a stage's artifact folder
+VALID_LOSSES = "valid_losses.parquet"  # per-example valid-set losses, in the score stage's folder
 
 
 # ---- artifacts -------------------------------------------------------------------------
@@ -185,15 +186,18 @@ def make_candidates(
         ),
     )
 
-    fps["score"] = fingerprint("score", fps["vote"], job.score, job.train.max_length, model_fp)
-    scored = run_stage(
-        stage("score"),
-        fps["score"],
-        lambda out: write_dataset(
-            score(read_dataset(stage("vote"), job.score.batch_size * 4, job.score.actors), splits.valid, model_path, job),
-            out,
-        ),
-    )
+    fps["score"] = fingerprint("score", fps["vote"], job.score, job.train.max_length, model_fp, job.task, job.semantics)
+
+    def score_stage(out: str) -> dict:
+        # Lv once per model, for the whole pool; its per-example losses are kept beside the scores.
+        valid = valid_losses(splits.valid, model_path, job)
+        pq.write_table(valid, os.path.join(out, VALID_LOSSES))
+        valid_loss = valid_loss_stats(valid[C.LOSS].to_numpy())
+        log.info("round %d: Lv = %.4f +- %.4f (n = %d)", round_index, valid_loss["mean"], valid_loss["stderr"], valid_loss["n"])
+        candidates = read_dataset(stage("vote"), job.score.batch_size * 4, job.score.actors)
+        return {**write_dataset(score(candidates, valid_loss, model_path, job), out), "valid_loss": valid_loss}
+
+    scored = run_stage(stage("score"), fps["score"], score_stage)
     if "rm" in job.methods:
         fps["reward"] = fingerprint("reward", fps["vote"], job.reward, job.train.max_length)
         run_stage(
@@ -219,10 +223,7 @@ def make_candidates(
         "correct": correct_fraction(voted, official),
         "majority_correct": correct_fraction(voted.filter(pc.field(C.IS_MAJORITY)), official),
     }
-    if scored["rows"]:
-        stats = read_table(stage("score"), [C.VALID_LOSS_MEAN, VALID_LOSS_STDERR, VALID_N]).slice(0, 1).to_pylist()[0]
-        summary["valid_loss"] = {"mean": stats[C.VALID_LOSS_MEAN], "stderr": stats[VALID_LOSS_STDERR], "n": stats[VALID_N]}
-    return Candidates(where, fps, summary)
+    return Candidates(where, fps, {**summary, "valid_loss": scored["valid_loss"]})
 
 
 def run_method(job: JobConfig, run_dir: str, method: str, candidates: Candidates, where: str, model_path: str) -> dict:

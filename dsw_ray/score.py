@@ -1,8 +1,10 @@
 """Score: each majority candidate's loss under the base model, and its DS weight.
 
-A stateful actor pool: each actor loads the base model once and computes the mean loss of
-the labeled valid set, ``Lv``, once; then every batch of candidates costs one forward pass
-per sub-batch, padded to its own longest row.
+A stateful actor pool of ``Scorer``s, each holding the base model. It runs twice per
+model: first over the labeled valid set, whose per-example losses give ``Lv`` (with its
+standard error and ``n``) once for the whole pool; then over the candidates, with ``Lv``
+handed to every actor, so that no two actors can weigh against different values. Each
+batch costs one forward pass per sub-batch of similar lengths, padded to its longest row.
 """
 
 from __future__ import annotations
@@ -56,27 +58,28 @@ class LossModel:
         return losses
 
 
-def valid_loss_stats(losses: np.ndarray) -> tuple[float, float, int]:
-    """``Lv``, its standard error ``std / sqrt(n)`` and ``n``."""
+def valid_loss_stats(losses) -> dict:
+    """``Lv`` (``mean``), its standard error ``std / sqrt(n)`` (``stderr``) and ``n``."""
+    losses = np.asarray(losses, dtype=np.float64)
     n = len(losses)
     stderr = float(np.std(losses, ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
-    return float(np.mean(losses)), stderr, n
+    return {"mean": float(np.mean(losses)), "stderr": stderr, "n": n}
 
 
 class Scorer:
-    """Ray Data callable class: adds ``loss``, ``valid_loss_mean`` and ``ds_weight`` to candidates."""
+    """Ray Data callable class: adds ``loss`` to rows of ``question`` and ``text``; given
+    the valid loss, also ``valid_loss_mean``, ``valid_loss_stderr``, ``valid_n`` and ``ds_weight``."""
 
     def __init__(
         self,
         model_path: str,
-        valid_questions: list[str],
-        valid_answers: list[str],
         batch_size: int,
         dtype: str = "float32",
         trust_remote_code: bool = False,
         max_length: int = 512,
         loss_on: str = "answer",
         official: bool = False,
+        valid_loss: dict | None = None,
         threads: int | None = None,
     ):
         import torch
@@ -85,17 +88,15 @@ class Scorer:
             torch.set_num_threads(threads)
         self.model = LossModel(model_path, dtype, trust_remote_code, max_length, loss_on, official)
         self.weigh = official_ds_weights if official else ds_weights
-        self.batch_size = batch_size
-        self.valid_loss_mean, self.valid_loss_stderr, self.valid_n = valid_loss_stats(
-            self.model.losses(valid_questions, valid_answers, batch_size)
-        )
-        log.info("valid loss Lv = %.4f +- %.4f (n=%d)", self.valid_loss_mean, self.valid_loss_stderr, self.valid_n)
+        self.batch_size, self.valid_loss = batch_size, valid_loss
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        C.require(batch, (C.QUESTION_ID, C.SAMPLE_INDEX, C.QUESTION, C.TEXT), "score")
+        C.require(batch, (C.QUESTION_ID, C.QUESTION, C.TEXT), "score")
         losses = self.model.losses(list(batch[C.QUESTION]), list(batch[C.TEXT]), self.batch_size)
+        if self.valid_loss is None:
+            return {**batch, C.LOSS: losses}
         try:
-            weights = self.weigh(losses, self.valid_loss_mean)
+            weights = self.weigh(losses, self.valid_loss["mean"])
         except UnusableLoss as error:
             keys = list(zip(batch[C.QUESTION_ID], batch[C.SAMPLE_INDEX]))
             bad = [(str(keys[i][0]), int(keys[i][1])) for i in error.rows]
@@ -104,25 +105,16 @@ class Scorer:
         return {
             **batch,
             C.LOSS: losses,
-            C.VALID_LOSS_MEAN: np.full(n, self.valid_loss_mean),
-            VALID_LOSS_STDERR: np.full(n, self.valid_loss_stderr),
-            VALID_N: np.full(n, self.valid_n),
+            C.VALID_LOSS_MEAN: np.full(n, self.valid_loss["mean"]),
+            VALID_LOSS_STDERR: np.full(n, self.valid_loss["stderr"]),
+            VALID_N: np.full(n, self.valid_loss["n"]),
             C.DS_WEIGHT: weights,
         }
 
 
-def score(candidates, valid, model_path: str, job):
-    """The score stage: majority candidates (a Ray Dataset) with losses and DS weights (lazy)."""
-    from ray.data.expressions import col
-
-    from dsw_ray.resources import pool_map
-
-    if len(valid) < 30:
-        log.warning("the valid set has %d examples; Lv's standard error will be large (the paper: >= 50).", len(valid))
-    constructor = dict(
+def scorer_settings(model_path: str, job) -> dict:
+    return dict(
         model_path=model_path,
-        valid_questions=[e.question for e in valid],
-        valid_answers=[e.rationale for e in valid],
         batch_size=job.score.batch_size,
         dtype=job.model.dtype,
         trust_remote_code=job.model.trust_remote_code,
@@ -130,6 +122,38 @@ def score(candidates, valid, model_path: str, job):
         loss_on=job.score.loss_on,
         official=job.semantics == "official",
     )
+
+
+def valid_losses(valid, model_path: str, job):
+    """Per-example losses of the labeled valid set (their gold rationales) under ``model_path``,
+    through the scoring pool: a pyarrow table of ``question_id`` and ``loss``."""
+    import pyarrow as pa
+    import ray
+
+    from dsw_ray.resources import pool_map
+
+    if len(valid) < 30:
+        log.warning("the valid set has %d examples; Lv's standard error will be large (the paper: >= 50).", len(valid))
+    examples = ray.data.from_arrow(
+        pa.table(
+            {
+                C.QUESTION_ID: [e.question_id for e in valid],
+                C.QUESTION: [e.question for e in valid],
+                C.TEXT: [e.rationale for e in valid],
+            }
+        )
+    ).repartition(job.score.actors)
+    losses = pool_map(examples, Scorer, scorer_settings(model_path, job), job.score, "score").to_arrow_refs()
+    return pa.concat_tables(ray.get(losses)).select([C.QUESTION_ID, C.LOSS]).sort_by(C.QUESTION_ID)
+
+
+def score(candidates, valid_loss: dict, model_path: str, job):
+    """The score stage: majority candidates (a Ray Dataset) with losses and DS weights (lazy)."""
+    from ray.data.expressions import col
+
+    from dsw_ray.resources import pool_map
+
+    constructor = {**scorer_settings(model_path, job), "valid_loss": valid_loss}
     # One call gets several forward passes' worth of candidates.
     majority = candidates.filter(expr=col(C.IS_MAJORITY))
     return pool_map(majority, Scorer, constructor, job.score, "score", batch_size=job.score.batch_size * 4)

@@ -122,6 +122,16 @@ def test_whole_round_with_two_methods(toy_model, tmp_path, ray_session):
     candidates = iwsi["candidates"]
     assert candidates["generated"] == len(generated) and candidates["majority"] == len(scored)
     assert candidates["valid_loss"]["n"] == 6 and candidates["valid_loss"]["mean"] == scored[C.VALID_LOSS_MEAN][0]
+    # Lv, computed once through the pool, is the valid set's mean loss computed directly.
+    from dsw_ray.score import LossModel
+
+    valid = get_task("arith").load(None, 12, 6, 10, 1).valid
+    direct = LossModel(toy_model, "float32", False, 512, "answer").losses(
+        [e.question for e in valid], [e.rationale for e in valid], batch_size=2
+    )
+    assert candidates["valid_loss"]["mean"] == pytest.approx(direct.mean(), abs=1e-6)
+    per_example = pd.read_parquet(os.path.join(run_dir, "round-1", "score", "valid_losses.parquet"))
+    assert sorted(per_example[C.QUESTION_ID]) == sorted(e.question_id for e in valid)
 
     with open(os.path.join(run_dir, "report.md")) as f:
         report = f.read()

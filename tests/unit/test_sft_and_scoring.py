@@ -54,9 +54,10 @@ def test_batched_loss_equals_one_at_a_time_loss(tiny_model):
 
 
 def test_valid_loss_stats():
-    mean, stderr, n = valid_loss_stats(np.array([1.0, 2.0, 3.0, 4.0]))
-    assert (mean, n) == (2.5, 4)
-    assert stderr == pytest.approx(np.std([1, 2, 3, 4], ddof=1) / 2)
+    stats = valid_loss_stats(np.array([1.0, 2.0, 3.0, 4.0]))
+    assert (stats["mean"], stats["n"]) == (2.5, 4)
+    assert stats["stderr"] == pytest.approx(np.std([1, 2, 3, 4], ddof=1) / 2)
+    assert np.isnan(valid_loss_stats([3.0])["stderr"])
 
 
 def test_official_encoding_is_the_authors_text(tokenizer):
