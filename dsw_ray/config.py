@@ -118,6 +118,17 @@ class TrainConfig(Section):
     cpus_per_worker: float | None = Field(None, gt=0, description="CPUs per worker (None: share the cluster).")
     use_gpu: bool = Field(False, description="One GPU per worker, NCCL; off: CPU and gloo.")
     zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage (0: plain data parallel).")
+    offload_optimizer: bool = Field(False, description="ZeRO-Offload: optimizer states on CPU (DeepSpeed's CPU Adam).")
+    offload_params: bool = Field(False, description="ZeRO-3 only: parameters on CPU between uses.")
+    deepspeed: dict = Field(
+        {}, description="Raw DeepSpeed config merged over ours; batch sizes, accumulation and stage must agree."
+    )
+    resources_per_worker: dict[str, float] = Field(
+        {}, description="Extra Ray resources per worker, e.g. a custom resource that places one worker per node."
+    )
+    max_failures: int = Field(
+        2, ge=-1, description="Worker failures Ray Train recovers from by restarting at the last checkpoint (-1: no limit)."
+    )
     epochs: int = Field(1, ge=1, description="Passes over the kept samples.")
     micro_batch_size: int = Field(4, ge=1, description="Samples per worker per forward pass.")
     gradient_accumulation_steps: int = Field(1, ge=1, description="Micro batches per optimizer step.")
@@ -130,6 +141,17 @@ class TrainConfig(Section):
     max_length: int = Field(512, ge=8, description="Longest training text in tokens; longer ones are cut.")
     lora: LoraConfig | None = Field(None, description="LoRA adapter settings; None: full fine-tuning.")
     seed: int = Field(0, description="Seed of shuffling and initialization.")
+
+    @model_validator(mode="after")
+    def offload_needs_zero(self) -> TrainConfig:
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError("train.offload_params needs zero_stage 3")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("train.offload_optimizer needs zero_stage 1, 2 or 3")
+        from dsw_ray.train import deepspeed_config
+
+        deepspeed_config({**self.model_dump(), "dtype": "float32"}, self.num_workers)  # raw dict consistent?
+        return self
 
 
 class EvaluateConfig(ActorPool):

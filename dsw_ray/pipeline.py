@@ -226,7 +226,9 @@ def make_candidates(
     return Candidates(where, fps, {**summary, "valid_loss": scored["valid_loss"]})
 
 
-def run_method(job: JobConfig, run_dir: str, method: str, candidates: Candidates, where: str, model_path: str) -> dict:
+def run_method(
+    job: JobConfig, run_dir: str, method: str, candidates: Candidates, where: str, model_path: str, splits: Splits
+) -> dict:
     """Filter, fine-tune and evaluate one method on a round's shared candidates."""
     spec = METHODS[method]
     official = job.semantics == "official"
@@ -270,13 +272,15 @@ def run_method(job: JobConfig, run_dir: str, method: str, candidates: Candidates
             job,
             os.path.join(out, "model"),
             stage("ray_train"),
+            run_name=f"train-{train_fp}",  # an interrupted run of these same settings resumes
+            heldout=[(e.question, e.rationale) for e in splits.valid],
         ),
     )
     model_dir = os.path.join(stage("train"), "model")
     return {
         **result,
         "accuracy": run_evaluation(job, run_dir, stage("evaluate"), model_dir, train_fp),
-        "train": {k: trained[k] for k in ("optimizer_steps", "final_loss") if k in trained},
+        "train": {k: trained[k] for k in ("optimizer_steps", "final_loss", "heldout_loss") if k in trained},
         "model": model_dir,
         "model_fingerprint": train_fp,
     }
@@ -295,7 +299,7 @@ def run_round(job: JobConfig, run_dir: str, round_index: int, lineages: dict[str
             where = round_dir if round_index == 1 else os.path.join(round_dir, method)
             shared[model_fp] = make_candidates(job, run_dir, where, round_index, model_path, model_fp, splits)
         candidates = shared[model_fp]
-        result = run_method(job, run_dir, method, candidates, os.path.join(round_dir, method), model_path)
+        result = run_method(job, run_dir, method, candidates, os.path.join(round_dir, method), model_path, splits)
         methods[method] = {**result, "candidates": candidates.summary}
     return {"round": round_index, "methods": methods}
 

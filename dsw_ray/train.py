@@ -35,21 +35,49 @@ log = logging.getLogger(__name__)
 LOSS_HISTORY = "loss_history.json"
 
 
+# DeepSpeed keys that the typed training settings own: a raw `deepspeed` dict may repeat
+# them only with the same value, so the step count we promise is the one DeepSpeed makes.
+OWNED_KEYS = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size", "gradient_clipping")
+
+
+def merge(base: dict, extra: dict) -> dict:
+    """``extra`` laid over ``base``, nested dicts merged key by key."""
+    merged = dict(base)
+    for key, value in extra.items():
+        merged[key] = merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return merged
+
+
 def deepspeed_config(settings: dict, world_size: int) -> dict:
-    """The DeepSpeed config that the training settings imply (batch sizes agree by construction)."""
+    """The DeepSpeed config the training settings imply, with the raw ``deepspeed`` dict
+    merged over it. Batch sizes and accumulation agree by construction; a raw dict that
+    contradicts them (or asks for a different ZeRO stage) is rejected."""
     dtype = settings["dtype"]
-    return {
+    zero = {"stage": settings["zero_stage"]}
+    if settings["offload_optimizer"]:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": settings["use_gpu"]}
+    if settings["offload_params"]:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": settings["use_gpu"]}
+    config = {
         "train_micro_batch_size_per_gpu": settings["micro_batch_size"],
         "gradient_accumulation_steps": settings["gradient_accumulation_steps"],
         "train_batch_size": settings["micro_batch_size"] * settings["gradient_accumulation_steps"] * world_size,
         "gradient_clipping": settings["max_grad_norm"],
-        "zero_optimization": {"stage": settings["zero_stage"]},
+        "zero_optimization": zero,
         "bf16": {"enabled": dtype == "bfloat16"},
         "fp16": {"enabled": dtype == "float16"},
-        # Our optimizer is torch's AdamW, which DeepSpeed supports but does not list as tested.
+        # torch's AdamW is our optimizer without offload; DeepSpeed supports it but does not list it as tested.
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
     }
+    extra = settings.get("deepspeed") or {}
+    for key in OWNED_KEYS:
+        if key in extra and extra[key] != config[key]:
+            raise ValueError(f"train.deepspeed.{key} = {extra[key]!r} contradicts the train settings, which imply {config[key]!r}.")
+    stage = extra.get("zero_optimization", {}).get("stage", zero["stage"])
+    if stage != zero["stage"]:
+        raise ValueError(f"train.deepspeed.zero_optimization.stage = {stage} contradicts train.zero_stage = {zero['stage']}.")
+    return merge(config, extra)
 
 
 def optimizer_steps(num_samples_per_worker: int, settings: dict) -> int:
@@ -100,33 +128,24 @@ def export(state: dict, settings: dict, out_dir: str) -> None:
     load_tokenizer(settings["model_path"], settings["trust_remote_code"]).save_pretrained(out_dir)
 
 
-def train_worker(
-    settings: dict,
-    batches: Callable[[int], Iterable[dict]],
-    num_samples_per_worker: int,
-    report: Callable[[dict, str | None], None],
-    rank: int = 0,
-    world_size: int = 1,
-) -> None:
-    """One worker's fine-tuning. ``batches(epoch)`` yields micro batches of ``question``/``text``
-    columns; ``report(metrics, export_dir_or_None)`` is called once at the end, on every rank."""
-    import deepspeed
+def make_optimizer(parameters, settings: dict):
+    """torch's AdamW; with optimizer offload, DeepSpeed's CPU Adam (what ZeRO-Offload expects)."""
     import torch
 
-    torch.manual_seed(settings["seed"])
-    if settings.get("threads"):
-        torch.set_num_threads(settings["threads"])
-    tokenizer = load_tokenizer(settings["model_path"], settings["trust_remote_code"])
-    model = build_model(settings)
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        parameters, lr=settings["learning_rate"], betas=tuple(settings["betas"]), weight_decay=settings["weight_decay"]
-    )
-    expected_steps = optimizer_steps(num_samples_per_worker, settings)
-    total_steps = max(1, expected_steps)
+    kwargs = dict(lr=settings["learning_rate"], betas=tuple(settings["betas"]), weight_decay=settings["weight_decay"])
+    if settings["offload_optimizer"]:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(parameters, adamw_mode=True, **kwargs)
+    return torch.optim.AdamW(parameters, **kwargs)
+
+
+def lr_schedule(settings: dict, total_steps: int) -> Callable[[int], float]:
+    """Warmup, then constant, linear or cosine decay over ``total_steps``."""
+    total_steps = max(1, total_steps)
     warmup = math.floor(settings["warmup_fraction"] * total_steps)
 
-    def lr_factor(step: int) -> float:
+    def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / (warmup + 1)
         progress = (step - warmup) / max(1, total_steps - warmup)
@@ -134,7 +153,85 @@ def train_worker(
             return 0.5 * (1 + math.cos(math.pi * progress))
         return 1.0 - progress if settings["lr_schedule"] == "linear" else 1.0
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    return factor
+
+
+def gather(value, world_size: int) -> list:
+    """Every rank's ``value``, on every rank."""
+    if world_size == 1:
+        return [value]
+    import torch.distributed as dist
+
+    values = [None] * world_size
+    dist.all_gather_object(values, value)
+    return values
+
+
+def parameter_digest(module) -> str:
+    """A short fingerprint of the (gathered) weights: equal digests, equal weights to within
+    float summation order. Per-tensor sums are cheap even for large models."""
+    import hashlib
+
+    import torch
+
+    with torch.no_grad():
+        sums = [float(p.detach().double().sum()) for p in module.parameters()]
+    return hashlib.sha256(repr(sums).encode()).hexdigest()[:16]
+
+
+def heldout_loss(engine, tokenizer, examples: list, settings: dict) -> float | None:
+    """Mean per-sample loss of held-out ``(question, answer)`` pairs under the trained weights.
+    Every rank runs it (a ZeRO-3 forward is a collective)."""
+    import torch
+
+    if not examples:
+        return None
+    encoded = [encode_example(tokenizer, q, a, settings["max_length"]) for q, a in examples]
+    losses = []
+    engine.eval()
+    with torch.no_grad():
+        for start in range(0, len(encoded), settings["micro_batch_size"]):
+            batch = pad_batch(encoded[start : start + settings["micro_batch_size"]], tokenizer.pad_token_id)
+            batch = {k: v.to(engine.device) for k, v in batch.items()}
+            losses.extend(sequence_losses(engine, batch).double().cpu().tolist())
+    return sum(losses) / len(losses)
+
+
+def train_worker(
+    settings: dict,
+    batches: Callable[[int], Iterable[dict]],
+    num_samples_per_worker: int,
+    report: Callable[[dict, str | None], None],
+    rank: int = 0,
+    world_size: int = 1,
+    restore: str | None = None,
+    identity: str = "",
+) -> None:
+    """One worker's fine-tuning.
+
+    ``batches(epoch)`` yields micro batches of ``question``/``text`` (and ``loss_weight``)
+    columns. After each epoch but the last, every rank saves its part of a DeepSpeed
+    checkpoint and calls ``report(metrics, checkpoint_dir)``; at the end every rank calls
+    ``report(metrics, export_dir_or_None)``, with the Hugging Face export on rank 0.
+    ``restore`` is a checkpoint folder from an earlier attempt: training goes on after its
+    epoch with the optimizer, schedule and step count it saved.
+    """
+    import deepspeed
+    import torch
+
+    if restore and os.path.exists(os.path.join(restore, LOSS_HISTORY)):
+        # The earlier attempt finished and exported: hand the export back.
+        with open(os.path.join(restore, LOSS_HISTORY)) as f:
+            report(json.load(f)["metrics"], restore if rank == 0 else None)
+        return
+    torch.manual_seed(settings["seed"])
+    if settings.get("threads"):
+        torch.set_num_threads(settings["threads"])
+    tokenizer = load_tokenizer(settings["model_path"], settings["trust_remote_code"])
+    model = build_model(settings)
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], settings)
+    expected_steps = optimizer_steps(num_samples_per_worker, settings)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(settings, expected_steps))
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
@@ -142,9 +239,13 @@ def train_worker(
         config=deepspeed_config(settings, world_size),
         dist_init_required=False,
     )
-    engine.train()
-    history, started = [], time.time()
-    for epoch in range(settings["epochs"]):
+    first_epoch, history = 0, []
+    if restore:
+        _, client_state = engine.load_checkpoint(restore)
+        first_epoch, history = client_state["epoch"], client_state["history"]
+    started, micro_batches = time.time(), 0
+    for epoch in range(first_epoch, settings["epochs"]):
+        engine.train()
         for batch in batches(epoch):
             examples = [
                 encode_example(tokenizer, str(q), str(t), settings["max_length"])
@@ -159,17 +260,29 @@ def train_worker(
             loss = (sequence_losses(engine, tensors) * weights).mean()
             engine.backward(loss)
             engine.step()
+            micro_batches += 1
             history.append({"epoch": epoch, "optimizer_step": int(engine.global_steps), "loss": float(loss.item())})
+        if epoch + 1 < settings["epochs"]:
+            checkpoint_dir = tempfile.mkdtemp(prefix="dsw-checkpoint-")
+            engine.save_checkpoint(checkpoint_dir, tag=f"epoch-{epoch + 1}", client_state={"epoch": epoch + 1, "history": history})
+            report({"epoch": epoch + 1, "optimizer_steps": int(engine.global_steps)}, checkpoint_dir)
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    heldout = heldout_loss(engine, tokenizer, settings.get("heldout") or [], settings)
+    # Every rank joins the gather (a collective under ZeRO-3); rank 0 keeps a CPU copy.
+    with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None):
+        digests = gather(parameter_digest(engine.module), world_size)
+        state = {k: v.detach().cpu().clone() for k, v in engine.module.state_dict().items()} if rank == 0 else None
     metrics = {
         "optimizer_steps": int(engine.global_steps),
         "expected_optimizer_steps": expected_steps,
-        "micro_batches": len(history),
+        "micro_batches": micro_batches,  # in this attempt
+        "resumed_from_epoch": first_epoch,
         "final_loss": history[-1]["loss"] if history else float("nan"),
+        "heldout_loss": heldout,
+        "parameter_digests": digests,
+        "workers": gather(identity, world_size),
         "seconds": time.time() - started,
     }
-    # Every rank joins the gather (a collective under ZeRO-3); rank 0 keeps a CPU copy.
-    with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None):
-        state = {k: v.detach().cpu().clone() for k, v in engine.module.state_dict().items()} if rank == 0 else None
     if rank != 0:
         report(metrics, None)
         return
@@ -200,16 +313,26 @@ def ray_train_loop(settings: dict) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(out_dir) if out_dir else None
         ray.train.report(metrics, checkpoint=checkpoint)
 
-    world = context.get_world_size()
-    train_worker(settings, batches, settings["num_samples"] // world, report, context.get_world_rank(), world)
+    world, rank = context.get_world_size(), context.get_world_rank()
+    identity = f"{ray.get_runtime_context().get_node_id()}/{os.getpid()}"
+    num_samples = settings["num_samples"] // world
+    checkpoint = ray.train.get_checkpoint()  # set when Ray restarts the workers, or the run resumes
+    if checkpoint is None:
+        train_worker(settings, batches, num_samples, report, rank, world, identity=identity)
+        return
+    with checkpoint.as_directory() as restore:
+        log.info("rank %d: resuming from %s", rank, restore)
+        train_worker(settings, batches, num_samples, report, rank, world, restore, identity)
 
 
-def training_settings(job, model_path: str, num_samples: int, threads: int) -> dict:
-    """Everything a worker needs, as plain data (it travels to the workers)."""
+def training_settings(job, model_path: str, num_samples: int, threads: int, heldout=()) -> dict:
+    """Everything a worker needs, as plain data (it travels to the workers). ``heldout``:
+    ``(question, answer)`` pairs whose loss the workers report after training."""
     train = job.train
     return {
-        **train.model_dump(exclude={"num_workers", "cpus_per_worker", "use_gpu"}),
+        **train.model_dump(exclude={"num_workers", "cpus_per_worker", "resources_per_worker", "max_failures"}),
         "lora": train.lora.model_dump() if train.lora else None,
+        "heldout": [list(pair) for pair in heldout],
         "model_path": model_path,
         "dtype": job.model.dtype,
         "trust_remote_code": job.model.trust_remote_code,
@@ -219,10 +342,17 @@ def training_settings(job, model_path: str, num_samples: int, threads: int) -> d
     }
 
 
-def fine_tune(kept, num_samples: int, model_path: str, job, out_dir: str, storage_dir: str) -> dict:
-    """The train stage: fine-tune on the kept samples (a Ray Dataset), export to ``out_dir``."""
+def fine_tune(
+    kept, num_samples: int, model_path: str, job, out_dir: str, storage_dir: str, run_name: str = "train", heldout=()
+) -> dict:
+    """The train stage: fine-tune on the kept samples (a Ray Dataset), export to ``out_dir``.
+
+    Ray Train keeps the run's checkpoints under ``storage_dir/run_name``: when a worker dies
+    it restarts the workers from the last one (up to ``train.max_failures`` times), and a
+    later call with the same name (the same stage fingerprint) resumes an interrupted run.
+    """
     import ray
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from dsw_ray.resources import pool_cpus, torch_threads
@@ -234,15 +364,25 @@ def fine_tune(kept, num_samples: int, model_path: str, job, out_dir: str, storag
             "lower train.num_workers or keep more candidates."
         )
     cpus = pool_cpus(train.num_workers, train.cpus_per_worker, ray.cluster_resources().get("CPU", 1), "train")
-    settings = training_settings(job, model_path, num_samples, torch_threads(cpus))
+    settings = training_settings(job, model_path, num_samples, torch_threads(cpus), heldout)
+    try:
+        deepspeed_config(settings, train.num_workers)  # a contradictory raw dict fails here, not in a worker
+    except ValueError as error:
+        raise UserError(str(error)) from error
     trainer = TorchTrainer(
         ray_train_loop,
         train_loop_config=settings,
         torch_config=TorchConfig(backend="nccl" if train.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
-            num_workers=train.num_workers, use_gpu=train.use_gpu, resources_per_worker={"CPU": cpus}
+            num_workers=train.num_workers,
+            use_gpu=train.use_gpu,
+            resources_per_worker={"CPU": cpus, **train.resources_per_worker},
         ),
-        run_config=RunConfig(storage_path=os.path.abspath(storage_dir), name="train"),
+        run_config=RunConfig(
+            storage_path=os.path.abspath(storage_dir),
+            name=run_name,
+            failure_config=FailureConfig(max_failures=train.max_failures),
+        ),
         datasets={"train": kept},
     )
     result = trainer.fit()

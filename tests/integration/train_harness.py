@@ -1,0 +1,48 @@
+"""Runs ``train_worker`` on every rank of a ``torchrun`` launch, without Ray: the tests use it
+to give each rank exactly the same rows in the same order under every ZeRO stage.
+
+    python -m torch.distributed.run --nproc_per_node 2 train_harness.py SPEC.json
+
+SPEC: ``settings`` (as ``training_settings`` makes them), ``data`` (a parquet file of
+``question``/``text`` rows), ``out`` (a folder: ``metrics-<rank>.json`` and ``export/``).
+Rank r trains on rows r, r + world, ... in file order, in micro batches of the settings' size.
+"""
+
+import json
+import os
+import shutil
+import sys
+
+import pyarrow.parquet as pq
+import torch.distributed as dist
+
+from dsw_ray.train import train_worker
+
+
+def main(spec_path: str) -> None:
+    with open(spec_path) as f:
+        spec = json.load(f)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    dist.init_process_group("gloo")
+    rows = pq.read_table(spec["data"]).to_pylist()[rank::world]
+    micro = spec["settings"]["micro_batch_size"]
+
+    def batches(epoch: int):
+        for start in range(0, len(rows), micro):
+            chunk = rows[start : start + micro]
+            yield {name: [row[name] for row in chunk] for name in chunk[0]}
+
+    def report(metrics: dict, directory: str | None) -> None:
+        if "parameter_digests" not in metrics:  # an epoch checkpoint
+            return
+        with open(os.path.join(spec["out"], f"metrics-{rank}.json"), "w") as f:
+            json.dump(metrics, f)
+        if directory:
+            shutil.copytree(directory, os.path.join(spec["out"], "export"))
+
+    train_worker(spec["settings"], batches, len(rows), report, rank, world, identity=f"rank-{rank}")
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
