@@ -179,6 +179,17 @@ def parameter_digest(module) -> str:
     return hashlib.sha256(repr(sums).encode()).hexdigest()[:16]
 
 
+def peak_memory_mb() -> float:
+    """This process's peak memory: GPU memory allocated on CUDA, else resident set size."""
+    import resource
+
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
 def heldout_loss(engine, tokenizer, examples: list, settings: dict) -> float | None:
     """Mean per-sample loss of held-out ``(question, answer)`` pairs under the trained weights.
     Every rank runs it (a ZeRO-3 forward is a collective)."""
@@ -281,6 +292,7 @@ def train_worker(
         "heldout_loss": heldout,
         "parameter_digests": digests,
         "workers": gather(identity, world_size),
+        "peak_memory_mb": gather(round(peak_memory_mb(), 1), world_size),
         "seconds": time.time() - started,
     }
     if rank != 0:
@@ -352,7 +364,7 @@ def fine_tune(
     later call with the same name (the same stage fingerprint) resumes an interrupted run.
     """
     import ray
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from dsw_ray.resources import pool_cpus, torch_threads
@@ -382,6 +394,8 @@ def fine_tune(
             storage_path=os.path.abspath(storage_dir),
             name=run_name,
             failure_config=FailureConfig(max_failures=train.max_failures),
+            # The last epoch's checkpoint is all a restart needs (DeepSpeed's can be large).
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
         ),
         datasets={"train": kept},
     )
@@ -392,5 +406,7 @@ def fine_tune(
         shutil.copytree(exported, staging)
     shutil.rmtree(out_dir, ignore_errors=True)
     os.rename(staging, out_dir)
+    # The export is in place: the run's own copy and checkpoints would only double the disk used.
+    shutil.rmtree(os.path.join(storage_dir, run_name), ignore_errors=True)
     with open(os.path.join(out_dir, LOSS_HISTORY)) as f:
         return json.load(f)["metrics"]

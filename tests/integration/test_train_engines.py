@@ -146,3 +146,38 @@ def test_export_round_trip_gives_the_workers_heldout_loss(runs, data, name):
     heldout = data[1]
     losses = LossModel(export, "float32", False, 512, "answer").losses([q for q, _ in heldout], [a for _, a in heldout], 4)
     assert losses.mean() == pytest.approx(metrics[0]["heldout_loss"], abs=1e-5)
+
+
+@pytest.mark.parametrize("stage", [0, 3])
+def test_loss_weights_scale_each_rows_loss(tiny_model, tmp_path, stage):
+    """A micro batch (a, b) with weights (2, 0) has the loss of (a, a) with weights (1, 1):
+    so training on one equals training on the other, under plain data parallel and ZeRO-3."""
+    examples = get_task("arith").load(None, 4, 32, 4, 9).valid
+    kept, ignored = examples[:16], examples[16:]
+    weighted, doubled = [], []  # in file order; rank r reads rows r, r + 2, ...
+    for i in range(0, 16, 2):
+        weighted += [(kept[i], 2.0), (kept[i + 1], 2.0), (ignored[i], 0.0), (ignored[i + 1], 0.0)]
+        doubled += [(kept[i], 1.0), (kept[i + 1], 1.0), (kept[i], 1.0), (kept[i + 1], 1.0)]
+    table = lambda rows: pa.table(
+        {"question": [e.question for e, _ in rows], "text": [e.rationale for e, _ in rows], "loss_weight": [w for _, w in rows]}
+    )
+    pq.write_table(table(weighted), tmp_path / "weighted.parquet")
+    pq.write_table(table(doubled), tmp_path / "doubled.parquet")
+    common = {"epochs": 1, "micro_batch_size": 2, "gradient_accumulation_steps": 1, "learning_rate": 1e-3}
+    if stage == 3:
+        common["deepspeed"] = {"zero_optimization": {"stage3_param_persistence_threshold": 0}}
+    for name in ("weighted", "doubled"):
+        launch(settings_for(tiny_model, [], zero_stage=stage, **common), str(tmp_path / f"{name}.parquet"), tmp_path / name)
+    weighted_model = load_file(tmp_path / "weighted" / "export" / "model.safetensors")
+    doubled_model = load_file(tmp_path / "doubled" / "export" / "model.safetensors")
+    base = load_file(os.path.join(tiny_model, "model.safetensors"))
+    moved = max(float((base[k] - doubled_model[k]).abs().max()) for k in base)
+    assert moved > 1e-3, "training moved the weights far more than the tolerance below"
+    off, total = 0, 0
+    for key in doubled_model:
+        # Adam divides by the gradient's own scale, so where a gradient is ~0 float noise can
+        # flip a step's sign (lr = 1e-3): allow that in a handful of elements, not in general.
+        torch.testing.assert_close(weighted_model[key], doubled_model[key], atol=5e-5, rtol=1e-3)
+        off += int(((weighted_model[key] - doubled_model[key]).abs() > 1e-6).sum())
+        total += doubled_model[key].numel()
+    assert off <= total * 0.001, f"{off} of {total} weights differ by more than 1e-6"

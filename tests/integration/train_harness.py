@@ -41,7 +41,10 @@ def main(spec_path: str) -> None:
             shutil.copytree(directory, os.path.join(spec["out"], "export"))
 
     train_worker(spec["settings"], batches, len(rows), report, rank, world, identity=f"rank-{rank}")
-    dist.destroy_process_group()
+    dist.barrier()
+    # Every file is written. Interpreter teardown with DeepSpeed's shared-memory comm threads
+    # alive sometimes aborts ("terminate called without an active exception"): skip it.
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,125 @@
+"""The train stage under Ray Train with faults: a worker process killed mid-run, and a
+driver killed mid-run and started again. Real processes, real signals."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from dsw_ray import get_task
+
+pytestmark = pytest.mark.ray
+
+DRIVER = os.path.join(os.path.dirname(__file__), "train_driver.py")
+ROWS, EPOCHS, MICRO, ACCUMULATION = 800, 4, 2, 4
+
+
+@pytest.fixture(scope="module")
+def rows_file(tmp_path_factory):
+    examples = get_task("arith").load(None, 4, ROWS, 4, 11).valid
+    path = tmp_path_factory.mktemp("data") / "rows.parquet"
+    pq.write_table(pa.table({"question": [e.question for e in examples], "text": [e.rationale for e in examples]}), path)
+    return str(path)
+
+
+def expected_steps(workers: int) -> int:
+    """Computed here from the config, independently of the trainer's own count."""
+    micro_batches = -(-(ROWS // workers) // MICRO) * EPOCHS
+    return micro_batches // ACCUMULATION
+
+
+def start(tmp_path, model, rows_file, workers: int):
+    spec = {
+        "job": {
+            "run_dir": str(tmp_path),
+            "task": {"name": "arith"},
+            "model": {"path": model},
+            "train": {"num_workers": workers, "epochs": EPOCHS, "micro_batch_size": MICRO,
+                      "gradient_accumulation_steps": ACCUMULATION, "zero_stage": 2, "max_failures": 2},
+        },
+        "model": model,
+        "data": rows_file,
+        "out": str(tmp_path / "model"),
+        "storage": str(tmp_path / "ray_train"),
+        "run_name": "train-test",
+        "num_cpus": 2,
+    }
+    with open(tmp_path / "spec.json", "w") as f:
+        json.dump(spec, f)
+    log = open(tmp_path / "driver.log", "a")
+    return subprocess.Popen(
+        [sys.executable, DRIVER, str(tmp_path / "spec.json")], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def committed_epochs(tmp_path) -> list[int]:
+    """Epoch checkpoints Ray Train has registered (every rank reported), from its snapshot file."""
+    try:
+        with open(tmp_path / "ray_train" / "train-test" / "checkpoint_manager_snapshot.json") as f:
+            results = json.load(f)["checkpoint_results"]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return []
+    return [r["metrics"]["epoch"] for r in results if "epoch" in r["metrics"]]
+
+
+def wait_for_checkpoint(tmp_path, process, timeout=240) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if committed_epochs(tmp_path):
+            return
+        assert process.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+        time.sleep(0.1)
+    raise AssertionError("no epoch checkpoint was registered")
+
+
+def metrics_of(tmp_path, process, timeout=400) -> dict:
+    process.wait(timeout=timeout)
+    output = (tmp_path / "driver.log").read_text()
+    assert process.returncode == 0, output[-4000:]
+    return json.loads([line for line in output.splitlines() if line.startswith("METRICS ")][-1][len("METRICS "):])
+
+
+def train_worker_pids(session_pid: int) -> list[int]:
+    """PIDs of the Ray Train worker processes under a driver's session."""
+    result = subprocess.run(["ps", "-o", "pid=,sid=,args=", "-e"], capture_output=True, text=True)
+    return [
+        int(pid)
+        for pid, sid, *args in (line.split(None, 2) for line in result.stdout.splitlines())
+        if int(sid) == session_pid and args and "RayTrainWorker" in args[0]
+    ]
+
+
+@pytest.mark.timeout(600)
+def test_killed_worker_restarts_from_the_last_epoch_with_the_right_step_count(tiny_model, rows_file, tmp_path):
+    driver = start(tmp_path, tiny_model, rows_file, workers=2)
+    wait_for_checkpoint(tmp_path, driver)
+    pids = train_worker_pids(driver.pid)
+    assert pids, "found the training workers"
+    os.kill(pids[-1], signal.SIGKILL)
+    killed_after = max(committed_epochs(tmp_path))
+    metrics = metrics_of(tmp_path, driver)
+    assert killed_after < EPOCHS - 1, "the kill came before the last epoch checkpoint"
+    assert metrics["resumed_from_epoch"] >= 1, "Ray restarted the workers from a checkpoint, not from scratch"
+    assert metrics["optimizer_steps"] == metrics["expected_optimizer_steps"] == expected_steps(2)
+    total = -(-(ROWS // 2) // MICRO) * EPOCHS
+    assert metrics["micro_batches"] == total * (EPOCHS - metrics["resumed_from_epoch"]) // EPOCHS
+    assert len(set(metrics["parameter_digests"])) == 1
+    assert os.path.exists(tmp_path / "model" / "model.safetensors")
+
+
+@pytest.mark.timeout(600)
+def test_killed_driver_resumes_its_run_when_started_again(tiny_model, rows_file, tmp_path):
+    first = start(tmp_path, tiny_model, rows_file, workers=1)
+    wait_for_checkpoint(tmp_path, first)
+    os.killpg(first.pid, signal.SIGKILL)  # the driver and the Ray it started
+    first.wait()
+    again = start(tmp_path, tiny_model, rows_file, workers=1)
+    metrics = metrics_of(tmp_path, again)
+    assert metrics["resumed_from_epoch"] >= 1
+    assert metrics["optimizer_steps"] == expected_steps(1)

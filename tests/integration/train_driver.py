@@ -1,0 +1,32 @@
+"""A driver that runs the train stage's ``fine_tune`` on its own local Ray: the tests kill
+it, or its workers, mid-run and check what a rerun makes of the checkpoints.
+
+    python train_driver.py SPEC.json
+
+SPEC: ``job`` (a job config dict), ``model``, ``data`` (parquet of question/text rows),
+``out`` (the export folder), ``storage``, ``run_name``, ``num_cpus``; prints ``METRICS <json>``.
+"""
+
+import json
+import sys
+
+import pyarrow.parquet as pq
+import ray
+
+from dsw_ray.config import JobConfig
+from dsw_ray.train import fine_tune
+
+
+def main(spec_path: str) -> None:
+    with open(spec_path) as f:
+        spec = json.load(f)
+    ray.init(num_cpus=spec["num_cpus"], include_dashboard=False)
+    rows = pq.read_table(spec["data"]).num_rows
+    job = JobConfig.model_validate(spec["job"])
+    dataset = ray.data.read_parquet(spec["data"]).repartition(4)
+    metrics = fine_tune(dataset, rows, spec["model"], job, spec["out"], spec["storage"], spec["run_name"])
+    print("METRICS " + json.dumps(metrics), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
