@@ -87,6 +87,8 @@ def runs(tiny_model, data, tmp_path_factory):
         "ddp": {"zero_stage": 0},
         "zero2": {"zero_stage": 2},
         "zero3": {"zero_stage": 3, "deepspeed": {"zero_optimization": {"stage3_param_persistence_threshold": 0}}},
+        # ZeRO-Offload: optimizer states and parameters on CPU, DeepSpeed's CPU Adam (built on first use).
+        "zero3_offload": {"zero_stage": 3, "offload_optimizer": True, "offload_params": True},
         "lora_ddp": {"zero_stage": 0, **LORA},
         "lora_zero3": {
             "zero_stage": 3,
@@ -100,7 +102,7 @@ def runs(tiny_model, data, tmp_path_factory):
     }
 
 
-@pytest.mark.parametrize("name", ["ddp", "zero2", "zero3", "lora_ddp", "lora_zero3"])
+@pytest.mark.parametrize("name", ["ddp", "zero2", "zero3", "zero3_offload", "lora_ddp", "lora_zero3"])
 def test_loss_falls_steps_match_and_ranks_agree(runs, name):
     metrics, history, _ = runs[name]
     means = epoch_means(history)
@@ -115,13 +117,17 @@ def test_loss_falls_steps_match_and_ranks_agree(runs, name):
     assert metrics[0]["workers"] == ["rank-0", "rank-1"]
 
 
-@pytest.mark.parametrize("name, reference", [("zero2", "ddp"), ("zero3", "ddp"), ("lora_zero3", "lora_ddp")])
+@pytest.mark.parametrize(
+    "name, reference", [("zero2", "ddp"), ("zero3", "ddp"), ("zero3_offload", "ddp"), ("lora_zero3", "lora_ddp")]
+)
 def test_zero_stages_give_the_weights_of_plain_data_parallel(runs, name, reference):
     expected = load_file(os.path.join(runs[reference][2], "model.safetensors"))
     weights = load_file(os.path.join(runs[name][2], "model.safetensors"))
     assert expected.keys() == weights.keys()
+    # DeepSpeed's CPU Adam is a different implementation of the same update.
+    atol = 2e-4 if "offload" in name else 2e-5
     for key in expected:
-        torch.testing.assert_close(weights[key], expected[key], atol=2e-5, rtol=1e-4, msg=key)
+        torch.testing.assert_close(weights[key], expected[key], atol=atol, rtol=1e-4, msg=key)
     assert epoch_means(runs[name][1]) == pytest.approx(epoch_means(runs[reference][1]), rel=1e-4)
 
 
