@@ -87,9 +87,9 @@ def main() -> None:
         print(json.dumps(results[-1]), flush=True)
     ray.shutdown()
 
-    print(f"\n{'engine':<11} {'samples/s':>9} {'loop s':>7} {'stage s':>8} {'peak MB':>8} {'final loss':>10}")
+    print(f"\n{'engine':<14} {'samples/s':>9} {'loop s':>7} {'stage s':>8} {'peak MB':>8} {'final loss':>10}")
     for r in results:
-        print(f"{r['engine']:<11} {r['samples_per_s']:>9} {r['loop_s']:>7} {r['stage_wall_s']:>8} {r['peak_memory_mb']:>8} {r['final_loss']:>10}")
+        print(f"{r['engine']:<14} {r['samples_per_s']:>9} {r['loop_s']:>7} {r['stage_wall_s']:>8} {r['peak_memory_mb']:>8} {r['final_loss']:>10}")
     report = {
         "command": "python " + " ".join(sys.argv),
         "date": time.strftime("%Y-%m-%d"),
