@@ -261,7 +261,10 @@ def run_method(
         log.warning("method %s kept no candidate: it is not fine-tuned or evaluated.", method)
         return {**result, "accuracy": None, "model": model_path, "model_fingerprint": filter_fp}
 
-    train_fp = fingerprint("train", filter_fp, job.train, job.model.dtype)
+    # How many failures to survive and where workers go do not change the fine-tuned model.
+    train_fp = fingerprint(
+        "train", filter_fp, job.train.model_dump(exclude={"max_failures", "resources_per_worker"}), job.model.dtype
+    )
     trained = run_stage(
         stage("train"),
         train_fp,
@@ -302,6 +305,7 @@ def run_round(job: JobConfig, run_dir: str, round_index: int, lineages: dict[str
         result = run_method(job, run_dir, method, candidates, os.path.join(round_dir, method), model_path, splits)
         methods[method] = {**result, "candidates": candidates.summary}
     return {"round": round_index, "methods": methods}
+
 
 def run_evaluation(job: JobConfig, run_dir: str, stage_dir: str, model_path: str, model_fp: str) -> float:
     """Greedy accuracy of ``model_path`` on the test set, cached in ``stage_dir``."""

@@ -6,9 +6,11 @@ torch's AdamW (no DeepSpeed op to compile), the worker's shard of the kept sampl
 encoded with the prompt masked and EOS closing the answer, and DeepSpeed owns gradient
 accumulation, clipping and the ZeRO partitioning. A micro batch's loss is the mean over
 its samples of ``loss_weight * (mean token loss of the sample)``: the per-sample loss the
-DS weight is computed from, weighted by the filter (1 unless the method weights). At the end every rank takes part in
-gathering the parameters (a no-op below ZeRO-3) and rank 0 exports a Hugging Face model
-directory (LoRA merged into the weights) as the run's checkpoint.
+DS weight is computed from, weighted by the filter (1 unless the method weights). Each
+epoch ends in a DeepSpeed checkpoint reported to Ray Train, from which a restarted worker
+group or a rerun resumes. At the end every rank takes part in gathering the parameters (a
+no-op below ZeRO-3) and rank 0 exports a Hugging Face model directory (LoRA merged into
+the weights, the adapter beside it) as the run's last checkpoint.
 
 ``train_worker`` needs no Ray: give it batches and a report function and it runs as a
 single process at world size 1.
