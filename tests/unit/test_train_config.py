@@ -1,0 +1,77 @@
+"""What the training settings turn into: DeepSpeed's config, the optimizer, the schedule."""
+
+import math
+
+import pytest
+import torch
+
+from dsw_ray.config import JobConfig, load_job
+from dsw_ray.errors import ConfigError
+from dsw_ray.train import deepspeed_config, lr_schedule, make_optimizer, optimizer_steps, training_settings
+
+
+def settings(tmp_path, **train):
+    job = JobConfig.model_validate(
+        {"run_dir": str(tmp_path), "task": {"name": "arith"}, "model": {"path": "m"}, "train": train}
+    )
+    return training_settings(job, "m", 100, threads=1)
+
+
+def test_deepspeed_config_follows_the_settings(tmp_path):
+    config = deepspeed_config(
+        settings(tmp_path, micro_batch_size=4, gradient_accumulation_steps=3, max_grad_norm=0.5, zero_stage=3,
+                 offload_optimizer=True, offload_params=True),
+        world_size=2,
+    )
+    assert config["train_batch_size"] == 4 * 3 * 2 and config["gradient_clipping"] == 0.5
+    assert config["zero_optimization"] == {
+        "stage": 3,
+        "offload_optimizer": {"device": "cpu", "pin_memory": False},
+        "offload_param": {"device": "cpu", "pin_memory": False},
+    }
+
+
+def test_raw_deepspeed_dict_is_merged_and_checked(tmp_path):
+    raw = {"zero_optimization": {"stage3_param_persistence_threshold": 0}, "wall_clock_breakdown": True}
+    config = deepspeed_config(settings(tmp_path, zero_stage=3, deepspeed=raw), world_size=1)
+    assert config["zero_optimization"] == {"stage": 3, "stage3_param_persistence_threshold": 0}
+    assert config["wall_clock_breakdown"] is True
+    # Repeating an owned value is fine; contradicting it is not.
+    deepspeed_config(settings(tmp_path, micro_batch_size=2, deepspeed={"train_micro_batch_size_per_gpu": 2}), 1)
+    for bad in ({"gradient_accumulation_steps": 8}, {"train_batch_size": 1000}, {"zero_optimization": {"stage": 1}}):
+        with pytest.raises(ValueError, match="contradicts"):
+            deepspeed_config(settings(tmp_path, deepspeed={}) | {"deepspeed": bad}, 1)
+
+
+def test_a_contradicting_raw_dict_is_a_config_error_naming_the_field(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text("run_dir: r\ntask: {name: arith}\nmodel: {path: m}\ntrain: {deepspeed: {gradient_accumulation_steps: 4}}\n")
+    with pytest.raises(ConfigError, match=r"train: .*gradient_accumulation_steps = 4 contradicts"):
+        load_job(str(job))
+    with pytest.raises(ConfigError, match="offload_params needs zero_stage 3"):
+        load_job(str(job), ["train.deepspeed={}", "train.offload_params=true"])
+
+
+def test_optimizer_honours_betas_and_weight_decay(tmp_path):
+    s = settings(tmp_path, learning_rate=1e-3, betas=(0.8, 0.95), weight_decay=0.1)
+    optimizer = make_optimizer([torch.nn.Parameter(torch.zeros(2))], s)
+    assert isinstance(optimizer, torch.optim.AdamW)
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["betas"], group["weight_decay"]) == (1e-3, (0.8, 0.95), 0.1)
+
+
+def test_schedules_by_hand(tmp_path):
+    warm = lr_schedule(settings(tmp_path, lr_schedule="linear", warmup_fraction=0.2), total_steps=10)
+    # floor(0.2 * 10) = 2 warmup steps rise to the peak, then linear decay over the other 8.
+    assert [warm(step) for step in range(4)] == pytest.approx([1 / 3, 2 / 3, 1.0, 7 / 8])
+    assert warm(10) == pytest.approx(0.0)
+    cosine = lr_schedule(settings(tmp_path, lr_schedule="cosine"), total_steps=4)
+    assert [cosine(step) for step in range(5)] == pytest.approx([1.0, (1 + math.cos(math.pi / 4)) / 2, 0.5, (1 + math.cos(3 * math.pi / 4)) / 2, 0.0])
+    constant = lr_schedule(settings(tmp_path, lr_schedule="constant"), total_steps=4)
+    assert {constant(step) for step in range(4)} == {1.0}
+
+
+def test_optimizer_steps_by_hand(tmp_path):
+    # 10 samples, micro 4 -> 3 micro batches an epoch; 2 epochs -> 6; accumulation 4 -> 1 step (2 left over).
+    assert optimizer_steps(10, settings(tmp_path, micro_batch_size=4, epochs=2, gradient_accumulation_steps=4)) == 1
+    assert optimizer_steps(10, settings(tmp_path, micro_batch_size=4, epochs=2, gradient_accumulation_steps=1)) == 6
