@@ -77,7 +77,7 @@ def scored(majority: pa.Table) -> tuple[np.ndarray, float]:
     valid = pc.unique(majority[C.VALID_LOSS_MEAN]).to_pylist()
     if len(valid) > 1:
         raise ValueError(f"filter: the candidates were scored against different valid losses {valid}.")
-    return losses.to_numpy(), (valid[0] if valid else 1.0)
+    return losses.to_numpy(), (valid[0] if valid else 1.0)  # no rows: any positive Lv weighs nothing
 
 
 def keep_mask(majority: pa.Table, settings: FilterConfig, official: bool) -> np.ndarray:
