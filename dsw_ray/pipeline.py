@@ -334,12 +334,18 @@ def write_inputs(run_dir: str, splits: Splits, job: JobConfig) -> None:
 QUIET_WORKERS = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false"}
 
 
+def quiet_worker_logs() -> None:
+    """Ray worker set-up hook. Without the dashboard Ray's state API is unavailable, and Ray
+    Train's placement-group cleaner warns about it every second of a fine-tune."""
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+
+
 def start_ray(job: JobConfig) -> None:
     import ray
     import ray.data
 
     if not ray.is_initialized():
-        runtime_env = {"env_vars": QUIET_WORKERS}
+        runtime_env = {"env_vars": QUIET_WORKERS, "worker_process_setup_hook": "dsw_ray.pipeline.quiet_worker_logs"}
         if job.ray.address:
             ray.init(address=job.ray.address, runtime_env=runtime_env)
         else:
