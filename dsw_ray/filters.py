@@ -51,6 +51,14 @@ class Filtered:
     dropped: dict[str, int] = field(default_factory=dict)
 
 
+def answers_correct(table: pa.Table, official: bool) -> np.ndarray:
+    """Per row, whether the parsed ``answer`` equals the ``gold`` label (labels required)."""
+    return np.array(
+        [is_correct(a, g, official) for a, g in zip(table[C.ANSWER].to_pylist(), table[C.GOLD].to_pylist())],
+        dtype=bool,
+    )
+
+
 def ordered(candidates: pa.Table) -> pa.Table:
     return candidates.sort_by([(C.QUESTION_ID, "ascending"), (C.SAMPLE_INDEX, "ascending")])
 
@@ -146,13 +154,7 @@ def oracle(candidates: pa.Table, settings: FilterConfig, official: bool) -> Filt
     C.require(candidates, (C.GOLD,), "filter (oracle)")
     if candidates[C.GOLD].null_count:
         raise ValueError("the oracle method needs a gold answer for every question; this task's questions lack some.")
-    correct = np.array(
-        [
-            is_correct(answer, gold, official)
-            for answer, gold in zip(candidates[C.ANSWER].to_pylist(), candidates[C.GOLD].to_pylist())
-        ],
-        dtype=bool,
-    )
+    correct = answers_correct(candidates, official)
     no_answer = candidates[C.ANSWER].null_count
     kept = candidates.filter(pa.array(correct, pa.bool_()))
     return Filtered(with_weights(kept), {"no_answer": no_answer, "wrong_answer": candidates.num_rows - kept.num_rows - no_answer})

@@ -21,7 +21,7 @@ from dsw_ray import columns as C
 from dsw_ray.config import JobConfig
 from dsw_ray.errors import UserError
 from dsw_ray.evaluate import evaluate
-from dsw_ray.filters import METHODS
+from dsw_ray.filters import METHODS, answers_correct
 from dsw_ray.filters import apply as apply_filter
 from dsw_ray.generate import generate
 from dsw_ray.models import check_model_dir
@@ -30,7 +30,6 @@ from dsw_ray.report import write_report
 from dsw_ray.reward import reward
 from dsw_ray.score import score, valid_loss_stats, valid_losses
 from dsw_ray.tasks import Splits, get_task
-from dsw_ray.tasks.numeric import is_correct
 from dsw_ray.toy import build_toy_model
 from dsw_ray.train import fine_tune
 from dsw_ray.vote import vote_question
@@ -99,11 +98,7 @@ def correct_fraction(table: pa.Table, official: bool) -> float | None:
     """The share of rows whose parsed answer equals the gold label (None without labels or rows)."""
     if table.num_rows == 0 or C.GOLD not in table.column_names or table[C.GOLD].null_count:
         return None
-    task_correct = [
-        is_correct(answer, gold, official)
-        for answer, gold in zip(table[C.ANSWER].to_pylist(), table[C.GOLD].to_pylist())
-    ]
-    return sum(task_correct) / len(task_correct)
+    return float(answers_correct(table, official).mean())
 
 
 def check_splits(splits: Splits) -> None:

@@ -14,8 +14,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from dsw_ray import columns as C
-from dsw_ray.filters import METHODS
-from dsw_ray.tasks.numeric import is_correct
+from dsw_ray.filters import METHODS, answers_correct
 from dsw_ray.weights import keep_lowest, official_keep
 
 REPORT = "report.md"
@@ -78,9 +77,7 @@ def plot_ds_weights(run_dir: str, summary: dict, keep_fraction: float, path: str
     figure, axis = plt.subplots(figsize=(6.4, 4))
     bins = np.linspace(1.0, max(float(ds.max()), 1.0 + 1e-6), 30)
     if scored[C.GOLD].null_count == 0:
-        correct = np.array(
-            [is_correct(a, g, official) for a, g in zip(scored[C.ANSWER].to_pylist(), scored[C.GOLD].to_pylist())]
-        )
+        correct = answers_correct(scored, official)
         axis.hist(ds[correct], bins=bins, alpha=0.6, label=f"correct ({correct.sum()})", color="tab:green")
         axis.hist(ds[~correct], bins=bins, alpha=0.6, label=f"incorrect ({(~correct).sum()})", color="tab:red")
     else:
