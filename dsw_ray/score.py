@@ -9,6 +9,7 @@ batch costs one forward pass per sub-batch of similar lengths, padded to its lon
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from dsw_ray import columns as C
 from dsw_ray.models import load_model, load_tokenizer
-from dsw_ray.sft import encode_example, encode_official, pad_batch, sequence_losses, stack
+from dsw_ray.sft import batched_losses, encode_example, encode_official, pad_batch, stack
 from dsw_ray.weights import UnusableLoss, ds_weights, official_ds_weights
 
 log = logging.getLogger(__name__)
@@ -41,21 +42,10 @@ class LossModel:
         return encode_example(self.tokenizer, question, answer, self.max_length, self.loss_on)
 
     def losses(self, questions: list[str], answers: list[str], batch_size: int) -> np.ndarray:
-        import torch
-
         encoded = [self.encode(q, a) for q, a in zip(questions, answers)]
-        # Sorting by length keeps the padding of each forward pass small.
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))
-        losses = np.empty(len(encoded), dtype=np.float64)
-        with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                rows = order[start : start + batch_size]
-                batch = stack([encoded[i] for i in rows]) if self.official else pad_batch(
-                    [encoded[i] for i in rows], self.tokenizer.pad_token_id
-                )
-                batch = {name: tensor.to(self.model.device) for name, tensor in batch.items()}
-                losses[rows] = sequence_losses(self.model, batch).double().cpu().numpy()
-        return losses
+        # Official rows are already padded to one length; ours are padded per batch.
+        collate = stack if self.official else functools.partial(pad_batch, pad_token_id=self.tokenizer.pad_token_id)
+        return batched_losses(self.model, encoded, batch_size, collate)
 
 
 def valid_loss_stats(losses) -> dict:

@@ -61,6 +61,22 @@ def stack(examples: list[dict]):
     return {name: torch.tensor([e[name] for e in examples], dtype=torch.long) for name in examples[0]}
 
 
+def batched_losses(model, encoded: list[dict], batch_size: int, collate):
+    """Per-example losses of encoded examples, ``batch_size`` at a time in order of length
+    (which keeps each forward pass's padding small); ``collate`` makes a batch's tensors."""
+    import numpy as np
+    import torch
+
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))
+    losses = np.empty(len(encoded), dtype=np.float64)
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            batch = {name: tensor.to(model.device) for name, tensor in collate([encoded[i] for i in rows]).items()}
+            losses[rows] = sequence_losses(model, batch).double().cpu().numpy()
+    return losses
+
+
 def sequence_losses(model, batch: dict):
     """Mean token cross-entropy of each row over its labeled positions (a 1-D tensor)."""
     import torch

@@ -18,6 +18,7 @@ single process at world size 1.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -30,7 +31,7 @@ from typing import Callable, Iterable
 from dsw_ray import columns as C
 from dsw_ray.errors import UserError
 from dsw_ray.models import load_tokenizer
-from dsw_ray.sft import encode_example, pad_batch, sequence_losses
+from dsw_ray.sft import batched_losses, encode_example, pad_batch, sequence_losses
 
 log = logging.getLogger(__name__)
 
@@ -195,19 +196,12 @@ def peak_memory_mb() -> float:
 def heldout_loss(engine, tokenizer, examples: list, settings: dict) -> float | None:
     """Mean per-sample loss of held-out ``(question, answer)`` pairs under the trained weights.
     Every rank runs it (a ZeRO-3 forward is a collective)."""
-    import torch
-
     if not examples:
         return None
-    encoded = [encode_example(tokenizer, q, a, settings["max_length"]) for q, a in examples]
-    losses = []
     engine.eval()
-    with torch.no_grad():
-        for start in range(0, len(encoded), settings["micro_batch_size"]):
-            batch = pad_batch(encoded[start : start + settings["micro_batch_size"]], tokenizer.pad_token_id)
-            batch = {k: v.to(engine.device) for k, v in batch.items()}
-            losses.extend(sequence_losses(engine, batch).double().cpu().tolist())
-    return sum(losses) / len(losses)
+    encoded = [encode_example(tokenizer, q, a, settings["max_length"]) for q, a in examples]
+    collate = functools.partial(pad_batch, pad_token_id=tokenizer.pad_token_id)
+    return float(batched_losses(engine, encoded, settings["micro_batch_size"], collate).mean())
 
 
 def train_worker(
