@@ -1,7 +1,8 @@
 """dsw-ray: importance-weighted self-improvement (IWSI) of LLMs on Ray.
 
 The public surface: tasks, voting, DS weights and the keep rules (the paper's and the
-authors' code's) as plain functions, the filter methods, and ``run_job`` for a whole job. Importing this package loads neither torch nor Ray.
+authors' code's) as plain functions, the filter methods, and ``run_job`` for a whole job.
+Importing this package loads neither torch nor Ray.
 """
 
 from dsw_ray.config import JobConfig, load_job

@@ -373,10 +373,6 @@ def fine_tune(
         )
     cpus = pool_cpus(train.num_workers, train.cpus_per_worker, ray.cluster_resources().get("CPU", 1), "train")
     settings = training_settings(job, model_path, num_samples, torch_threads(cpus), heldout)
-    try:
-        deepspeed_config(settings, train.num_workers)  # a contradictory raw dict fails here, not in a worker
-    except ValueError as error:
-        raise UserError(str(error)) from error
     trainer = TorchTrainer(
         ray_train_loop,
         train_loop_config=settings,
