@@ -68,8 +68,47 @@ class ActorPool(Section):
     batch_size: int = Field(8, ge=1, description="Rows per call of the actor.")
 
 
-class GenerateConfig(ActorPool):
-    backend: Literal["transformers"] = Field("transformers", description="Generation engine.")
+class VllmConfig(Section):
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="GPUs per vLLM engine (one placement group of this many GPU bundles per actor)."
+    )
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Share of each GPU vLLM may take.")
+    max_model_len: int | None = Field(None, ge=16, description="Context length of the engine (None: the model's).")
+    max_num_seqs: int | None = Field(None, ge=1, description="Sequences decoded at once per engine (None: vLLM's).")
+    enforce_eager: bool = Field(False, description="No CUDA graphs: slower decoding, faster start-up, less memory.")
+    serve_lora: bool = Field(
+        False,
+        description="A fine-tuned model with a LoRA adapter is served as the model it was trained from plus the "
+        "adapter (a fresh adapter name per round), instead of its merged weights.",
+    )
+    engine_kwargs: dict = Field(
+        {}, description="Further vllm.LLM arguments (e.g. quantization, kv_cache_dtype); not the ones set above."
+    )
+
+
+class Decoding(ActorPool):
+    backend: Literal["transformers", "vllm"] = Field(
+        "transformers", description="transformers (CPU or GPU, the default) or vllm (GPU; the dsw-ray[vllm] extra)."
+    )
+    vllm: VllmConfig = Field(VllmConfig(), description="Engine settings when backend is vllm.")
+
+    @model_validator(mode="after")
+    def vllm_on_gpus(self) -> Decoding:
+        if self.backend != "vllm":
+            return self
+        if self.gpus_per_actor <= 0:
+            raise ValueError("backend vllm runs on GPUs: set gpus_per_actor (1 per tensor-parallel rank)")
+        if self.vllm.tensor_parallel_size > 1 and self.gpus_per_actor != 1:
+            raise ValueError("with vllm.tensor_parallel_size > 1, gpus_per_actor is per rank and must be 1")
+        from dsw_ray.vllm_backend import OWNED_ENGINE_ARGS
+
+        taken = sorted(set(self.vllm.engine_kwargs) & OWNED_ENGINE_ARGS)
+        if taken:
+            raise ValueError(f"vllm.engine_kwargs sets {taken}, which the job sets elsewhere (see the vllm section)")
+        return self
+
+
+class GenerateConfig(Decoding):
     samples_per_question: int = Field(4, ge=1, description="m: candidates sampled per question.")
     temperature: float = Field(1.1, gt=0, description="Sampling temperature (the paper: 1.1).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
@@ -154,7 +193,7 @@ class TrainConfig(Section):
         return self
 
 
-class EvaluateConfig(ActorPool):
+class EvaluateConfig(Decoding):
     batch_size: int = Field(16, ge=1, description="Test questions per greedy generate call.")
     max_new_tokens: int = Field(256, ge=1, description="Token budget of one greedy answer.")
 

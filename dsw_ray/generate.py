@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -69,6 +70,48 @@ class GumbelSampler:
         return scores - torch.log(-torch.log(uniform))
 
 
+@dataclass(frozen=True)
+class Completion:
+    """One decoded candidate, whichever engine produced it."""
+
+    text: str  # cut before the next "\nQ:"
+    prompt_tokens: int
+    completion_tokens: int  # tokens the model generated, stop string included
+    finish_reason: str  # "stop" (stop string or EOS) or "length"
+
+
+def requests(batch, task, samples: int, job_seed: int, round_index: int) -> tuple[list[str], list[str], list[int]]:
+    """The question ids and prompts of a batch, and the seed of each of its ``samples`` candidates
+    per question, prompt-major (q0 s0..s(m-1), q1 ...)."""
+    C.require(batch, (C.QUESTION_ID, C.QUESTION), "generate")
+    question_ids = [str(q) for q in batch[C.QUESTION_ID]]
+    prompts = [task.prompt(str(q)) for q in batch[C.QUESTION]]
+    seeds = [sample_seed(job_seed, round_index, q, i) for q in question_ids for i in range(samples)]
+    return question_ids, prompts, seeds
+
+
+def candidate_rows(
+    batch, question_ids: list[str], samples: int, seeds: list[int] | None, completions: list[Completion]
+) -> dict[str, list]:
+    """The stage's output columns for prompt-major completions (``seeds`` None when greedy)."""
+    if len(completions) != len(question_ids) * samples:
+        raise RuntimeError(f"generate: {len(completions)} completions for {len(question_ids)} x {samples} requests")
+    golds = batch.get(C.GOLD)
+    rows = {name: [] for name in OUTPUT_COLUMNS}
+    for row, completion in enumerate(completions):
+        question = row // samples
+        rows[C.QUESTION_ID].append(question_ids[question])
+        rows[C.SAMPLE_INDEX].append(row % samples)
+        rows[C.QUESTION].append(str(batch[C.QUESTION][question]))
+        rows[C.GOLD].append(None if golds is None else golds[question])
+        rows[C.TEXT].append(completion.text)
+        rows[C.SEED].append(None if seeds is None else seeds[row])
+        rows[C.PROMPT_TOKENS].append(completion.prompt_tokens)
+        rows[C.COMPLETION_TOKENS].append(completion.completion_tokens)
+        rows[C.FINISH_REASON].append(completion.finish_reason)
+    return rows
+
+
 class TransformersGenerator:
     """Ray Data callable class: ``__call__`` maps a batch of questions to their candidates.
 
@@ -104,14 +147,11 @@ class TransformersGenerator:
         import torch
         from transformers import LogitsProcessorList
 
-        C.require(batch, (C.QUESTION_ID, C.QUESTION), "generate")
-        question_ids = [str(q) for q in batch[C.QUESTION_ID]]
-        prompts = [self.task.prompt(str(q)) for q in batch[C.QUESTION]]
+        question_ids, prompts, seeds = requests(batch, self.task, self.samples, self.seed, self.round_index)
         encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         # Each prompt repeated m times, prompt-major (q0 s0..s(m-1), q1 ...): decoding is
         # greedy over Gumbel-perturbed logits, and greedy generate takes one sequence per row.
         encoded = {k: v.repeat_interleave(self.samples, dim=0).to(self.model.device) for k, v in encoded.items()}
-        seeds = [sample_seed(self.seed, self.round_index, q, i) for q in question_ids for i in range(self.samples)]
         processors = LogitsProcessorList()
         if self.temperature is not None:
             processors.append(GumbelSampler(seeds, self.temperature, self.top_p))
@@ -128,24 +168,14 @@ class TransformersGenerator:
             )
         new_tokens = output[:, encoded["input_ids"].shape[1] :].cpu()
         prompt_lengths = encoded["attention_mask"].sum(dim=1).tolist()  # one per row
-        rows = {name: [] for name in OUTPUT_COLUMNS}
-        golds = batch.get(C.GOLD)
-        for row, tokens in enumerate(new_tokens.tolist()):
-            question = row // self.samples
+        completions = []
+        for tokens, prompt_length in zip(new_tokens.tolist(), prompt_lengths):
             length, stopped_by_eos = self.generated_length(tokens)
             text, finish_reason = cut_at_stop(
                 self.tokenizer.decode(tokens[:length], skip_special_tokens=True), stopped_by_eos
             )
-            rows[C.QUESTION_ID].append(question_ids[question])
-            rows[C.SAMPLE_INDEX].append(row % self.samples)
-            rows[C.QUESTION].append(str(batch[C.QUESTION][question]))
-            rows[C.GOLD].append(None if golds is None else golds[question])
-            rows[C.TEXT].append(text)
-            rows[C.SEED].append(seeds[row] if self.temperature is not None else None)
-            rows[C.PROMPT_TOKENS].append(int(prompt_lengths[row]))
-            rows[C.COMPLETION_TOKENS].append(length)
-            rows[C.FINISH_REASON].append(finish_reason)
-        return rows
+            completions.append(Completion(text, int(prompt_length), length, finish_reason))
+        return candidate_rows(batch, question_ids, self.samples, seeds if self.temperature is not None else None, completions)
 
     def generated_length(self, tokens: list[int]) -> tuple[int, bool]:
         """Tokens the model really produced (padding after a stop excluded), and whether EOS ended it."""
@@ -178,4 +208,10 @@ def generate(questions, model_path: str, job, round_index: int, greedy: bool = F
         dtype=job.model.dtype,
         trust_remote_code=job.model.trust_remote_code,
     )
-    return pool_map(questions, TransformersGenerator, constructor, section, "evaluate" if greedy else "generate")
+    what = "evaluate" if greedy else "generate"
+    if section.backend == "vllm":
+        from dsw_ray import vllm_backend
+
+        constructor["engine"] = section.vllm.model_dump()
+        return pool_map(questions, vllm_backend.VllmGenerator, constructor, section, what, **vllm_backend.placement(section))
+    return pool_map(questions, TransformersGenerator, constructor, section, what)

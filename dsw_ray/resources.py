@@ -35,9 +35,12 @@ def torch_threads(cpus: float) -> int:
     return max(1, math.floor(cpus))
 
 
-def pool_map(dataset, actor_class, constructor_kwargs: dict, section, what: str, batch_size: int | None = None):
+def pool_map(
+    dataset, actor_class, constructor_kwargs: dict, section, what: str, batch_size: int | None = None, **placement
+):
     """``dataset.map_batches`` through a pool of ``section.actors`` stateful actors of
-    ``actor_class`` (model loaded once in ``__init__``, which takes ``threads``), sized here."""
+    ``actor_class`` (model loaded once in ``__init__``, which takes ``threads``), sized here.
+    ``placement`` replaces the GPU request (``num_gpus``, ``ray_remote_args_fn``)."""
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -49,5 +52,5 @@ def pool_map(dataset, actor_class, constructor_kwargs: dict, section, what: str,
         batch_format="numpy",
         compute=ActorPoolStrategy(size=section.actors),
         num_cpus=cpus,
-        num_gpus=section.gpus_per_actor,
+        **{"num_gpus": section.gpus_per_actor, **placement},
     )

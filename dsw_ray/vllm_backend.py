@@ -1,0 +1,199 @@
+"""The vLLM generation backend: the same rows as ``TransformersGenerator``, from vLLM engines.
+
+The only module that imports ``vllm`` (inside the actor, so ``import dsw_ray`` never does).
+It is a Ray Data callable class over ``vllm.LLM``, driven by ``resources.pool_map`` like
+every other pool, rather than ``ray.data.llm``'s processor: the stage then keeps our
+prompt tokens (the same ids the transformers backend decodes from), one seed per
+candidate, our stop handling and finish reasons, and our output schema, and
+everything around the engine (its arguments, the sampling parameters, the row
+mapping, LoRA naming, placement) is plain functions tested without vLLM.
+
+Each candidate is its own request (``n=1`` with the candidate's seed), so a candidate is
+a function of its identity as in the transformers backend. The m requests of a question
+share one prompt, and vLLM's prefix cache (on by default) computes that prompt's prefill
+once for all of them, which is what ``SamplingParams(n=m)`` would save.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+
+import numpy as np
+
+from dsw_ray.generate import Completion, candidate_rows, requests
+from dsw_ray.models import STOP, load_tokenizer
+from dsw_ray.rundir import display_name
+from dsw_ray.tasks import get_task
+
+# vllm.LLM arguments that the job's own fields set; engine_kwargs may not repeat them.
+OWNED_ENGINE_ARGS = {
+    "model",
+    "tokenizer",
+    "dtype",
+    "seed",
+    "trust_remote_code",
+    "tensor_parallel_size",
+    "gpu_memory_utilization",
+    "max_model_len",
+    "max_num_seqs",
+    "enforce_eager",
+    "enable_lora",
+    "max_lora_rank",
+    "max_loras",
+    "distributed_executor_backend",
+}
+
+# LoRA ranks vLLM's kernels are built for; an adapter's rank is served at the next one up.
+LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def lora_adapter(model_path: str) -> dict | None:
+    """How to serve a fine-tuned export as base model + adapter, or None if it has none.
+
+    The train stage writes the merged model with its adapter in ``adapter/``; the adapter
+    applies to the model that round was trained from (peft records it as
+    ``base_model_name_or_path``). The name is the export's place in the run (``round-2/iwsi``),
+    fresh each round; the integer id, which vLLM wants positive, derives from it.
+    """
+    adapter_dir = os.path.join(model_path, "adapter")
+    config_path = os.path.join(adapter_dir, "adapter_config.json")
+    if not os.path.exists(config_path):
+        return None
+    with open(config_path) as f:
+        config = json.load(f)
+    base = config.get("base_model_name_or_path")
+    if not base or not os.path.isdir(base):
+        raise FileNotFoundError(
+            f"{config_path}: the adapter's base model {base!r} is not a directory here; "
+            "serve the merged weights instead (vllm.serve_lora: false)."
+        )
+    name = display_name(os.path.dirname(os.path.normpath(model_path)))  # round-N/<method>/train
+    name = name.removesuffix("/train")
+    lora_id = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=4).digest(), "little") % (2**31 - 1) + 1
+    rank = int(config["r"])
+    return {"base": base, "name": name, "id": lora_id, "path": adapter_dir, "rank": rank}
+
+
+def served_lora_rank(rank: int) -> int:
+    for served in LORA_RANKS:
+        if served >= rank:
+            return served
+    raise ValueError(f"LoRA rank {rank} is above vLLM's largest ({LORA_RANKS[-1]})")
+
+
+def engine_args(model_path: str, dtype: str, trust_remote_code: bool, seed: int, engine: dict, lora: dict | None) -> dict:
+    """``vllm.LLM`` keyword arguments for one engine: the job's vllm section, the model
+    (its base, when serving an adapter) and the engine's LoRA capacity."""
+    args = {
+        "model": lora["base"] if lora else model_path,
+        "tokenizer": model_path,  # the export's tokenizer, identical to the base's
+        "dtype": dtype,
+        "seed": seed,
+        "trust_remote_code": trust_remote_code,
+        "tensor_parallel_size": engine["tensor_parallel_size"],
+        "gpu_memory_utilization": engine["gpu_memory_utilization"],
+        "enforce_eager": engine["enforce_eager"],
+        **{k: engine[k] for k in ("max_model_len", "max_num_seqs") if engine[k] is not None},
+        **engine["engine_kwargs"],
+    }
+    if engine["tensor_parallel_size"] > 1:
+        # The engine's rank workers are Ray actors inside the placement group of ``placement``.
+        args["distributed_executor_backend"] = "ray"
+    if lora:
+        args.update(enable_lora=True, max_loras=1, max_lora_rank=served_lora_rank(lora["rank"]))
+    return args
+
+
+def sampling_params(
+    seeds: list[int], temperature: float | None, top_p: float, max_new_tokens: int
+) -> list[dict]:
+    """``vllm.SamplingParams`` keyword arguments, one per candidate; ``temperature`` None is greedy."""
+    common = {"n": 1, "max_tokens": max_new_tokens, "stop": [STOP], "skip_special_tokens": True}
+    if temperature is None:
+        return [{**common, "temperature": 0.0} for _ in seeds]
+    return [{**common, "temperature": temperature, "top_p": top_p, "seed": seed} for seed in seeds]
+
+
+def completion(output) -> Completion:
+    """A ``vllm.RequestOutput`` of one ``n=1`` request as our ``Completion``.
+
+    vLLM leaves the stop string out of the text; its finish reason is "stop" for the stop
+    string or EOS and "length" for the token budget, ours as well.
+    """
+    (sample,) = output.outputs
+    if sample.finish_reason not in ("stop", "length"):
+        raise RuntimeError(f"generate: vLLM finished a request with {sample.finish_reason!r}")
+    return Completion(sample.text.strip(), len(output.prompt_token_ids), len(sample.token_ids), sample.finish_reason)
+
+
+def placement(section) -> dict:
+    """``map_batches`` resources of one engine per actor. With tensor parallelism the actor
+    holds no GPU itself: it runs in a placement group of one GPU bundle per rank, and
+    vLLM's Ray executor starts its rank workers in that group."""
+    size = section.vllm.tensor_parallel_size
+    if size == 1:
+        return {"num_gpus": section.gpus_per_actor}
+    return {"num_gpus": 0, "ray_remote_args_fn": functools.partial(tensor_parallel_group, size)}
+
+
+def tensor_parallel_group(size: int) -> dict:
+    """Ray remote args that place an actor in a fresh group of ``size`` GPU bundles on one node."""
+    from ray.util.placement_group import placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    group = placement_group([{"GPU": 1, "CPU": 1}] * size, strategy="STRICT_PACK")
+    return {
+        "scheduling_strategy": PlacementGroupSchedulingStrategy(group, placement_group_capture_child_tasks=True)
+    }
+
+
+class VllmGenerator:
+    """Ray Data callable class with the constructor and output of ``TransformersGenerator``,
+    plus ``engine`` (the job's vllm section as a dict)."""
+
+    def __init__(
+        self,
+        model_path: str,
+        task_name: str,
+        samples_per_question: int,
+        temperature: float | None,
+        top_p: float,
+        max_new_tokens: int,
+        seed: int,
+        round_index: int,
+        engine: dict,
+        dtype: str = "float32",
+        trust_remote_code: bool = False,
+        threads: int | None = None,
+    ):
+        from vllm import LLM
+        from vllm.lora.request import LoRARequest
+
+        self.task = get_task(task_name)
+        self.tokenizer = load_tokenizer(model_path, trust_remote_code)
+        lora = lora_adapter(model_path) if engine["serve_lora"] else None
+        self.lora = LoRARequest(lora["name"], lora["id"], lora["path"]) if lora else None
+        self.engine = LLM(**engine_args(model_path, dtype, trust_remote_code, seed, engine, lora))
+        self.samples = 1 if temperature is None else samples_per_question
+        self.temperature, self.top_p = temperature, top_p
+        self.max_new_tokens, self.seed, self.round_index = max_new_tokens, seed, round_index
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        from vllm import SamplingParams
+
+        question_ids, prompts, seeds = requests(batch, self.task, self.samples, self.seed, self.round_index)
+        # Our tokenizer's ids, as the transformers backend decodes from (vLLM would add a BOS).
+        prompt_ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        params = sampling_params(seeds, self.temperature, self.top_p, self.max_new_tokens)
+        outputs = self.engine.generate(
+            [{"prompt_token_ids": prompt_ids[row // self.samples]} for row in range(len(params))],
+            [SamplingParams(**p) for p in params],
+            use_tqdm=False,
+            lora_request=self.lora,
+        )
+        return candidate_rows(
+            batch, question_ids, self.samples, None if self.temperature is None else seeds, [completion(o) for o in outputs]
+        )
