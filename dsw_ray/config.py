@@ -199,7 +199,11 @@ class EvaluateConfig(Decoding):
 
 
 class RayConfig(Section):
-    address: str | None = Field(None, description="Cluster to join ('auto' or ray://...); None: start Ray locally.")
+    address: str | None = Field(
+        None,
+        description="Cluster to join ('auto' or ray://...); None: RAY_ADDRESS (set by `ray job submit`) or else "
+        "a private local Ray.",
+    )
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a locally started Ray (None: this machine's).")
 
 

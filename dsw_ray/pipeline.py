@@ -341,11 +341,14 @@ def start_ray(job: JobConfig) -> None:
 
     if not ray.is_initialized():
         runtime_env = {"env_vars": QUIET_WORKERS, "worker_process_setup_hook": "dsw_ray.pipeline.quiet_worker_logs"}
-        if job.ray.address:
-            ray.init(address=job.ray.address, runtime_env=runtime_env)
+        # `ray job submit` sets RAY_ADDRESS for its entrypoint: the job joins that cluster.
+        address = job.ray.address or os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address, runtime_env=runtime_env)
         else:
-            # The dashboard stays off: a local run exposes nothing beyond this process.
-            ray.init(num_cpus=job.ray.num_cpus, include_dashboard=False, runtime_env=runtime_env)
+            # "local" starts a private instance even when `ray start` left one running on this
+            # machine; its dashboard stays off, so a local run exposes nothing beyond this process.
+            ray.init(address="local", num_cpus=job.ray.num_cpus, include_dashboard=False, runtime_env=runtime_env)
     context = ray.data.DataContext.get_current()
     context.enable_operator_progress_bars = False
 

@@ -2,6 +2,7 @@ import glob
 import os
 
 import pytest
+import yaml
 
 from dsw_ray import ConfigError, load_job
 from dsw_ray.resources import pool_cpus
@@ -59,13 +60,23 @@ def test_malformed_inputs(tmp_path):
 
 
 @pytest.mark.parametrize("job_file", sorted(glob.glob(os.path.join(ROOT, "jobs", "*.yaml"))))
-def test_every_shipped_job_validates(job_file):
+def test_every_shipped_job_validates(job_file, shared_data):
+    name = os.path.relpath(job_file, ROOT)
     with open(job_file) as f:
-        assert f.readline().startswith("# dsw-ray run"), "a job file opens with the command that runs it"
+        command = f.readline()
+    local = command.startswith(f"# dsw-ray run {name}")
+    cluster = command.startswith("# ray job submit") and command.rstrip().endswith(f"-- python -m dsw_ray run {name}")
+    assert local or cluster, "a job file opens with the command that runs it"
+    # Cluster jobs read data from the shared volume, /mnt/dsw; here the same files are in ../shared.
+    with open(job_file) as f:
+        data_path = yaml.safe_load(f)["task"].get("data_path")
+    overrides = []
+    if data_path and data_path.startswith("/mnt/dsw/data/"):
+        overrides.append(f"task.data_path={os.path.join(shared_data, os.path.basename(data_path))}")
     cwd = os.getcwd()
     os.chdir(ROOT)  # job files give paths relative to the project root
     try:
-        load_job(job_file)
+        load_job(job_file, overrides)
     finally:
         os.chdir(cwd)
 
