@@ -41,7 +41,8 @@ NAME_LIMITS = {"RayCluster": 53, "RayJob": 47}
 DNS1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
-QUANTITY_UNITS = {"": 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+QUANTITY_UNITS = {"": 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+QUANTITY_UNITS |= {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
 # The CRD files are 1-2 MB of YAML: libyaml reads them in a fraction of the pure-Python time.
 Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -176,7 +177,8 @@ def validation_errors(manifest: dict, crds: dict) -> list[str]:
     if key not in crds:
         return [f"no served CRD version for apiVersion {key[0]!r}, kind {key[1]!r}"]
     schema = crds[key]
-    errors = [f"{error.json_path}: {error.message}" for error in jsonschema.Draft7Validator(schema, format_checker=FORMATS).iter_errors(manifest)]
+    validator = jsonschema.Draft7Validator(schema, format_checker=FORMATS)
+    errors = [f"{error.json_path}: {error.message}" for error in validator.iter_errors(manifest)]
     if errors:
         return errors
     for path, value, node in schema_nodes(manifest, schema):
@@ -202,7 +204,8 @@ def ray_groups(manifest: dict) -> list[tuple[str, int, dict, dict]]:
     head = spec["headGroupSpec"]
     groups = [("head", 1, head.get("rayStartParams", {}), head["template"]["spec"])]
     for group in spec.get("workerGroupSpecs", []):
-        groups.append((group["groupName"], group.get(count, 0), group.get("rayStartParams", {}), group["template"]["spec"]))
+        params = group.get("rayStartParams", {})
+        groups.append((group["groupName"], group.get(count, 0), params, group["template"]["spec"]))
     return groups
 
 
@@ -240,7 +243,8 @@ def ray_capacity(manifest: dict) -> tuple[float, float, float]:
 def volume_mounts(pod: dict) -> list[tuple[str, dict, bool]]:
     """(mount path, volume, read only) of the Ray container's mounts."""
     volumes = {volume["name"]: volume for volume in pod.get("volumes", [])}
-    return [(m["mountPath"], volumes.get(m["name"], {}), m.get("readOnly", False)) for m in ray_container(pod).get("volumeMounts", [])]
+    mounts = ray_container(pod).get("volumeMounts", [])
+    return [(m["mountPath"], volumes.get(m["name"], {}), m.get("readOnly", False)) for m in mounts]
 
 
 # --- the image and the jobs ----------------------------------------------------------------
@@ -416,17 +420,21 @@ def test_sets_no_field_with_unchecked_cel_rules(path, crds):
 def test_every_container_is_non_root(path):
     manifest = read_yaml(path)
     pods = pod_specs(manifest)
+    image_user = int(re.search(r"^USER (\d+)", dockerfile(), re.M).group(1))
     if manifest["kind"] == "RayJob" and manifest["spec"].get("submissionMode", "K8sJobMode") == "K8sJobMode":
-        assert "submitter" in pods, "without a submitterPodTemplate KubeRay's default submitter pod sets no securityContext"
+        assert "submitter" in pods, "KubeRay's default submitter pod (no submitterPodTemplate) sets no securityContext"
         assert pods["submitter"].get("restartPolicy") in ("Never", "OnFailure"), "a Job's pod may not restart Always"
-    assert not cluster_spec(manifest).get("enableInTreeAutoscaling"), "the autoscaler sidecar would need its own securityContext"
+    autoscaling = cluster_spec(manifest).get("enableInTreeAutoscaling")
+    assert not autoscaling, "the autoscaler container would need its own securityContext"
     for role, pod in pods.items():
         context = pod.get("securityContext", {})
-        assert context.get("runAsNonRoot") is True and context.get("runAsUser", 0) != 0, role
+        assert context.get("runAsNonRoot") is True, role
+        assert context.get("runAsUser") == image_user != 0, f"{role}: run as the image's user, {image_user}"
         for container in pod.get("initContainers", []) + pod["containers"]:
             own = container.get("securityContext", {})
             assert own.get("allowPrivilegeEscalation") is False, (role, container["name"])
-            assert own.get("runAsUser", context["runAsUser"]) != 0 and own.get("privileged") is not True, (role, container["name"])
+            assert own.get("runAsUser", context["runAsUser"]) != 0, (role, container["name"])
+            assert own.get("privileged") is not True, (role, container["name"])
 
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=name)
@@ -444,9 +452,12 @@ def test_runs_the_image_the_dockerfile_builds(path):
 @pytest.mark.parametrize("path", RAYJOBS, ids=name)
 def test_entrypoint_runs_a_job_of_the_image(path, shared_data):
     directory, module, job, overrides = entrypoint_command(read_yaml(path)["spec"]["entrypoint"])
-    assert re.search(r"^WORKDIR (\S+)$", dockerfile(), re.M).group(1) == directory
+    workdir = re.search(r"^WORKDIR (\S+)$", dockerfile(), re.M).group(1)
+    assert directory == workdir, f"the entrypoint runs in {directory}, the image's project is in {workdir}"
     spec = importlib.util.find_spec(module)
-    assert spec is not None and (not spec.submodule_search_locations or importlib.util.find_spec(module + ".__main__")), module
+    is_package = spec is not None and spec.submodule_search_locations
+    runnable = spec is not None and (not is_package or importlib.util.find_spec(module + ".__main__"))
+    assert runnable, f"`python -m {module}` finds nothing to run"
     local = image_path(os.path.join(directory, job))
     assert local and os.path.isfile(local), f"cluster/Dockerfile copies no {job} into {directory}"
     load_job(local, overrides + local_overrides(local, shared_data))  # nothing but the dataset needs the volume
