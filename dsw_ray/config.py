@@ -32,6 +32,14 @@ class TaskConfig(Section):
     num_valid: int | None = Field(None, ge=1, description="Cap on the labeled valid set (None: the whole split).")
     num_test: int | None = Field(None, ge=1, description="Cap on test questions (None: the whole split).")
     seed: int = Field(0, description="Seed of the arith task's generated data.")
+    # Left out of the fingerprints (repr=False): it decides which rows are read, not how a stage
+    # runs, and the inputs' own fingerprints hold the rows themselves.
+    bad_rows: Literal["fail", "skip"] = Field(
+        "fail",
+        repr=False,
+        description="A data row the task cannot read: fail names its file and line and stops; skip leaves it "
+        "out and lists it, with the reason, in <run_dir>/inputs/quarantine.jsonl.",
+    )
 
     @field_validator("name")
     @classmethod

@@ -11,3 +11,11 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """A dataset file that cannot be read as its task expects."""
+
+
+class BadRow(DataError):
+    """One row of a dataset file that its task cannot use; the message is the reason alone.
+
+    Loaders raise it from the code that reads one row and catch it in their loop, which
+    knows the file and line: ``task.bad_rows`` then decides between a DataError naming both
+    (``fail``) and a quarantined row (``skip``)."""

@@ -12,7 +12,9 @@ from dsw_ray.tasks.numeric import Example, Splits
 
 @dataclass(frozen=True)
 class Task:
-    """A task as the stages see it. ``load(data_path, num_questions, num_valid, num_test, seed)``."""
+    """A task as the stages see it. ``load(data_path, num_questions, num_valid, num_test, seed,
+    bad_rows)`` returns its splits; a bad data row raises a DataError naming its file and
+    line (``bad_rows="fail"``) or is left out and listed in ``Splits.rejected`` ("skip")."""
 
     name: str
     exemplars: list[tuple[str, str]]

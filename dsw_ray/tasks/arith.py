@@ -80,8 +80,16 @@ def generate_examples(seed: int, count: int, prefix: str, exclude: set[str] = fr
     return examples
 
 
-def load(data_path: str | None, num_questions: int | None, num_valid: int | None, num_test: int | None, seed: int) -> Splits:
-    """Test first, so that its questions are kept out of the other two sets."""
+def load(
+    data_path: str | None,
+    num_questions: int | None,
+    num_valid: int | None,
+    num_test: int | None,
+    seed: int,
+    bad_rows: str = "fail",
+) -> Splits:
+    """Test first, so that its questions are kept out of the other two sets (generated rows
+    are never bad, so ``bad_rows`` has nothing to do)."""
     test = generate_examples(seed * 3 + 2, num_test or 200, "test")
     valid = generate_examples(seed * 3 + 1, num_valid or 32, "valid", {e.question for e in test})
     taken = {e.question for e in test + valid}

@@ -10,13 +10,14 @@ rationales rewritten) the valid set; ``test.jsonl`` is the test set.
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import re
 
-from dsw_ray.errors import DataError
-from dsw_ray.io import read_text
-from dsw_ray.tasks.numeric import Example, Splits, normalize_number
+from dsw_ray.errors import BadRow, DataError
+from dsw_ray.io import is_uri, read_text
+from dsw_ray.tasks.numeric import Example, Splits, normalize_number, parse_answer
+from dsw_ray.tasks.rows import BadRows, object_row, parse_json, present, question_key, string_field
 
 # The published train file has 7473 rows, of which the paper labels the last 374 as valid set.
 VALID_SHARE = 374 / 7473
@@ -72,13 +73,14 @@ EXEMPLARS = [
 ANNOTATION = re.compile(r"<<[^>]*>>")
 
 
-def gold_answer(answer: str, where: str) -> str:
-    """The number after ``####``; a row without one is a data error."""
+def gold_answer(answer: str) -> str:
+    """The number after the last ``####``; an answer without one is a bad row."""
     if "####" not in answer:
-        raise DataError(f"{where}: the answer has no '#### N' line; GSM8K answers end in '#### <number>'.")
+        raise BadRow("the answer has no final '#### N' line; GSM8K answers end in '#### <number>', e.g. '#### 72'.")
     gold = answer.rsplit("####", 1)[1].strip()
-    if normalize_number(gold) is None:
-        raise DataError(f"{where}: the final answer {gold!r} after '####' is not a number.")
+    # The grader must read the gold back from "The answer is <gold>.", or no answer is ever right.
+    if normalize_number(gold) is None or parse_answer(f"The answer is {gold}.") != normalize_number(gold):
+        raise BadRow(f"the final answer {gold[:40]!r} after '####' is not a number; write it in digits, e.g. '#### 72'.")
     return gold
 
 
@@ -91,36 +93,64 @@ def gold_rationale(answer: str) -> str:
     return " ".join([*sentences, f"The answer is {gold.strip()}."])
 
 
-def read_jsonl(path: str, prefix: str) -> list[Example]:
-    examples = []
-    for lineno, line in enumerate(read_text(path).splitlines(), start=1):
+EXPECTED = "task.data_path for gsm8k is the folder holding train.jsonl and test.jsonl (as published)."
+ROW = 'one JSON object {"question": ..., "answer": "...\\n#### 72"}'
+LAYOUT = f"{ROW} per line"
+
+
+def read_row(line: str, question_id: str) -> Example:
+    row = object_row(parse_json(line, f"each line is {ROW}"), ROW)
+    question = string_field(row, "question", '"Natalia sold clips to 48 of her friends..."')
+    answer = string_field(row, "answer", '"Natalia sold 48/2 = <<48/2=24>>24 clips in May.\\n#### 72"')
+    return Example(question_id, question.strip(), gold_answer(answer), gold_rationale(answer))
+
+
+def read_jsonl(path: str, prefix: str, bad: BadRows) -> list[Example | None]:
+    """One entry per non-blank line: its example (id ``<prefix>-<line number - 1>``), or None
+    where ``bad`` left the line out. A question may appear once per file."""
+    rows, seen = [], {}
+    # Lines end at "\n" only: a JSON string may hold a raw U+2028, which splitlines() splits at.
+    for lineno, line in enumerate(read_text(path, EXPECTED).split("\n"), 1):
         if not line.strip():
             continue
-        where = f"{path}, line {lineno}"
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{where}: not a JSON object ({error.msg}).") from error
-        if not isinstance(row, dict):
-            raise DataError(f"{where}: expected a JSON object with 'question' and 'answer'.")
-        question, answer = row.get("question"), row.get("answer")
-        if not isinstance(question, str) or not question.strip():
-            raise DataError(f"{where}: 'question' is missing, empty or not a string.")
-        if not isinstance(answer, str):
-            raise DataError(f"{where}: 'answer' is missing or not a string.")
-        gold = gold_answer(answer, where)
-        examples.append(Example(f"{prefix}-{lineno - 1}", question.strip(), gold, gold_rationale(answer)))
-    if not examples:
-        raise DataError(f"{path}: the file holds no rows.")
-    return examples
+            example = read_row(line, f"{prefix}-{lineno - 1}")
+            first = seen.setdefault(question_key(example.question), lineno)
+            if first != lineno:
+                raise BadRow(f"the same question as line {first}; a question appears once per file (delete one).")
+            rows.append(example)
+        except BadRow as error:
+            bad.reject(path, lineno, f"{path}, line {lineno}", error, line.rstrip("\r"))
+            rows.append(None)
+    bad.require_rows(path, len(present(rows)), LAYOUT)
+    return rows
 
 
-def load(data_path: str, num_questions: int | None, num_valid: int | None, num_test: int | None, seed: int) -> Splits:
-    """The paper's split of ``train.jsonl`` plus ``test.jsonl``, each cut to the asked size."""
-    train = read_jsonl(os.path.join(data_path, "train.jsonl"), "train")
-    test = read_jsonl(os.path.join(data_path, "test.jsonl"), "test")
+def load(
+    data_path: str,
+    num_questions: int | None,
+    num_valid: int | None,
+    num_test: int | None,
+    seed: int,
+    bad_rows: str = "fail",
+) -> Splits:
+    """The paper's split of ``train.jsonl`` plus ``test.jsonl``, each cut to the asked size.
+
+    The split counts the file's rows, skipped ones included, so that leaving a bad row out
+    moves no other row between the unlabeled questions and the valid set."""
+    if not is_uri(data_path) and os.path.isfile(data_path):
+        raise DataError(f"task.data_path {data_path!r} is a file; {EXPECTED}")
+    bad = BadRows(bad_rows)
+    train_path = os.path.join(data_path, "train.jsonl")
+    train = read_jsonl(train_path, "train", bad)
+    test = present(read_jsonl(os.path.join(data_path, "test.jsonl"), "test", bad))
+    num_valid_split = round(len(train) * VALID_SHARE)
+    if num_valid_split == 0:
+        raise DataError(
+            f"{train_path}: {len(train)} rows are too few; the valid set is the last {VALID_SHARE:.1%} of them "
+            f"(374 of the published 7473), so give it at least {math.ceil(0.5 / VALID_SHARE)} rows."
+        )
     # Unlabeled questions carry their gold answer only for analysis (the oracle filter,
     # the fraction of kept candidates that are right); no stage trains on it.
-    num_unlabeled = len(train) - round(len(train) * VALID_SHARE)
-    questions, valid = train[:num_unlabeled], train[num_unlabeled:]
-    return Splits(questions[:num_questions], valid[:num_valid], test[:num_test])
+    questions, valid = present(train[:-num_valid_split]), present(train[-num_valid_split:])
+    return Splits(questions[:num_questions], valid[:num_valid], test[:num_test], bad.rejected)

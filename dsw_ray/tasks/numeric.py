@@ -16,12 +16,15 @@ code compares ``int(float(x))`` instead (``integer=True``, the ``official`` sema
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+
+from dsw_ray.tasks.rows import Rejected
 
 ANSWER_PHRASE = re.compile(r"the answer is", re.IGNORECASE)
 # A number as people write it: optional sign or currency, thousands commas, decimals.
 NUMBER = re.compile(r"-?\$?\s*(\d[\d,]*(?:\.\d+)?|\.\d+)")
+MAX_EXPONENT = 1000  # larger or smaller numbers are no answer anyone writes
 
 
 def normalize_number(value: str | float | int) -> str | None:
@@ -31,7 +34,8 @@ def normalize_number(value: str | float | int) -> str | None:
         number = Decimal(text)
     except InvalidOperation:
         return None
-    if not number.is_finite():
+    # "1e999999999" would overflow, or be written out as a billion digits.
+    if not number.is_finite() or abs(number.adjusted()) > MAX_EXPONENT:
         return None
     canonical = format(number.normalize(), "f")
     return "0" if canonical in ("-0", "0") else canonical
@@ -81,11 +85,13 @@ class Example:
 
 @dataclass(frozen=True)
 class Splits:
-    """The three sets of one round: unlabeled questions, the labeled valid set, the test set."""
+    """The three sets of one round: unlabeled questions, the labeled valid set, the test set,
+    and the rows of the task's files that were left out."""
 
     questions: list[Example]
     valid: list[Example]
     test: list[Example]
+    rejected: list[Rejected] = field(default_factory=list)  # rows left out under bad_rows: skip
 
 
 def few_shot_prompt(exemplars: list[tuple[str, str]], question: str) -> str:

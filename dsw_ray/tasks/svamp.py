@@ -10,13 +10,22 @@ set (the last 300 rows).
 
 from __future__ import annotations
 
-import json
 import re
 
-from dsw_ray.errors import DataError
+from dsw_ray.errors import BadRow, DataError
 from dsw_ray.io import read_text
 from dsw_ray.tasks.gsm8k import EXEMPLARS  # the paper uses the same exemplars for SVAMP
 from dsw_ray.tasks.numeric import Example, Splits, normalize_number
+from dsw_ray.tasks.rows import (
+    BadRows,
+    array_items,
+    json_type,
+    object_row,
+    parse_json,
+    present,
+    question_key,
+    string_field,
+)
 
 NUM_TEST = 300
 VALID_SHARE = 0.05
@@ -33,43 +42,82 @@ def rationale(equation: str, answer: str) -> str:
     return f"{expression} = {answer}. The answer is {answer}."
 
 
-def read_rows(path: str) -> list[Example]:
-    try:
-        rows = json.loads(read_text(path))
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path}: not valid JSON (line {error.lineno}: {error.msg}).") from error
-    if not isinstance(rows, list) or not rows:
-        raise DataError(f"{path}: expected a non-empty JSON array of SVAMP rows.")
-    examples, seen = [], set()
-    for index, row in enumerate(rows):
-        where = f"{path}, row {index}"
-        if not isinstance(row, dict):
-            raise DataError(f"{where}: expected an object with ID, Body, Question, Equation, Answer.")
-        question_id, body, question = row.get("ID"), row.get("Body"), row.get("Question")
-        if not isinstance(question_id, str) or not question_id:
-            raise DataError(f"{where}: 'ID' is missing or not a string.")
-        if question_id in seen:
-            raise DataError(f"{where}: duplicate ID {question_id!r}; every row needs its own ID.")
-        seen.add(question_id)
-        if not isinstance(body, str) or not isinstance(question, str) or not question.strip():
-            raise DataError(f"{where}: 'Body' and 'Question' must be strings and 'Question' not empty.")
-        answer = normalize_number(row.get("Answer", ""))
-        if answer is None or isinstance(row.get("Answer"), bool):
-            raise DataError(f"{where}: 'Answer' {row.get('Answer')!r} is not a number.")
-        equation = row.get("Equation")
-        text = f"{body.strip()} {question.strip()}".strip()
-        examples.append(
-            Example(question_id, text, answer, rationale(equation, answer) if isinstance(equation, str) else None)
+EXPECTED = "task.data_path for svamp is SVAMP.json or the folder holding it."
+LAYOUT = 'a JSON array of objects {"ID", "Body", "Question", "Equation", "Answer"}'
+ROW = 'one JSON object {"ID": ..., "Body": ..., "Question": ..., "Equation": ..., "Answer": ...}'
+
+
+def read_row(value, needs_rationale: bool) -> Example:
+    row = object_row(value, ROW)
+    question_id = string_field(row, "ID", '"chal-1"')
+    body = string_field(row, "Body", '"Each pack of dvds costs 76 dollars..."', empty=True)
+    question = string_field(row, "Question", '"How much do you have to pay to buy each pack?"')
+    if "Answer" not in row:
+        raise BadRow("'Answer' is missing; each row needs one, e.g. \"Answer\": 51.0.")
+    answer = row["Answer"]
+    if isinstance(answer, bool) or not isinstance(answer, (int, float, str)) or normalize_number(answer) is None:
+        raise BadRow(f"'Answer' is {json_type(answer)}, not a number; write it as one, e.g. \"Answer\": 51.0.")
+    equation = row.get("Equation")
+    if equation is not None and not isinstance(equation, str):
+        raise BadRow(
+            f"'Equation' is {json_type(equation)}, not a string; write it as text, e.g. \"Equation\": \"( 76.0 - 25.0 )\"."
         )
-    return examples
+    if needs_rationale and not (equation or "").strip():
+        raise BadRow(
+            "the row falls in the valid set, whose rationale is written from 'Equation', and has none; "
+            "add it, e.g. \"Equation\": \"( 76.0 - 25.0 )\"."
+        )
+    gold = normalize_number(answer)
+    text = f"{body.strip()} {question.strip()}".strip()
+    return Example(question_id, text, gold, rationale(equation, gold) if equation and equation.strip() else None)
 
 
-def load(data_path: str, num_questions: int | None, num_valid: int | None, num_test: int | None, seed: int) -> Splits:
+def read_rows(path: str, text: str, values: list, bad: BadRows, valid_rows: range) -> list[Example | None]:
+    """One entry per element of the file's array: its example, or None where ``bad`` left it
+    out. An ID, and a question, may appear once per file."""
+    rows, seen_ids, seen_questions = [], {}, {}
+    for index, ((line, raw), value) in enumerate(zip(array_items(text, len(values)), values)):
+        try:
+            example = read_row(value, index in valid_rows)
+            first = seen_ids.setdefault(example.question_id, index)
+            if first != index:
+                raise BadRow(f"duplicate ID {example.question_id!r} (also row {first + 1}); every row needs its own ID.")
+            first = seen_questions.setdefault(question_key(example.question), index)
+            if first != index:
+                raise BadRow(f"the same question as row {first + 1}; a question appears once per file (delete one).")
+            rows.append(example)
+        except BadRow as error:
+            bad.reject(path, line, f"{path}, row {index + 1} (line {line})", error, raw)
+            rows.append(None)
+    bad.require_rows(path, len(present(rows)), LAYOUT)
+    return rows
+
+
+def load(
+    data_path: str,
+    num_questions: int | None,
+    num_valid: int | None,
+    num_test: int | None,
+    seed: int,
+    bad_rows: str = "fail",
+) -> Splits:
+    """The split in file order; a skipped row keeps its place, so no other row changes set."""
     path = data_path if data_path.endswith(".json") else f"{data_path.rstrip('/')}/SVAMP.json"
-    rows = read_rows(path)
-    test, rest = rows[-NUM_TEST:], rows[:-NUM_TEST]
-    num_valid_split = max(1, round(len(rest) * VALID_SHARE))
-    questions, valid = rest[:-num_valid_split], rest[-num_valid_split:]
-    if any(example.rationale is None for example in valid):
-        raise DataError(f"{path}: every valid-set row needs an 'Equation' to write its rationale from.")
-    return Splits(questions[:num_questions], valid[:num_valid], test[:num_test])
+    text = read_text(path, EXPECTED)
+    try:
+        values = parse_json(text, f"SVAMP.json is {LAYOUT}")
+    except BadRow as error:
+        raise DataError(f"{path}: {error}") from None
+    if not isinstance(values, list):
+        raise DataError(f"{path}: {json_type(values)}, not {LAYOUT}.")
+    if len(values) < NUM_TEST + 2:
+        raise DataError(
+            f"{path}: {len(values)} rows are too few; svamp takes the last {NUM_TEST} as the test set and needs "
+            f"at least 2 before them, for the unlabeled questions and the valid set (the published file has 1000)."
+        )
+    rest = len(values) - NUM_TEST
+    valid_start = rest - max(1, round(rest * VALID_SHARE))
+    bad = BadRows(bad_rows)
+    rows = read_rows(path, text, values, bad, range(valid_start, rest))
+    questions, valid, test = present(rows[:valid_start]), present(rows[valid_start:rest]), present(rows[rest:])
+    return Splits(questions[:num_questions], valid[:num_valid], test[:num_test], bad.rejected)

@@ -97,9 +97,9 @@ def test_arith_splits_are_seeded_and_disjoint():
 def test_gsm8k_bad_rows_name_the_file_and_line(tmp_path):
     (tmp_path / "test.jsonl").write_text(json.dumps({"question": "q", "answer": "1\n#### 1"}) + "\n")
     cases = {
-        "{not json": "line 2: not a JSON object",
-        json.dumps({"question": "", "answer": "#### 1"}): "'question' is missing, empty",
-        json.dumps({"question": "q", "answer": "no marker"}): "no '#### N' line",
+        "{not json": "line 2: not valid JSON",
+        json.dumps({"question": "", "answer": "#### 1"}): "'question' is empty",
+        json.dumps({"question": "q", "answer": "no marker"}): "no final '#### N' line",
         json.dumps({"question": "q", "answer": "#### many"}): "is not a number",
     }
     for line, message in cases.items():
@@ -110,9 +110,10 @@ def test_gsm8k_bad_rows_name_the_file_and_line(tmp_path):
 
 
 def test_svamp_duplicate_ids_are_rejected(tmp_path):
-    row = {"ID": "a", "Body": "b", "Question": "q?", "Equation": "( 1.0 + 1.0 )", "Answer": 2.0}
-    (tmp_path / "SVAMP.json").write_text(json.dumps([row, row]))
-    with pytest.raises(DataError, match="duplicate ID 'a'"):
+    rows = [{"ID": f"r{i}", "Body": "b", "Question": f"q{i}?", "Equation": "( 1.0 + 1.0 )", "Answer": 2.0} for i in range(310)]
+    rows[5]["ID"] = "r1"
+    (tmp_path / "SVAMP.json").write_text(json.dumps(rows))
+    with pytest.raises(DataError, match=r"row 6 \(line 1\): duplicate ID 'r1' \(also row 2\)"):
         svamp.load(str(tmp_path), None, None, None, 0)
 
 
