@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 from dsw_ray.errors import UserError
@@ -9,12 +10,80 @@ from dsw_ray.errors import UserError
 STOP = "\nQ:"  # a candidate ends where the model starts the next few-shot question
 
 
-def check_model_dir(path: str) -> None:
-    """A clear error before any actor starts, instead of a traceback from inside one."""
+AUTO_CLASSES = {"causal LM": "AutoModelForCausalLM", "sequence classifier": "AutoModelForSequenceClassification"}
+SAFETENSORS = ("model.safetensors", "model.safetensors.index.json")  # one file, or shards and their index
+PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def check_model_dir(
+    path: str, kind: str = "causal LM", trust_remote_code: bool = False, field: str = "model.path"
+) -> None:
+    """A clear error before any actor starts, instead of a traceback from inside one: ``path``
+    is a Hugging Face folder whose config.json transformers loads as a ``kind`` ("causal LM"
+    or "sequence classifier") and which holds safetensors weights. Reads config.json only."""
+    where = f"{field} {path!r}"
     if not os.path.isdir(path):
-        raise UserError(f"model path {path!r} is not a directory; give a Hugging Face model folder.")
-    if not os.path.exists(os.path.join(path, "config.json")):
-        raise UserError(f"model path {path!r} has no config.json; is it a Hugging Face model folder?")
+        raise UserError(f"{where} is not a directory; give a Hugging Face model folder (config.json, model.safetensors).")
+    files = set(os.listdir(path))
+    if "config.json" not in files:
+        if "adapter_config.json" in files:
+            raise UserError(
+                f"{where} holds a LoRA adapter, not a model; give the merged model "
+                "(peft's merge_and_unload, then save_pretrained; a dsw-ray train stage writes it to train/model/)."
+            )
+        raise UserError(f"{where} has no config.json; is it a Hugging Face model folder?")
+    config = read_model_config(path, trust_remote_code, where)
+    auto_class = AUTO_CLASSES[kind]
+    if not loadable_as(config, auto_class):
+        architectures = ", ".join(getattr(config, "architectures", None) or []) or "no architectures listed"
+        raise UserError(
+            f"{where} is a {config.model_type!r} model ({architectures}), which transformers cannot load as a {kind} "
+            f"({auto_class}); give a {'decoder-only model such as Llama, Qwen or GPT-2' if kind == 'causal LM' else 'model with a sequence-classification head'}."
+        )
+    if not files & set(SAFETENSORS):
+        if files & set(PICKLES):
+            raise UserError(
+                f"{where} has only PyTorch pickle weights (pytorch_model.bin), and dsw-ray loads safetensors only "
+                "(unpickling can run code from the file). If you trust the file, convert it once: "
+                f"python -c \"import transformers as t; t.{auto_class}.from_pretrained({path!r}).save_pretrained({path!r})\"."
+            )
+        raise UserError(f"{where} holds no weights: it needs model.safetensors (or shards with model.safetensors.index.json).")
+
+
+def read_model_config(path: str, trust_remote_code: bool, where: str):
+    """config.json as transformers reads it; any failure is a UserError saying why."""
+    config_path = os.path.join(path, "config.json")
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except (ValueError, OSError) as error:  # invalid JSON or UTF-8, unreadable
+        raise UserError(f"{config_path} cannot be read as JSON ({error}); the model folder is damaged.") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("model_type"), str):
+        raise UserError(f"{config_path} has no 'model_type'; it is not a transformers model config.")
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    # transformers raises ValueError, OSError, TypeError and huggingface_hub's own errors for a
+    # config it cannot use; whichever, the folder is what needs fixing, and the text says why.
+    except Exception as error:
+        remote = "auto_map" in raw and not trust_remote_code
+        hint = (
+            " The model ships its own code (auto_map in config.json): set model.trust_remote_code=true "
+            "if you trust it." if remote else ""
+        )
+        raise UserError(f"{where}: transformers cannot read its config.json ({' '.join(str(error).split())[:300]}).{hint}") from None
+
+
+def loadable_as(config, auto_class: str) -> bool:
+    """Whether ``transformers.<auto_class>`` has a model for ``config`` (or its own code does)."""
+    from transformers.models.auto import modeling_auto
+
+    mapping = {
+        "AutoModelForCausalLM": modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING,
+        "AutoModelForSequenceClassification": modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING,
+    }[auto_class]
+    return type(config) in mapping or auto_class in (getattr(config, "auto_map", None) or {})
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False, padding_side: str = "right"):
@@ -39,7 +108,7 @@ def load_model(
     import torch
     import transformers
 
-    auto_class = {"causal LM": transformers.AutoModelForCausalLM, "sequence classifier": transformers.AutoModelForSequenceClassification}[kind]
+    auto_class = getattr(transformers, AUTO_CLASSES[kind])
     try:
         model = auto_class.from_pretrained(
             path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code, use_safetensors=True

@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+from collections import defaultdict
 from dataclasses import asdict, dataclass
 
 import pyarrow as pa
@@ -18,7 +19,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from dsw_ray import columns as C
-from dsw_ray.config import JobConfig
+from dsw_ray.config import JobConfig, TaskConfig
 from dsw_ray.errors import UserError
 from dsw_ray.evaluate import evaluate
 from dsw_ray.filters import METHODS, answers_correct
@@ -30,6 +31,7 @@ from dsw_ray.report import write_report
 from dsw_ray.reward import reward
 from dsw_ray.score import score, valid_loss_stats, valid_losses
 from dsw_ray.tasks import Splits, get_task
+from dsw_ray.tasks.rows import question_key
 from dsw_ray.toy import build_toy_model
 from dsw_ray.train import fine_tune
 from dsw_ray.vote import vote_question
@@ -101,22 +103,60 @@ def correct_fraction(table: pa.Table, official: bool) -> float | None:
     return float(answers_correct(table, official).mean())
 
 
-def check_splits(splits: Splits) -> None:
-    for name in ("questions", "valid", "test"):
+SPLITS = {"questions": "unlabeled question set", "valid": "labeled valid set", "test": "test set"}
+
+
+def check_splits(splits: Splits, task: TaskConfig) -> None:
+    """Every split has rows, every question id is used once, and no valid-set question is also
+    an unlabeled or a test question (its gold rationale would leak into what it measures)."""
+    source = f"task {task.name}" + (f", task.data_path {task.data_path}" if task.data_path else "")
+    left_out = ""
+    if splits.rejected:
+        first = splits.rejected[0]
+        left_out = (
+            f"; {len(splits.rejected)} bad rows were left out (task.bad_rows=skip), "
+            f"the first at {first.file}, line {first.line}: {first.reason}"
+        )
+    for name, label in SPLITS.items():
         if not getattr(splits, name):
-            raise UserError(f"the task's {name} split is empty; check task.data_path and task.num_{name}.")
-    for name in ("questions", "valid", "test"):
-        ids = [e.question_id for e in getattr(splits, name)]
-        if len(set(ids)) != len(ids):
-            raise UserError(f"the task's {name} split has duplicate question ids.")
+            raise UserError(
+                f"the {label} is empty ({source}{left_out}). Give the data files rows for it (the README's Tasks "
+                "paragraph says which rows of each file form each set)."
+            )
+    where = defaultdict(list)
+    for name, label in SPLITS.items():
+        for example in getattr(splits, name):
+            where[example.question_id].append(label)
+    repeated = {question_id: labels for question_id, labels in where.items() if len(labels) > 1}
+    if repeated:
+        question_id, labels = next(iter(repeated.items()))
+        raise UserError(
+            f"{len(repeated)} question ids are used more than once ({source}), e.g. {question_id!r}, "
+            f"{len(labels)} times in the {' and the '.join(dict.fromkeys(labels))}. Give every row of the data "
+            "files its own id."
+        )
+    valid = {question_key(example.question): index for index, example in enumerate(splits.valid)}
+    for name in ("questions", "test"):
+        shared = [(valid[key], e) for e in getattr(splits, name) if (key := question_key(e.question)) in valid]
+        if shared:
+            index, example = min(shared, key=lambda pair: pair[0])
+            cap = f", or set task.num_valid={index} to keep only the valid rows before the first of them" if index else ""
+            raise UserError(
+                f"{len(shared)} questions of the labeled valid set are also in the {SPLITS[name]} ({source}), e.g. "
+                f"{splits.valid[index].question_id} and {example.question_id}: {example.question[:80]!r}. The valid "
+                f"set must not share questions with the other sets: delete one of each pair from the data files{cap}."
+            )
 
 
 def base_model(job: JobConfig, splits: Splits) -> str:
-    """The round-1 model path, building the toy model there first if the job asks for it."""
+    """The round-1 model path, building the toy model there first if the job asks for it.
+    It and the rm method's reward model are checked here, before any actor loads them."""
     if job.model.toy is not None:
         # Test and valid questions stay out of the toy model's pre-training corpus.
         build_toy_model(job.model.path, job.model.toy, {e.question for e in splits.test + splits.valid})
-    check_model_dir(job.model.path)
+    check_model_dir(job.model.path, "causal LM", job.model.trust_remote_code, "model.path")
+    if "rm" in job.methods:
+        check_model_dir(job.reward.model_path, "sequence classifier", job.model.trust_remote_code, "reward.model_path")
     return os.path.abspath(job.model.path)
 
 
@@ -315,14 +355,26 @@ def run_evaluation(job: JobConfig, run_dir: str, stage_dir: str, model_path: str
     return accuracy(stage_dir)
 
 
+QUARANTINE = "quarantine.jsonl"  # in inputs/: the data rows task.bad_rows=skip left out
+
+
 def write_inputs(run_dir: str, splits: Splits, job: JobConfig) -> None:
-    """The round's inputs as parquet, so that actors read them instead of the driver shipping them."""
+    """The round's inputs as parquet, so that actors read them instead of the driver shipping
+    them, and the rows left out of the task's data as ``inputs/quarantine.jsonl``."""
     for name, examples in (("questions", splits.questions), ("test", splits.test)):
         run_stage(
             os.path.join(run_dir, "inputs", name),
             fingerprint("inputs", name, job.task, [asdict(e) for e in examples]),
             lambda out, examples=examples: write_table(examples_table(examples), out),
         )
+    # Rewritten on every run, so that it lists what this run's data left out and no more.
+    quarantine = os.path.join(run_dir, "inputs", QUARANTINE)
+    if splits.rejected:
+        with open(quarantine + ".partial", "w") as f:
+            f.writelines(json.dumps(asdict(row)) + "\n" for row in splits.rejected)
+        os.replace(quarantine + ".partial", quarantine)
+    elif os.path.exists(quarantine):
+        os.remove(quarantine)
 
 
 # Workers log our stage lines, not one download-style progress bar per model load.
@@ -333,6 +385,21 @@ def quiet_worker_logs() -> None:
     """Ray worker set-up hook. Without the dashboard Ray's state API is unavailable, and Ray
     Train's placement-group cleaner warns about it every second of a fine-tune."""
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+
+
+def guard_submitted_job(job: JobConfig) -> None:
+    """Under `ray job submit` with a working_dir the driver starts inside Ray's unpacked copy of
+    it, which Ray may delete and unpack afresh while the job runs (when the workers that used
+    it exit). A run directory there would be lost, and the driver's working directory can
+    vanish, which torch's MKL loader cannot survive (it asks for it when libtorch loads)."""
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
+        return
+    if not os.path.isabs(job.run_dir):
+        raise UserError(
+            f"run_dir {job.run_dir!r} is relative: in a Ray job it would land in the job's working_dir, "
+            "which Ray deletes. Give an absolute path on storage every node mounts (e.g. /mnt/dsw/runs/...)."
+        )
+    import torch  # noqa: F401  (now, while the working directory exists)
 
 
 def start_ray(job: JobConfig) -> None:
@@ -357,14 +424,22 @@ def run_job(job: JobConfig) -> dict:
     """Run every round of the job and write ``summary.json``; returns the summary."""
     task = get_task(job.task.name)
     splits = task.load(
-        job.task.data_path, job.task.num_questions, job.task.num_valid, job.task.num_test, job.task.seed
+        job.task.data_path, job.task.num_questions, job.task.num_valid, job.task.num_test, job.task.seed,
+        bad_rows=job.task.bad_rows,
     )
-    check_splits(splits)
+    check_splits(splits, job.task)
     model_path = base_model(job, splits)
+    guard_submitted_job(job)
     run_dir = os.path.abspath(job.run_dir)
     os.makedirs(run_dir, exist_ok=True)
     start_ray(job)
     write_inputs(run_dir, splits, job)
+    if splits.rejected:
+        log.warning(
+            "%d bad rows of the task's data were left out (task.bad_rows=skip); they and the reasons are in %s",
+            len(splits.rejected),
+            os.path.join(run_dir, "inputs", QUARANTINE),
+        )
 
     model_fp = fingerprint("base", model_path, job.model.toy, job.model.dtype)
     summary = {
@@ -374,6 +449,7 @@ def run_job(job: JobConfig) -> dict:
         "questions": len(splits.questions),
         "valid": len(splits.valid),
         "test": len(splits.test),
+        "quarantined": len(splits.rejected),
         "base_accuracy": run_evaluation(job, run_dir, os.path.join(run_dir, "base", "evaluate"), model_path, model_fp),
         "rounds": [],
     }
