@@ -67,12 +67,12 @@ def read_model_config(path: str, trust_remote_code: bool, where: str):
     # transformers raises ValueError, OSError, TypeError and huggingface_hub's own errors for a
     # config it cannot use; whichever, the folder is what needs fixing, and the text says why.
     except Exception as error:
-        remote = "auto_map" in raw and not trust_remote_code
-        hint = (
-            " The model ships its own code (auto_map in config.json): set model.trust_remote_code=true "
-            "if you trust it." if remote else ""
-        )
-        raise UserError(f"{where}: transformers cannot read its config.json ({' '.join(str(error).split())[:300]}).{hint}") from None
+        if "auto_map" in raw and not trust_remote_code:
+            raise UserError(
+                f"{where} ships its own code (auto_map in config.json), which runs only with "
+                "model.trust_remote_code=true; set it if you trust that code."
+            ) from None
+        raise UserError(f"{where}: transformers cannot read its config.json ({' '.join(str(error).split())[:300]}).") from None
 
 
 def loadable_as(config, auto_class: str) -> bool:

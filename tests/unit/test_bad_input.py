@@ -419,7 +419,7 @@ def test_remote_code_stays_off_unless_the_job_says_so(tmp_path):
         "auto_map": {"AutoConfig": "configuration_frob.FrobConfig", "AutoModelForCausalLM": "modeling_frob.Frob"},
     }))
     (tmp_path / "model" / "configuration_frob.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
-    with pytest.raises(UserError, match=r"ships its own code \(auto_map in config.json\): set model.trust_remote_code=true"):
+    with pytest.raises(UserError, match=r"ships its own code \(auto_map in config.json\), which runs only with model.trust_remote_code=true"):
         check_model_dir(folder)
     assert not marker.exists(), "the folder's code ran without trust_remote_code"
 
