@@ -123,6 +123,12 @@ class GenerateConfig(Decoding):
     max_new_tokens: int = Field(256, ge=1, description="Token budget of one candidate; it stops at '\\nQ:' first.")
     seed: int = Field(0, description="Job seed; each candidate's seed derives from it, its question and index.")
 
+    @model_validator(mode="after")
+    def vllm_temperature(self) -> GenerateConfig:
+        if self.backend == "vllm" and self.temperature > 2:
+            raise ValueError("vLLM samples at temperatures up to 2; lower generate.temperature")
+        return self
+
 
 class ScoreConfig(ActorPool):
     batch_size: int = Field(16, ge=1, description="Candidates per batched forward pass.")
@@ -247,6 +253,16 @@ class JobConfig(Section):
         if len(set(methods)) != len(methods):
             raise ValueError("a method is listed twice")
         return methods
+
+    @model_validator(mode="after")
+    def lora_serving_dtype(self) -> JobConfig:
+        for name in ("generate", "evaluate"):
+            section = getattr(self, name)
+            if section.backend == "vllm" and section.vllm.serve_lora and self.model.dtype == "float32":
+                raise ValueError(
+                    f"{name}.vllm.serve_lora needs model.dtype bfloat16 or float16 (vLLM's LoRA kernels have no float32)"
+                )
+        return self
 
     @model_validator(mode="after")
     def reward_model_present(self) -> JobConfig:

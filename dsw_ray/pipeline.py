@@ -387,6 +387,21 @@ def quiet_worker_logs() -> None:
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
 
 
+def guard_submitted_job(job: JobConfig) -> None:
+    """Under `ray job submit` with a working_dir the driver starts inside Ray's unpacked copy of
+    it, which Ray may delete and unpack afresh while the job runs (when the workers that used
+    it exit). A run directory there would be lost, and the driver's working directory can
+    vanish, which torch's MKL loader cannot survive (it asks for it when libtorch loads)."""
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
+        return
+    if not os.path.isabs(job.run_dir):
+        raise UserError(
+            f"run_dir {job.run_dir!r} is relative: in a Ray job it would land in the job's working_dir, "
+            "which Ray deletes. Give an absolute path on storage every node mounts (e.g. /mnt/dsw/runs/...)."
+        )
+    import torch  # noqa: F401  (now, while the working directory exists)
+
+
 def start_ray(job: JobConfig) -> None:
     import ray
     import ray.data
@@ -414,6 +429,7 @@ def run_job(job: JobConfig) -> dict:
     )
     check_splits(splits, job.task)
     model_path = base_model(job, splits)
+    guard_submitted_job(job)
     run_dir = os.path.abspath(job.run_dir)
     os.makedirs(run_dir, exist_ok=True)
     start_ray(job)

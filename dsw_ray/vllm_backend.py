@@ -47,7 +47,7 @@ OWNED_ENGINE_ARGS = {
 }
 
 # LoRA ranks vLLM's kernels are built for; an adapter's rank is served at the next one up.
-LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 def lora_adapter(model_path: str) -> dict | None:

@@ -173,7 +173,7 @@ def test_lora_adapter_whose_base_is_gone(tiny_model, tmp_path):
 
 
 def test_served_lora_rank_rounds_up():
-    assert [served_lora_rank(r) for r in (1, 8, 9, 64, 65, 500)] == [8, 8, 16, 64, 128, 512]
+    assert [served_lora_rank(r) for r in (1, 2, 8, 9, 64, 65, 500)] == [1, 8, 8, 16, 64, 128, 512]
     with pytest.raises(ValueError):
         served_lora_rank(1024)
 
@@ -199,6 +199,11 @@ def test_placement_one_gpu_or_a_tensor_parallel_group():
         ),
         ({"evaluate": {"backend": "vllm"}}, "evaluate: .*backend vllm runs on GPUs"),
         ({"generate": {"backend": "vlm"}}, "generate.backend"),
+        ({"generate": {"backend": "vllm", "gpus_per_actor": 1, "temperature": 2.5}}, "temperatures up to 2"),
+        (
+            {"evaluate": {"backend": "vllm", "gpus_per_actor": 1, "vllm": {"serve_lora": True}}},
+            "evaluate.vllm.serve_lora needs model.dtype bfloat16",
+        ),
     ],
 )
 def test_bad_vllm_settings_are_config_errors(tmp_path, section, message):
