@@ -9,9 +9,9 @@ everything around the engine (its arguments, the sampling parameters, the row
 mapping, LoRA naming, placement) is plain functions tested without vLLM.
 
 Each candidate is its own request (``n=1`` with the candidate's seed), so a candidate is
-a function of its identity as in the transformers backend. The m requests of a question
-share one prompt, and vLLM's prefix cache (on by default) computes that prompt's prefill
-once for all of them, which is what ``SamplingParams(n=m)`` would save.
+a function of its identity as in the transformers backend; vLLM itself expands
+``SamplingParams(n=m)`` into m such child requests. The m requests of a question share one
+prompt, whose KV blocks vLLM's automatic prefix caching (on by default) reuses.
 """
 
 from __future__ import annotations
