@@ -414,7 +414,8 @@ def start_ray(job: JobConfig) -> None:
             ray.init(address=address, runtime_env=runtime_env)
         else:
             # "local" starts a private instance even when `ray start` left one running on this
-            # machine; its dashboard stays off, so a local run exposes nothing beyond this process.
+            # machine. Its dashboard stays off; Ray 2.60's other ports listen on every interface,
+            # guarded by its token authentication (on by default for a new local Ray).
             ray.init(address="local", num_cpus=job.ray.num_cpus, include_dashboard=False, runtime_env=runtime_env)
     context = ray.data.DataContext.get_current()
     context.enable_operator_progress_bars = False
