@@ -8,6 +8,7 @@ fingerprints chain, so is everything downstream of it.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import logging
@@ -19,6 +20,20 @@ from typing import Callable
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+
+# A stage's code version: bumped when its code changes what it writes, so that a rerun
+# recomputes it and, through the chained fingerprints, everything after it.
+STAGE_VERSIONS = {
+    "questions": 1,  # inputs/questions
+    "test": 1,  # inputs/test
+    "generate": 1,
+    "vote": 1,
+    "score": 1,
+    "reward": 1,
+    "filter": 1,
+    "train": 1,
+    "evaluate": 1,
+}
 
 
 def fingerprint(*parts) -> str:
@@ -42,25 +57,53 @@ def display_name(path: str) -> str:
     return "/".join(parts[starts[-1] :] if starts else parts[-2:])
 
 
-def run_stage(path: str, stage_fingerprint: str, produce: Callable[[str], dict]) -> dict:
-    """Run ``produce(partial_dir) -> info`` unless ``path`` already holds this fingerprint's output.
+def stage_fingerprint(stage: str, *parts) -> str:
+    """The fingerprint of a ``stage`` run: its code version and ``parts`` (its settings and its
+    inputs' fingerprints, so that a change anywhere upstream reaches every later stage)."""
+    return fingerprint(stage, STAGE_VERSIONS[stage], *parts)
 
-    Returns the manifest: ``fingerprint``, ``seconds``, and what ``produce`` returned.
+
+def run_stage(
+    path: str, stage_fp: str, produce: Callable[[str], dict], rows_in: int | None = None, force: bool = False
+) -> dict:
+    """Run ``produce(partial_dir) -> info`` unless ``path`` already holds this fingerprint's output
+    (or ``force``). ``rows_in``: the rows the stage reads, for the manifest.
+
+    Returns the manifest: ``stage``, ``version``, ``fingerprint``, ``rows_in``, ``started``,
+    ``finished``, ``seconds``, and what ``produce`` returned (``rows`` out, among others).
     """
     manifest = read_manifest(path)
     name = display_name(path)
-    if manifest is not None and manifest.get("fingerprint") == stage_fingerprint:
-        log.info("%s: done already, skipped", name)
+    partial = path + ".partial"
+    if manifest is not None and manifest.get("fingerprint") == stage_fp and not force:
+        log.info("%s: skipped, done already with these settings and inputs (%s)", name, manifest.get("finished", "?"))
         manifest["skipped"] = True
         return manifest
-    if manifest is not None:
-        log.info("%s: its config or inputs changed since it ran, recomputing", name)
-    partial = path + ".partial"
+    if force:
+        why = "rerun as asked (--from)"
+    elif manifest is not None:
+        why = "its settings, its inputs or its code changed since it ran"
+    elif os.path.isdir(partial):
+        why = "an earlier run stopped before it finished"
+    else:
+        why = "not run yet"
+    log.info("%s: running (%s)", name, why)
     shutil.rmtree(partial, ignore_errors=True)
     os.makedirs(partial)
     started = time.time()
     info = produce(partial)
-    manifest = {"fingerprint": stage_fingerprint, "seconds": round(time.time() - started, 2), **info}
+    finished = time.time()
+    stage = os.path.basename(path)
+    manifest = {
+        "stage": stage,
+        "version": STAGE_VERSIONS[stage],
+        "fingerprint": stage_fp,
+        "rows_in": rows_in,
+        "started": timestamp(started),
+        "finished": timestamp(finished),
+        "seconds": round(finished - started, 2),
+        **info,
+    }
     with open(os.path.join(partial, MANIFEST), "w") as f:
         json.dump(manifest, f, indent=1)
     shutil.rmtree(path, ignore_errors=True)
@@ -68,3 +111,23 @@ def run_stage(path: str, stage_fingerprint: str, produce: Callable[[str], dict])
     log.info("%s: done in %.1f s", name, manifest["seconds"])
     manifest["skipped"] = False
     return manifest
+
+
+def timestamp(seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(seconds).astimezone().isoformat(timespec="microseconds")
+
+
+def stage_states(run_dir: str) -> list[dict]:
+    """Every stage folder under ``run_dir`` in the order it ran: ``done`` (with its manifest's
+    rows and times) or ``partial`` (running now, or stopped before it finished)."""
+    states = []
+    for folder, children, files in os.walk(run_dir):
+        children[:] = [c for c in children if c not in ("data", "model", "ray_train", "adapter")]
+        if folder.endswith(".partial"):
+            children[:] = []
+            states.append({"stage": os.path.relpath(folder, run_dir).removesuffix(".partial"), "state": "partial"})
+        elif MANIFEST in files:
+            children[:] = []
+            manifest = read_manifest(folder) or {}
+            states.append({**manifest, "stage": os.path.relpath(folder, run_dir), "state": "done"})
+    return sorted(states, key=lambda s: (s.get("started") or "~", s["stage"]))
