@@ -131,3 +131,37 @@ def stage_states(run_dir: str) -> list[dict]:
             manifest = read_manifest(folder) or {}
             states.append({**manifest, "stage": os.path.relpath(folder, run_dir), "state": "done"})
     return sorted(states, key=lambda s: (s.get("started") or "~", s["stage"]))
+
+
+RUN_FILE = "run.json"
+LAYOUT = 2  # the run directory's layout: 2 since stage manifests carry versions and times
+
+
+def claim_run_dir(run_dir: str, identity: dict) -> None:
+    """Record what run ``run_dir`` holds (``identity``: the task and the base model), or check
+    that it is this one: a rerun resumes its own run, never overwrites another's."""
+    from dsw_ray.errors import UserError
+
+    path = os.path.join(run_dir, RUN_FILE)
+    wanted = {"layout": LAYOUT, **identity}
+    try:
+        with open(path) as f:
+            found = json.load(f)
+    except FileNotFoundError:
+        if any(os.scandir(run_dir)):
+            raise UserError(
+                f"run_dir {run_dir} is not empty and has no {RUN_FILE}: it was not written by this version of "
+                "dsw-ray (or is not a run directory). Give a new run_dir, or empty this one to start over."
+            ) from None
+        with open(path, "w") as f:
+            json.dump(wanted, f, indent=1)
+        return
+    except json.JSONDecodeError as error:
+        raise UserError(f"{path} is damaged ({error}); restore it, or give a new run_dir.") from None
+    differ = {key: (found.get(key), value) for key, value in wanted.items() if found.get(key) != value}
+    if differ:
+        listed = "; ".join(f"{key}: {old!r} there, {new!r} in this job" for key, (old, new) in differ.items())
+        raise UserError(
+            f"run_dir {run_dir} holds another run ({listed}). Rerunning here would replace its results: "
+            "give this job its own run_dir, or delete that one to start over."
+        )

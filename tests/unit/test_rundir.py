@@ -82,3 +82,24 @@ def test_stage_states_lists_stages_in_the_order_they_ran(tmp_path):
         ("round-1/iwsi/evaluate", "partial"),
     ]
     assert json.dumps(states)  # plain data, printable as JSON
+
+
+def test_a_run_directory_belongs_to_one_run(tmp_path):
+    from dsw_ray.errors import UserError
+    from dsw_ray.rundir import claim_run_dir
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    identity = {"task": "gsm8k", "model": "/models/llama"}
+    claim_run_dir(str(run_dir), identity)
+    claim_run_dir(str(run_dir), identity)  # its own rerun
+    with pytest.raises(UserError, match=r"holds another run \(task: 'gsm8k' there, 'svamp' in this job\)"):
+        claim_run_dir(str(run_dir), {**identity, "task": "svamp"})
+
+    old = tmp_path / "old"
+    (old / "round-1" / "generate").mkdir(parents=True)
+    with pytest.raises(UserError, match="not empty and has no run.json"):
+        claim_run_dir(str(old), identity)
+    (run_dir / "run.json").write_text("{broken")
+    with pytest.raises(UserError, match="damaged"):
+        claim_run_dir(str(run_dir), identity)
