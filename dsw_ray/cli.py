@@ -1,4 +1,5 @@
-"""``dsw-ray run JOB.yaml [key=value ...]``: run a job and print its accuracy table."""
+"""``dsw-ray run JOB.yaml [key=value ...] [--from STAGE]``: run a job and print its accuracy table;
+``dsw-ray status RUN_DIR``: where a run stands."""
 
 from __future__ import annotations
 
@@ -16,19 +17,34 @@ def main(argv: list[str] | None = None) -> int:
     run = commands.add_parser("run", help="run a job file")
     run.add_argument("job", help="job YAML file, e.g. jobs/quickstart.yaml")
     run.add_argument("overrides", nargs="*", help="key=value settings, e.g. train.epochs=2")
+    run.add_argument(
+        "--from", dest="rerun_from", metavar="STAGE", help="rerun STAGE and every stage after it, even where finished"
+    )
     run.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    status = commands.add_parser("status", help="each stage of a run directory: done or unfinished, rows, times")
+    status.add_argument("run_dir", help="the job's run_dir, e.g. runs/quickstart")
     args = parser.parse_args(argv)
 
     logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
+        level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if args.command == "status":
+        from dsw_ray.report import status_text
+
+        try:
+            print(status_text(args.run_dir))
+        except UserError as error:
+            print(f"dsw-ray: {error}", file=sys.stderr)
+            return 2
+        return 0
     from dsw_ray.config import load_job
 
     started = time.time()
     try:
-        job = load_job(args.job, args.overrides)
+        overrides = args.overrides + ([f"rerun_from={args.rerun_from}"] if args.rerun_from else [])
+        job = load_job(args.job, overrides)
         from dsw_ray.pipeline import run_job
         from dsw_ray.report import text_table
 

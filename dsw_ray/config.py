@@ -221,6 +221,11 @@ class RayConfig(Section):
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a locally started Ray (None: this machine's).")
 
 
+# The stages of a round in the order they run; reward runs only for the rm method.
+STAGES = ("generate", "vote", "score", "reward", "filter", "train", "evaluate")
+Stage = Literal[STAGES]
+
+
 class JobConfig(Section):
     run_dir: str = Field(description="Where every stage writes its artifacts; rerunning reuses finished ones.")
     rounds: int = Field(1, ge=1, description="Self-improvement rounds; each method starts from its own last export.")
@@ -234,6 +239,11 @@ class JobConfig(Section):
         description="paper: the method as published. official: the authors' released code where it changes "
         "the numbers (loss text, DS clipping, keep rule, integer answers), to compare with published results.",
     )
+    rerun_from: Stage | None = Field(
+        None,
+        description="Rerun this stage and every stage after it even where finished (`dsw-ray run --from STAGE`); "
+        "None: rerun only what changed.",
+    )
     task: TaskConfig
     model: ModelConfig
     generate: GenerateConfig = GenerateConfig()
@@ -243,6 +253,10 @@ class JobConfig(Section):
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     ray: RayConfig = RayConfig()
+
+    def forced(self, stage: str) -> bool:
+        """Whether ``stage`` reruns even if finished: it is ``rerun_from`` or comes after it."""
+        return self.rerun_from is not None and STAGES.index(stage) >= STAGES.index(self.rerun_from)
 
     @field_validator("methods")
     @classmethod

@@ -7,6 +7,7 @@ candidates, with the IWSI keep threshold) and accuracy per method.
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -14,7 +15,9 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from dsw_ray import columns as C
+from dsw_ray.errors import UserError
 from dsw_ray.filters import METHODS, answers_correct
+from dsw_ray.rundir import stage_states
 from dsw_ray.weights import keep_lowest, official_keep
 
 REPORT = "report.md"
@@ -42,12 +45,56 @@ def table_rows(summary: dict) -> list[tuple[str, ...]]:
     return rows
 
 
-def text_table(summary: dict) -> str:
-    rows = [HEADER, *table_rows(summary)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
+def aligned(rows) -> str:
+    """Plain-text columns: the first left-aligned, the rest right-aligned, a rule under the header."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def text_table(summary: dict) -> str:
+    return aligned([HEADER, *table_rows(summary)])
+
+
+def status_text(run_dir: str) -> str:
+    """``dsw-ray status``: every stage of ``run_dir`` (done or unfinished, rows, seconds, when)
+    and the comparison table so far."""
+    if not os.path.isdir(run_dir):
+        raise UserError(f"{run_dir}: no such run directory; give a job's run_dir (e.g. runs/quickstart).")
+    states = stage_states(run_dir)
+    if not states:
+        raise UserError(f"{run_dir} holds no stage yet (no manifest.json below it); is it a job's run_dir?")
+
+    def cell(value) -> str:
+        return "-" if value is None else f"{value:.1f}" if isinstance(value, float) else str(value)
+
+    rows = [("stage", "state", "rows in", "rows out", "seconds", "finished")]
+    for state in states:
+        rows.append(
+            (
+                state["stage"],
+                state["state"],
+                cell(state.get("rows_in")),
+                cell(state.get("rows")),
+                cell(state.get("seconds")),
+                (state.get("finished") or "-")[:19].replace("T", " "),
+            )
+        )
+    text = [aligned(rows)]
+    unfinished = sum(state["state"] == "partial" for state in states)
+    if unfinished:
+        text.append(
+            f"{unfinished} stage(s) unfinished: running now, or stopped before the end; "
+            "rerunning the same `dsw-ray run` resumes there."
+        )
+    summary_path = os.path.join(run_dir, "summary.json")
+    if os.path.exists(summary_path):
+        with open(summary_path) as f:
+            text.append(text_table(json.load(f)))
+    else:
+        text.append("no summary.json yet: the job has not finished.")
+    return "\n\n".join(text)
 
 
 def markdown_table(header, rows) -> str:

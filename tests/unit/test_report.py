@@ -30,3 +30,35 @@ def test_text_and_markdown_render_every_row():
     markdown = markdown_table(HEADER, table_rows(s)).splitlines()
     assert markdown[0] == "| method | round | kept | kept correct | accuracy |"
     assert markdown[3] == "| IWSI-w | 1 | 10 | 50.0% | 25.0% |"
+
+
+def test_status_lists_stages_and_the_table_so_far(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from dsw_ray.rundir import run_stage
+
+    def rows(n):
+        return lambda out: {"rows": n}
+
+    run_stage(str(tmp_path / "round-1" / "generate"), "a", rows(24), rows_in=12)
+    run_stage(str(tmp_path / "round-1" / "vote"), "b", rows(24), rows_in=24)
+    (tmp_path / "round-1" / "score.partial").mkdir()
+    status = subprocess.run(
+        [sys.executable, "-m", "dsw_ray", "status", str(tmp_path)], capture_output=True, text=True, check=True
+    ).stdout
+    lines = status.splitlines()
+    assert lines[0].split() == ["stage", "state", "rows", "in", "rows", "out", "seconds", "finished"]
+    assert lines[2].split()[:4] == ["round-1/generate", "done", "12", "24"]
+    assert lines[3].split()[:4] == ["round-1/vote", "done", "24", "24"]
+    assert lines[4].split()[:2] == ["round-1/score", "partial"]
+    assert "1 stage(s) unfinished" in status and "no summary.json yet" in status
+
+    summary = {"base_accuracy": 0.1, "rounds": [{"round": 1, "methods": {"iwsi": {"kept": 3, "kept_correct": 0.5, "accuracy": 0.2}}}]}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    status = subprocess.run([sys.executable, "-m", "dsw_ray", "status", str(tmp_path)], capture_output=True, text=True).stdout
+    assert "IWSI        1     3         50.0%     20.0%" in status
+
+    missing = subprocess.run([sys.executable, "-m", "dsw_ray", "status", str(tmp_path / "nope")], capture_output=True, text=True)
+    assert missing.returncode == 2 and "no such run directory" in missing.stderr and "Traceback" not in missing.stderr
