@@ -28,14 +28,15 @@ def tiny_model(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
-def toy_model(tmp_path_factory) -> str:
-    """The quickstart's base model (about 100 s to build): good enough to give parsable answers."""
+def toy_model() -> str:
+    """The quickstart's base model (about 100 s to build): good enough to give parsable answers.
+    Built where the quickstart builds it, so that either reuses the other's build."""
     from dsw_ray import get_task
     from dsw_ray.toy import ToyModelConfig, build_toy_model
 
-    splits = get_task("arith").load(None, 8, 24, 100, 0)
-    path = tmp_path_factory.mktemp("models") / "toy"
-    return build_toy_model(str(path), ToyModelConfig(), {e.question for e in splits.test + splits.valid})
+    splits = get_task("arith").load(None, 8, 24, 100, 0)  # the quickstart's valid and test questions
+    path = os.path.join(ROOT, ".cache", "dsw-ray", "toy-arith")
+    return build_toy_model(path, ToyModelConfig(), {e.question for e in splits.test + splits.valid})
 
 
 def build_reward_model(path, base_model: str, num_labels: int = 1) -> str:
