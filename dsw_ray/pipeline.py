@@ -26,7 +26,7 @@ from dsw_ray.filters import METHODS, answers_correct
 from dsw_ray.filters import apply as apply_filter
 from dsw_ray.generate import generate
 from dsw_ray.models import check_model_dir
-from dsw_ray.rundir import fingerprint, run_stage
+from dsw_ray.rundir import claim_run_dir, fingerprint, run_stage, stage_fingerprint
 from dsw_ray.report import write_report
 from dsw_ray.reward import reward
 from dsw_ray.score import score, valid_loss_stats, valid_losses
@@ -198,7 +198,11 @@ def make_candidates(
         return os.path.join(where, name)
 
     questions = os.path.join(run_dir, "inputs", "questions")
-    fps = {"generate": fingerprint("generate", job.task, job.generate, model_fp, round_index)}
+    fps = {
+        "generate": stage_fingerprint(
+            "generate", split_fingerprint(splits, "questions"), job.task, job.generate, model_fp, round_index
+        )
+    }
     generated = run_stage(
         stage("generate"),
         fps["generate"],
@@ -206,10 +210,12 @@ def make_candidates(
             generate(read_dataset(questions, job.generate.batch_size, job.generate.actors), model_path, job, round_index),
             out,
         ),
+        rows_in=len(splits.questions),
+        force=job.forced("generate"),
     )
 
     official = job.semantics == "official"
-    fps["vote"] = fingerprint("vote", fps["generate"], job.semantics)
+    fps["vote"] = stage_fingerprint("vote", fps["generate"], job.semantics)
     run_stage(
         stage("vote"),
         fps["vote"],
@@ -219,9 +225,14 @@ def make_candidates(
             .map_groups(vote_group, fn_kwargs={"task_name": job.task.name, "integer": official}, batch_format="pandas"),
             out,
         ),
+        rows_in=generated["rows"],
+        force=job.forced("vote"),
     )
 
-    fps["score"] = fingerprint("score", fps["vote"], job.score, job.train.max_length, model_fp, job.task, job.semantics)
+    fps["score"] = stage_fingerprint(
+        "score", fps["vote"], split_fingerprint(splits, "valid"), job.score, job.train.max_length, model_fp, job.task,
+        job.semantics,
+    )  # fmt: skip
 
     def score_stage(out: str) -> dict:
         # Lv once per model, for the whole pool; its per-example losses are kept beside the scores.
@@ -232,15 +243,17 @@ def make_candidates(
         candidates = read_dataset(stage("vote"), job.score.batch_size * 4, job.score.actors)
         return {**write_dataset(score(candidates, valid_loss, model_path, job), out), "valid_loss": valid_loss}
 
-    scored = run_stage(stage("score"), fps["score"], score_stage)
+    scored = run_stage(stage("score"), fps["score"], score_stage, rows_in=generated["rows"], force=job.forced("score"))
     if "rm" in job.methods:
-        fps["reward"] = fingerprint("reward", fps["vote"], job.reward, job.train.max_length)
+        fps["reward"] = stage_fingerprint("reward", fps["vote"], job.reward, job.train.max_length)
         run_stage(
             stage("reward"),
             fps["reward"],
             lambda out: write_dataset(
                 reward(read_dataset(stage("vote"), job.reward.batch_size * 4, job.reward.actors), job), out
             ),
+            rows_in=generated["rows"],
+            force=job.forced("reward"),
         )
     if scored["rows"] == 0:
         log.warning(
@@ -271,7 +284,7 @@ def run_method(
     def stage(name: str) -> str:
         return os.path.join(where, name)
 
-    filter_fp = fingerprint(
+    filter_fp = stage_fingerprint(
         "filter",
         method,
         candidates.fingerprints["vote"],
@@ -290,14 +303,16 @@ def run_method(
             "kept_correct": correct_fraction(filtered.kept, official),
         }
 
-    kept = run_stage(stage("filter"), filter_fp, keep)
+    kept = run_stage(
+        stage("filter"), filter_fp, keep, rows_in=candidates.summary["generated"], force=job.forced("filter")
+    )
     result = {"kept": kept["rows"], "dropped": kept["dropped"], "kept_correct": kept["kept_correct"]}
     if kept["rows"] == 0:
         log.warning("method %s kept no candidate: it is not fine-tuned or evaluated.", method)
         return {**result, "accuracy": None, "model": model_path, "model_fingerprint": filter_fp}
 
     # How many failures to survive and where workers go do not change the fine-tuned model.
-    train_fp = fingerprint(
+    train_fp = stage_fingerprint(
         "train", filter_fp, job.train.model_dump(exclude={"max_failures", "resources_per_worker"}), job.model.dtype
     )
     trained = run_stage(
@@ -313,12 +328,22 @@ def run_method(
             run_name=f"train-{train_fp}",  # an interrupted run of these same settings resumes
             heldout=[(e.question, e.rationale) for e in splits.valid],
         ),
+        rows_in=kept["rows"],
+        force=job.forced("train"),
     )
+    if trained.get("resumed_from_epoch") and not trained["skipped"]:
+        log.warning(
+            "method %s: a training worker failed; Ray Train restarted the workers from the epoch %d checkpoint "
+            "and the fine-tune finished (see %s).",
+            method, trained["resumed_from_epoch"], os.path.join(stage("train"), "manifest.json"),
+        )  # fmt: skip
     model_dir = os.path.join(stage("train"), "model")
     return {
         **result,
-        "accuracy": run_evaluation(job, run_dir, stage("evaluate"), model_dir, train_fp),
-        "train": {k: trained[k] for k in ("optimizer_steps", "final_loss", "heldout_loss") if k in trained},
+        "accuracy": run_evaluation(job, run_dir, stage("evaluate"), model_dir, train_fp, splits),
+        "train": {
+            k: trained[k] for k in ("optimizer_steps", "final_loss", "heldout_loss", "resumed_from_epoch") if k in trained
+        },
         "model": model_dir,
         "model_fingerprint": train_fp,
     }
@@ -342,20 +367,30 @@ def run_round(job: JobConfig, run_dir: str, round_index: int, lineages: dict[str
     return {"round": round_index, "methods": methods}
 
 
-def run_evaluation(job: JobConfig, run_dir: str, stage_dir: str, model_path: str, model_fp: str) -> float:
+def run_evaluation(
+    job: JobConfig, run_dir: str, stage_dir: str, model_path: str, model_fp: str, splits: Splits
+) -> float:
     """Greedy accuracy of ``model_path`` on the test set, cached in ``stage_dir``."""
     test = os.path.join(run_dir, "inputs", "test")
     run_stage(
         stage_dir,
-        fingerprint("evaluate", job.task, job.evaluate, job.semantics, model_fp),
+        stage_fingerprint("evaluate", split_fingerprint(splits, "test"), job.task, job.evaluate, job.semantics, model_fp),
         lambda out: write_dataset(
             evaluate(read_dataset(test, job.evaluate.batch_size, job.evaluate.actors), model_path, job), out
         ),
+        rows_in=len(splits.test),
+        force=job.forced("evaluate"),
     )
     return accuracy(stage_dir)
 
 
 QUARANTINE = "quarantine.jsonl"  # in inputs/: the data rows task.bad_rows=skip left out
+
+
+def split_fingerprint(splits: Splits, name: str) -> str:
+    """What a split holds, row by row: stages that read it rerun when the data changes, not
+    only when the job's task settings do."""
+    return fingerprint(name, [asdict(e) for e in getattr(splits, name)])
 
 
 def write_inputs(run_dir: str, splits: Splits, job: JobConfig) -> None:
@@ -364,8 +399,9 @@ def write_inputs(run_dir: str, splits: Splits, job: JobConfig) -> None:
     for name, examples in (("questions", splits.questions), ("test", splits.test)):
         run_stage(
             os.path.join(run_dir, "inputs", name),
-            fingerprint("inputs", name, job.task, [asdict(e) for e in examples]),
+            stage_fingerprint(name, split_fingerprint(splits, name)),
             lambda out, examples=examples: write_table(examples_table(examples), out),
+            rows_in=len(examples),
         )
     # Rewritten on every run, so that it lists what this run's data left out and no more.
     quarantine = os.path.join(run_dir, "inputs", QUARANTINE)
@@ -433,6 +469,7 @@ def run_job(job: JobConfig) -> dict:
     guard_submitted_job(job)
     run_dir = os.path.abspath(job.run_dir)
     os.makedirs(run_dir, exist_ok=True)
+    claim_run_dir(run_dir, {"task": job.task.name, "model": model_path})
     start_ray(job)
     write_inputs(run_dir, splits, job)
     if splits.rejected:
@@ -451,7 +488,9 @@ def run_job(job: JobConfig) -> dict:
         "valid": len(splits.valid),
         "test": len(splits.test),
         "quarantined": len(splits.rejected),
-        "base_accuracy": run_evaluation(job, run_dir, os.path.join(run_dir, "base", "evaluate"), model_path, model_fp),
+        "base_accuracy": run_evaluation(
+            job, run_dir, os.path.join(run_dir, "base", "evaluate"), model_path, model_fp, splits
+        ),
         "rounds": [],
     }
     lineages = {method: (model_path, model_fp) for method in job.methods}

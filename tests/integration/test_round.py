@@ -160,6 +160,20 @@ def test_whole_round_with_two_methods(toy_model, tmp_path, ray_session):
     assert resumed["methods"]["lmsi"]["kept"] == len(scored)
     assert list(resumed["methods"]) == ["iwsi", "oracle", "lmsi"]
 
+    # --from evaluate reruns every evaluation (the base model's too) and nothing before it.
+    stages = shared + [f"round-1/{m}/{s}" for m in ("iwsi", "oracle", "lmsi") for s in ("filter", "train")]
+    evaluations = ["base/evaluate"] + [f"round-1/{m}/evaluate" for m in ("iwsi", "oracle", "lmsi")]
+    before = manifest_times(run_dir, stages + evaluations)
+    changed = tiny_job(
+        toy_model, tmp_path / "run", methods=["iwsi", "oracle", "lmsi"], filter={"keep_fraction": 0.5}, rerun_from="evaluate"
+    )
+    assert run_job(changed) == resumed
+    after = manifest_times(run_dir, stages + evaluations)
+    assert all(after[s] == before[s] for s in stages) and all(after[s] != before[s] for s in evaluations)
+    with open(os.path.join(run_dir, "round-1", "vote", "manifest.json")) as f:
+        vote = json.load(f)
+    assert (vote["stage"], vote["rows_in"], vote["rows"]) == ("vote", len(generated), len(voted))
+
 
 def test_official_semantics_reward_model_and_weighted_loss(toy_model, tiny_reward_model, tmp_path, ray_session):
     """The authors' semantics end to end, the rm method's reward stage on an actor pool, and
