@@ -6,6 +6,7 @@ guesses a default. An error names the file and the dotted field.
 
 from __future__ import annotations
 
+import difflib
 import os
 from typing import Literal
 
@@ -307,12 +308,30 @@ def apply_override(data: dict, override: str, source: str) -> None:
         raise ConfigError(f"override {override!r}: the value is not valid YAML ({error}).") from error
 
 
+def known_fields(loc: tuple) -> list[str]:
+    """The field names allowed where ``loc`` points (for suggesting a misspelt key's right name)."""
+    model = JobConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return []
+    return list(model.model_fields)
+
+
 def format_validation_error(error: ValidationError, source: str) -> str:
-    lines = []
+    """One paragraph: each wrong field with what is wrong, and the right name of a misspelt key."""
+    problems = []
     for item in error.errors():
         field = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        lines.append(f"  {field}: {item['msg']}")
-    return f"{source}: the job config is not valid:\n" + "\n".join(lines)
+        problem = f"{field}: {item['msg']}"
+        if item["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(str(item["loc"][-1]), known_fields(item["loc"]), n=1)
+            problem += f" (did you mean {close[0]}?)" if close else " (not a field of this section)"
+        problems.append(problem)
+    return f"{source}: the job config is not valid: " + "; ".join(problems) + "."
 
 
 def load_job(path: str, overrides: list[str] = ()) -> JobConfig:

@@ -88,3 +88,15 @@ def test_pools_leave_cpu_for_ray_data():
     assert pool_cpus(2, 0.5, 2, "generate") == 0.5
     with pytest.raises(ConfigError, match="would hang"):
         pool_cpus(2, 0.75, 2, "generate")
+
+
+def test_config_errors_are_one_paragraph_and_suggest_misspelt_keys(tmp_path):
+    path = write(tmp_path, MINIMAL)
+    with pytest.raises(ConfigError) as error:
+        load_job(path, ["train.epoch=2", "generate.vllm.tensor_parallel=2", "filter.keep_fraction=2", "colour=red"])
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"{path}: the job config is not valid: ")
+    assert "train.epoch: Extra inputs are not permitted (did you mean epochs?)" in message
+    assert "generate.vllm.tensor_parallel: Extra inputs are not permitted (did you mean tensor_parallel_size?)" in message
+    assert "colour: Extra inputs are not permitted (not a field of this section)" in message
+    assert "filter.keep_fraction: Input should be less than or equal to 1" in message
