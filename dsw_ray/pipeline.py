@@ -29,7 +29,7 @@ from dsw_ray.models import check_model_dir
 from dsw_ray.rundir import claim_run_dir, fingerprint, run_stage, stage_fingerprint
 from dsw_ray.report import write_report
 from dsw_ray.reward import reward
-from dsw_ray.score import score, valid_loss_stats, valid_losses
+from dsw_ray.score import rows_per_call, score_losses, weigh
 from dsw_ray.tasks import Splits, get_task
 from dsw_ray.tasks.rows import question_key
 from dsw_ray.toy import build_toy_model
@@ -235,13 +235,16 @@ def make_candidates(
     )  # fmt: skip
 
     def score_stage(out: str) -> dict:
-        # Lv once per model, for the whole pool; its per-example losses are kept beside the scores.
-        valid = valid_losses(splits.valid, model_path, job)
+        # One pass of the scoring pool over the valid set and the majority candidates (each actor
+        # loads the model once), then Lv and the DS weights in the driver from keys and losses.
+        # The valid set's per-example losses are kept beside the scores.
+        voted = read_dataset(stage("vote"), rows_per_call(job), job.score.actors)
+        losses = score_losses(splits.valid, voted, model_path, job)
+        majority = read_table(stage("vote")).filter(pc.field(C.IS_MAJORITY))
+        scored, valid, valid_loss = weigh(majority, losses, official)
         pq.write_table(valid, os.path.join(out, VALID_LOSSES))
-        valid_loss = valid_loss_stats(valid[C.LOSS].to_numpy())
         log.info("round %d: Lv = %.4f +- %.4f (n = %d)", round_index, valid_loss["mean"], valid_loss["stderr"], valid_loss["n"])
-        candidates = read_dataset(stage("vote"), job.score.batch_size * 4, job.score.actors)
-        return {**write_dataset(score(candidates, valid_loss, model_path, job), out), "valid_loss": valid_loss}
+        return {**write_table(scored, out), "valid_loss": valid_loss}
 
     scored = run_stage(stage("score"), fps["score"], score_stage, rows_in=generated["rows"], force=job.forced("score"))
     if "rm" in job.methods:

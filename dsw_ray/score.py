@@ -1,10 +1,12 @@
 """Score: each majority candidate's loss under the base model, and its DS weight.
 
-A stateful actor pool of ``Scorer``s, each holding the base model. It runs twice per
-model: first over the labeled valid set, whose per-example losses give ``Lv`` (with its
-standard error and ``n``) once for the whole pool; then over the candidates, with ``Lv``
-handed to every actor, so that no two actors can weigh against different values. Each
-batch costs one forward pass per sub-batch of similar lengths, padded to its longest row.
+One pass of a stateful actor pool of ``Scorer``s, each holding the base model, computes the
+losses of the labeled valid set's gold rationales and of the majority candidates together, so
+each actor loads the model once per round. Only keys and losses come back to the driver; there
+``Lv`` (with its standard error and ``n``) comes from the valid rows, once for the whole pool,
+and every candidate is weighed against it, so no two candidates can be weighed against
+different values. Each actor call sorts its rows by length and runs one forward pass per
+sub-batch, padded to its longest row.
 """
 
 from __future__ import annotations
@@ -57,8 +59,7 @@ def valid_loss_stats(losses) -> dict:
 
 
 class Scorer:
-    """Ray Data callable class: adds ``loss`` to rows of ``question`` and ``text``; given
-    the valid loss, also ``valid_loss_mean``, ``valid_loss_stderr``, ``valid_n`` and ``ds_weight``."""
+    """Ray Data callable class: adds ``loss`` to rows of ``question`` and ``text``."""
 
     def __init__(
         self,
@@ -69,7 +70,6 @@ class Scorer:
         max_length: int = 512,
         loss_on: str = "answer",
         official: bool = False,
-        valid_loss: dict | None = None,
         threads: int | None = None,
     ):
         import torch
@@ -77,29 +77,11 @@ class Scorer:
         if threads:
             torch.set_num_threads(threads)
         self.model = LossModel(model_path, dtype, trust_remote_code, max_length, loss_on, official)
-        self.weigh = official_ds_weights if official else ds_weights
-        self.batch_size, self.valid_loss = batch_size, valid_loss
+        self.batch_size = batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         C.require(batch, (C.QUESTION_ID, C.QUESTION, C.TEXT), "score")
-        losses = self.model.losses(list(batch[C.QUESTION]), list(batch[C.TEXT]), self.batch_size)
-        if self.valid_loss is None:
-            return {**batch, C.LOSS: losses}
-        try:
-            weights = self.weigh(losses, self.valid_loss["mean"])
-        except UnusableLoss as error:
-            keys = list(zip(batch[C.QUESTION_ID], batch[C.SAMPLE_INDEX]))
-            bad = [(str(keys[i][0]), int(keys[i][1])) for i in error.rows]
-            raise ValueError(f"score: candidates {bad[:10]} have no usable loss: {error}") from error
-        n = len(losses)
-        return {
-            **batch,
-            C.LOSS: losses,
-            C.VALID_LOSS_MEAN: np.full(n, self.valid_loss["mean"]),
-            VALID_LOSS_STDERR: np.full(n, self.valid_loss["stderr"]),
-            VALID_N: np.full(n, self.valid_loss["n"]),
-            C.DS_WEIGHT: weights,
-        }
+        return {**batch, C.LOSS: self.model.losses(list(batch[C.QUESTION]), list(batch[C.TEXT]), self.batch_size)}
 
 
 def scorer_settings(model_path: str, job) -> dict:
@@ -114,36 +96,95 @@ def scorer_settings(model_path: str, job) -> dict:
     )
 
 
-def valid_losses(valid, model_path: str, job):
-    """Per-example losses of the labeled valid set (their gold rationales) under ``model_path``,
-    through the scoring pool: a pyarrow table of ``question_id`` and ``loss``."""
+VALID_ROW = "valid_row"  # True for the valid set's rows in the scoring pool's input
+CALL_BATCHES = 16  # forward passes per actor call
+
+
+def rows_per_call(job) -> int:
+    """Rows one scoring actor call gets: several forward passes' worth, sorted by length inside
+    the call, so that padding stays small and Ray Data's per-call cost is spread."""
+    return job.score.batch_size * CALL_BATCHES
+SCORED_COLUMNS = [C.QUESTION_ID, C.SAMPLE_INDEX, C.QUESTION, C.TEXT, VALID_ROW]
+
+
+def scoring_rows(valid, candidates):
+    """The pool's input: the valid set's gold rationales (``sample_index`` 0) and the majority
+    candidates of ``candidates`` (a Ray Dataset of voted rows), with the same columns."""
     import pyarrow as pa
     import ray
-
-    from dsw_ray.resources import pool_map
+    from ray.data.expressions import col, lit
 
     if len(valid) < 30:
         log.warning("the valid set has %d examples; Lv's standard error will be large (the paper: >= 50).", len(valid))
-    examples = ray.data.from_arrow(
-        pa.table(
-            {
-                C.QUESTION_ID: [e.question_id for e in valid],
-                C.QUESTION: [e.question for e in valid],
-                C.TEXT: [e.rationale for e in valid],
-            }
-        )
-    ).repartition(job.score.actors)
-    losses = pool_map(examples, Scorer, scorer_settings(model_path, job), job.score, "score").to_arrow_refs()
-    return pa.concat_tables(ray.get(losses)).select([C.QUESTION_ID, C.LOSS]).sort_by(C.QUESTION_ID)
+    valid_rows = pa.table(
+        {
+            C.QUESTION_ID: pa.array([e.question_id for e in valid], pa.string()),
+            C.SAMPLE_INDEX: pa.array([0] * len(valid), pa.int64()),
+            C.QUESTION: pa.array([e.question for e in valid], pa.string()),
+            C.TEXT: pa.array([e.rationale for e in valid], pa.string()),
+            VALID_ROW: pa.array([True] * len(valid), pa.bool_()),
+        }
+    )
+    majority = (
+        candidates.filter(expr=col(C.IS_MAJORITY))
+        .select_columns(SCORED_COLUMNS[:-1])
+        .with_column(VALID_ROW, lit(False))
+    )
+    return ray.data.from_arrow(valid_rows).union(majority)
 
 
-def score(candidates, valid_loss: dict, model_path: str, job):
-    """The score stage: majority candidates (a Ray Dataset) with losses and DS weights (lazy)."""
-    from ray.data.expressions import col
-
+def pool_losses(rows, model_path: str, job):
+    """The scoring pool over ``rows`` (``scoring_rows``): keys, ``valid_row`` and ``loss`` (lazy)."""
     from dsw_ray.resources import pool_map
 
-    constructor = {**scorer_settings(model_path, job), "valid_loss": valid_loss}
-    # One call gets several forward passes' worth of candidates.
-    majority = candidates.filter(expr=col(C.IS_MAJORITY))
-    return pool_map(majority, Scorer, constructor, job.score, "score", batch_size=job.score.batch_size * 4)
+    scored = pool_map(rows, Scorer, scorer_settings(model_path, job), job.score, "score", batch_size=rows_per_call(job))
+    return scored.select_columns([C.QUESTION_ID, C.SAMPLE_INDEX, VALID_ROW, C.LOSS])
+
+
+def score_losses(valid, candidates, model_path: str, job):
+    """Losses of the valid set and of the majority candidates, in one pass of the scoring pool:
+    a pyarrow table of ``question_id``, ``sample_index``, ``valid_row`` and ``loss``."""
+    import pyarrow as pa
+    import ray
+
+    refs = pool_losses(scoring_rows(valid, candidates), model_path, job).to_arrow_refs()
+    return pa.concat_tables(ray.get(refs))
+
+
+def weigh(majority, losses, official: bool):
+    """The cheap step after the pool: ``Lv`` from the valid rows of ``losses``, then each
+    majority candidate's loss and DS weight against it.
+
+    Returns the scored candidates (``majority``'s rows, ordered by key, plus ``loss``,
+    ``valid_loss_mean``, ``valid_loss_stderr``, ``valid_n`` and ``ds_weight``), the valid
+    set's per-example losses (``question_id``, ``loss``) and ``Lv``'s statistics."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    is_valid = losses[VALID_ROW]
+    valid = losses.filter(is_valid).select([C.QUESTION_ID, C.LOSS]).sort_by(C.QUESTION_ID)
+    valid_loss = valid_loss_stats(valid[C.LOSS].to_numpy())
+    # Both ordered by key and matched row for row (a join would refuse the all-null columns
+    # that a vote where nothing parsed writes).
+    order = [(k, "ascending") for k in C.KEY]
+    scored = majority.sort_by(order)
+    candidate_losses = losses.filter(pc.invert(is_valid)).sort_by(order)
+    keys = [scored[k].to_pylist() for k in C.KEY]
+    if keys != [candidate_losses[k].to_pylist() for k in C.KEY]:
+        raise RuntimeError(f"score: the pool returned other rows than the {scored.num_rows} majority candidates")
+    candidate_loss = candidate_losses[C.LOSS].to_numpy()
+    scored = scored.append_column(C.LOSS, pa.array(candidate_loss, pa.float64()))
+    try:
+        weights = (official_ds_weights if official else ds_weights)(candidate_loss, valid_loss["mean"])
+    except UnusableLoss as error:
+        bad = [(keys[0][i], keys[1][i]) for i in error.rows[:10]]
+        raise ValueError(f"score: candidates {bad} have no usable loss: {error}") from error
+    n = scored.num_rows
+    for name, values in (
+        (C.VALID_LOSS_MEAN, np.full(n, valid_loss["mean"])),
+        (VALID_LOSS_STDERR, np.full(n, valid_loss["stderr"])),
+        (VALID_N, np.full(n, valid_loss["n"])),
+        (C.DS_WEIGHT, np.asarray(weights, dtype=np.float64)),
+    ):
+        scored = scored.append_column(name, pa.array(values))
+    return scored, valid, valid_loss
