@@ -49,7 +49,7 @@ def test_a_killed_training_worker_is_reported_and_the_job_finishes(toy_model, tm
         "model": {"path": toy_model},
         "generate": {"samples_per_question": 2, "temperature": 0.8, "max_new_tokens": 40, "batch_size": 12},
         # Many short epochs: each ends in a checkpoint, so the kill lands between two of them.
-        "train": {"zero_stage": 0, "epochs": 40, "micro_batch_size": 2, "max_failures": 2},
+        "train": {"zero_stage": 0, "epochs": 20, "micro_batch_size": 2, "max_failures": 2},
         "evaluate": {"max_new_tokens": 40, "batch_size": 10},
         "ray": {"num_cpus": 2},
     }
