@@ -1,0 +1,318 @@
+"""Faults injected into a real job on a real local Ray: a generation actor SIGKILLed in the
+middle of the generate stage, and the driver SIGKILLed in the middle of the score stage and
+started again with the same command. Real processes, real signals, nothing mocked.
+
+Both compare against one uninterrupted run of the same job (the ``reference`` fixture, run
+once for the module through the CLI).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pandas as pd
+import psutil
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from dsw_ray import columns as C
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.ray
+
+GENERATOR_TITLE = "MapBatches(TransformersGenerator)"  # in the process title of a generation actor
+QUESTIONS, SAMPLES = 16, 2
+KEY = [C.QUESTION_ID, C.SAMPLE_INDEX]
+RUN_TIMEOUT = 600  # one whole job on a busy 2-core machine
+POLL = 0.05
+
+
+def job_spec(model: str, run_dir) -> dict:
+    """A small arith job: one round of iwsi, 16 questions x 2 candidates in 4 generate batches."""
+    return {
+        "run_dir": str(run_dir),
+        "methods": ["iwsi"],
+        "task": {"name": "arith", "num_questions": QUESTIONS, "num_valid": 8, "num_test": 10},
+        "model": {"path": model},
+        "generate": {"samples_per_question": SAMPLES, "temperature": 0.8, "max_new_tokens": 40, "batch_size": 4},
+        "score": {"batch_size": 8},
+        "train": {"zero_stage": 0, "epochs": 1, "micro_batch_size": 4},
+        "evaluate": {"max_new_tokens": 40, "batch_size": 10},
+        "ray": {"num_cpus": 2},
+    }
+
+
+def write_job(model: str, where) -> str:
+    os.makedirs(where, exist_ok=True)
+    path = os.path.join(where, "job.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(job_spec(model, os.path.join(where, "run")), f)
+    return path
+
+
+# ---- processes this module starts -------------------------------------------------------
+
+def start_cli(job_file: str) -> subprocess.Popen:
+    """``python -m dsw_ray run JOB`` in a session of its own (its local Ray shares it), logging
+    beside the job file."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a private local Ray
+    log = open(os.path.join(os.path.dirname(job_file), "driver.log"), "ab")
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "dsw_ray", "run", job_file],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    finally:
+        log.close()
+
+
+def driver_log(job_file: str) -> str:
+    with open(os.path.join(os.path.dirname(job_file), "driver.log"), errors="replace") as f:
+        return f.read()
+
+
+def in_session(session_id: int) -> list[psutil.Process]:
+    """The live processes of a session (a killed one stays a zombie until its new parent reaps it)."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if os.getsid(process.pid) == session_id and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+        except (OSError, psutil.Error):
+            pass
+    return found
+
+
+def kill_session(driver: subprocess.Popen) -> None:
+    """SIGKILL a driver's process group (it, its GCS and raylet), then the rest of its session:
+    Ray's workers lead process groups of their own, and would only exit once they notice
+    the raylet is gone."""
+    if driver.poll() is None:  # once reaped, its pid (the group's id) may be another's
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=60)
+    deadline = time.time() + 60
+    while survivors := in_session(driver.pid):
+        for process in survivors:
+            try:
+                process.kill()
+            except psutil.Error:
+                pass
+        assert time.time() < deadline, f"processes of the killed driver's session live on: {survivors}"
+        time.sleep(POLL)
+
+
+def run_to_completion(job_file: str) -> None:
+    driver = start_cli(job_file)
+    try:
+        driver.wait(timeout=RUN_TIMEOUT)
+    finally:
+        kill_session(driver)
+    assert driver.returncode == 0, driver_log(job_file)[-5000:]
+
+
+# ---- artifacts ------------------------------------------------------------------------------
+
+def stage_frame(stage_dir: str) -> pd.DataFrame:
+    frame = pq.read_table(os.path.join(stage_dir, "data")).to_pandas()
+    return frame.sort_values(KEY).reset_index(drop=True)
+
+
+def read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def differs_between_runs(key: str) -> bool:
+    """Summary fields two runs of one job need not share: a path into the run directory, timings."""
+    return key in ("model", "started", "finished") or "seconds" in key
+
+
+def assert_same(value, expected, where: str = "summary") -> None:
+    """Two summaries agree, numbers to 1e-6, apart from paths and timings."""
+    if isinstance(expected, dict):
+        assert isinstance(value, dict), where
+        keys = {k for k in expected if not differs_between_runs(k)}
+        assert keys == {k for k in value if not differs_between_runs(k)}, where
+        for key in sorted(keys):
+            assert_same(value[key], expected[key], f"{where}.{key}")
+    elif isinstance(expected, list):
+        assert isinstance(value, list) and len(value) == len(expected), where
+        for index, (item, other) in enumerate(zip(value, expected)):
+            assert_same(item, other, f"{where}[{index}]")
+    elif isinstance(expected, float) and not isinstance(value, bool):
+        assert value == pytest.approx(expected, abs=1e-6, nan_ok=True), where
+    else:
+        assert value == expected, where
+
+
+@pytest.fixture(scope="module")
+def reference(toy_model, tmp_path_factory) -> dict:
+    """One uninterrupted run of the job, through the CLI."""
+    job_file = write_job(toy_model, tmp_path_factory.mktemp("reference"))
+    run_to_completion(job_file)
+    return {"job_file": job_file, "run_dir": os.path.join(os.path.dirname(job_file), "run")}
+
+
+# ---- a generation actor killed mid-stage ----------------------------------------------------
+
+def generator_processes() -> list[psutil.Process]:
+    """This process's Ray workers that are generation actors (Ray runs them under our raylet)."""
+    found = []
+    for process in psutil.Process().children(recursive=True):
+        try:
+            if GENERATOR_TITLE in " ".join(process.cmdline()):
+                found.append(process)
+        except psutil.Error:
+            pass
+    return found
+
+
+def rows_written(data_dir: str) -> int:
+    """Rows in the complete parquet files of a stage being written (a file being written is skipped)."""
+    rows = 0
+    for path in glob.glob(os.path.join(data_dir, "*.parquet")):
+        try:
+            rows += pq.ParquetFile(path).metadata.num_rows
+        except Exception:  # noqa: BLE001 (half written: pyarrow raises several kinds)
+            pass
+    return rows
+
+
+@pytest.mark.timeout(1200)
+def test_a_killed_generation_actor_is_restarted_and_its_candidates_are_reproduced(reference, toy_model, tmp_path):
+    """SIGKILL the generate stage's actor once it has written a batch: Ray Data restarts it and
+    retries its batches, and since each candidate's seed is a function of its identity, the
+    stage's rows are exactly those of the uninterrupted run, each key once."""
+    import ray
+
+    from dsw_ray.config import JobConfig
+    from dsw_ray.generate import generate
+    from dsw_ray.pipeline import read_dataset, start_ray, write_dataset
+
+    job = JobConfig.model_validate(job_spec(toy_model, tmp_path / "run"))
+    questions = os.path.join(reference["run_dir"], "inputs", "questions")
+    out = str(tmp_path / "generate")
+    assert not ray.is_initialized()
+    start_ray(job)
+    try:
+        outcome = {}
+
+        def stage():
+            try:
+                dataset = read_dataset(questions, job.generate.batch_size, job.generate.actors)
+                outcome["manifest"] = write_dataset(generate(dataset, toy_model, job, round_index=1), out)
+            except BaseException as error:  # noqa: BLE001 (reported by the test thread)
+                outcome["error"] = error
+
+        worker = threading.Thread(target=stage, daemon=True)
+        worker.start()
+        # Wait until the actor has done real work (one batch written), then kill it once.
+        deadline = time.time() + RUN_TIMEOUT
+        while not (generator_processes() and rows_written(os.path.join(out, "data"))):
+            assert worker.is_alive(), f"the stage ended before the kill: {outcome}"
+            assert time.time() < deadline, "the generation actor never wrote a batch"
+            time.sleep(POLL)
+        [victim] = generator_processes()
+        written_at_kill = rows_written(os.path.join(out, "data"))
+        victim.kill()
+        killed_at = time.time()
+        victim.wait(timeout=30)
+        assert written_at_kill < QUESTIONS * SAMPLES, "the kill came after the stage's last batch"
+        replacements = set()
+        while worker.is_alive() and time.time() < killed_at + RUN_TIMEOUT:
+            replacements |= {p.pid for p in generator_processes()} - {victim.pid}
+            worker.join(POLL)
+        assert not worker.is_alive(), "the stage did not finish after the kill"
+        assert "error" not in outcome, outcome.get("error")
+
+        # Ray Data 2.60 gives pool actors max_restarts=-1 and max_task_retries=-1 by default
+        # (ActorPoolMapOperator._apply_default_remote_args): the same actor came back in a new
+        # process and its batches were retried. The GCS actor table (the state API needs the
+        # dashboard, which start_ray leaves off) counts the restart.
+        from ray._private.state import actors
+
+        pool = [a for a in actors().values() if "TransformersGenerator" in a["ActorClassName"]]
+        assert len(pool) == 1 and pool[0]["NumRestarts"] == 1, pool
+        assert replacements, "a new generation actor process took over"
+    finally:
+        ray.shutdown()
+
+    assert outcome["manifest"]["rows"] == QUESTIONS * SAMPLES
+    generated = stage_frame(out)
+    assert not generated.duplicated(KEY).any(), "every (question_id, sample_index) exactly once"
+    expected = stage_frame(os.path.join(reference["run_dir"], "round-1", "generate"))
+    assert generated[KEY].values.tolist() == expected[KEY].values.tolist()
+    assert generated[C.TEXT].tolist() == expected[C.TEXT].tolist()
+    pd.testing.assert_frame_equal(generated, expected[generated.columns])
+
+
+# ---- the driver killed mid-scoring, then run again ----------------------------------------
+
+DONE_BEFORE_SCORING = ["inputs/questions", "inputs/test", "base/evaluate", "round-1/generate", "round-1/vote"]
+
+
+def wait_for(path: str, driver: subprocess.Popen, job_file: str, timeout: float = RUN_TIMEOUT) -> None:
+    deadline = time.time() + timeout
+    while not os.path.exists(path):
+        assert driver.poll() is None, driver_log(job_file)[-5000:]
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(POLL)
+
+
+@pytest.mark.timeout(1800)
+def test_a_driver_killed_while_scoring_resumes_to_the_uninterrupted_result(reference, toy_model, tmp_path):
+    """SIGKILL the driver (and its local Ray) while the score stage runs, then run the same
+    command again: the finished stages are skipped, untouched, and the run ends with the same
+    candidates, scores, kept set and summary as an uninterrupted run of the same job. That is
+    also the check that the same seed and config give identical candidates, kept set and
+    summary in two separate runs."""
+    job_file = write_job(toy_model, tmp_path)
+    run_dir = os.path.join(tmp_path, "run")
+    round_dir = os.path.join(run_dir, "round-1")
+    driver = start_cli(job_file)
+    try:
+        wait_for(os.path.join(round_dir, "score.partial"), driver, job_file)
+    finally:
+        kill_session(driver)
+    # A kill that landed after scoring must fail here, not test nothing.
+    assert os.path.isdir(os.path.join(round_dir, "score.partial"))
+    assert not os.path.exists(os.path.join(round_dir, "score", "manifest.json")), "the kill came after scoring"
+    assert not os.path.exists(os.path.join(run_dir, "summary.json"))
+    before = {stage: read_bytes(os.path.join(run_dir, stage, "manifest.json")) for stage in DONE_BEFORE_SCORING}
+
+    run_to_completion(job_file)
+    for stage, manifest in before.items():
+        assert read_bytes(os.path.join(run_dir, stage, "manifest.json")) == manifest, f"{stage} was redone"
+    assert not os.path.exists(os.path.join(round_dir, "score.partial"))
+
+    expected_dir = os.path.join(reference["run_dir"], "round-1")
+    pd.testing.assert_frame_equal(
+        stage_frame(os.path.join(round_dir, "generate")), stage_frame(os.path.join(expected_dir, "generate"))
+    )
+    scored, expected = stage_frame(os.path.join(round_dir, "score")), stage_frame(os.path.join(expected_dir, "score"))
+    assert len(scored) > 0 and scored[KEY].values.tolist() == expected[KEY].values.tolist()
+    for column in (C.LOSS, C.VALID_LOSS_MEAN, C.DS_WEIGHT):
+        assert scored[column].to_numpy() == pytest.approx(expected[column].to_numpy(), abs=1e-6), column
+    kept = stage_frame(os.path.join(round_dir, "iwsi", "filter"))
+    assert kept[KEY].values.tolist() == stage_frame(os.path.join(expected_dir, "iwsi", "filter"))[KEY].values.tolist()
+
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        summary = json.load(f)
+    with open(os.path.join(reference["run_dir"], "summary.json")) as f:
+        uninterrupted = json.load(f)
+    iwsi, other = summary["methods"]["iwsi"], uninterrupted["methods"]["iwsi"]
+    assert iwsi["kept"] == len(kept) > 0 and iwsi["train"]["optimizer_steps"] > 0
+    assert_same(summary["base_accuracy"], uninterrupted["base_accuracy"], "base_accuracy")
+    for field in ("kept", "dropped", "kept_correct", "accuracy", "candidates"):
+        assert_same(iwsi[field], other[field], f"iwsi.{field}")
+    for field in ("optimizer_steps", "final_loss"):
+        assert_same(iwsi["train"][field], other["train"][field], f"iwsi.train.{field}")
+    assert_same(summary, uninterrupted)  # and every other field
