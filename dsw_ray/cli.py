@@ -21,6 +21,12 @@ def main(argv: list[str] | None = None) -> int:
         "--from", dest="rerun_from", metavar="STAGE", help="rerun STAGE and every stage after it, even where finished"
     )
     run.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    bench = commands.add_parser("bench", help="measure each stage beside the authors' way and the machine's limit")
+    bench.add_argument("--size", choices=["tiny", "full"], default="full", help="tiny: every section on a few rows (CI)")
+    bench.add_argument("--out", help="JSON results (default: docs/bench.json for full)")
+    bench.add_argument("--plot", help="PNG of the scaling curves (default: docs/bench_scaling.png for full)")
+    bench.add_argument("--model", default=".cache/dsw-ray/toy-arith", help="the quickstart's toy model (built if missing)")
+    bench.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     status = commands.add_parser("status", help="each stage of a run directory: done or unfinished, rows, times")
     status.add_argument("run_dir", help="the job's run_dir, e.g. runs/quickstart")
     args = parser.parse_args(argv)
@@ -30,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if args.command == "bench":
+        from dsw_ray.bench import main as bench
+
+        return bench(args)
     if args.command == "status":
         from dsw_ray.report import status_text
 
