@@ -60,3 +60,17 @@ def tiny_reward_model(tmp_path_factory, tiny_model) -> str:
 @pytest.fixture(scope="session")
 def two_label_reward_model(tmp_path_factory, tiny_model) -> str:
     return build_reward_model(tmp_path_factory.mktemp("models") / "reward2", tiny_model, num_labels=2)
+
+
+def small_round(model_path: str, run_dir, **sections) -> dict:
+    """A job dict for one quick IWSI round on arith through the CLI (12 questions, m = 2);
+    ``sections`` replace whole sections, e.g. ``train={...}``."""
+    return {
+        "run_dir": str(run_dir),
+        "methods": ["iwsi"],
+        "task": {"name": "arith", "num_questions": 12, "num_valid": 8, "num_test": 10},
+        "model": {"path": model_path},
+        "generate": {"samples_per_question": 2, "temperature": 0.8, "max_new_tokens": 40, "batch_size": 12},
+        "evaluate": {"max_new_tokens": 40, "batch_size": 10},
+        **sections,
+    }

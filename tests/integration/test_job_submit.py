@@ -20,7 +20,7 @@ import time
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, small_round
 
 pytestmark = pytest.mark.ray
 
@@ -110,15 +110,11 @@ def node_with(cluster, resource: str) -> str:
 
 def test_a_submitted_job_runs_a_round_on_two_nodes(cluster, toy_model, tmp_path):
     run_dir = tmp_path / "run"
-    job = {
-        "run_dir": str(run_dir),
-        "methods": ["iwsi"],
-        "task": {"name": "arith", "num_questions": 12, "num_valid": 8, "num_test": 10},
-        "model": {"path": toy_model},
-        "generate": {"samples_per_question": 2, "temperature": 0.8, "max_new_tokens": 40, "batch_size": 12},
-        "train": {"zero_stage": 0, "epochs": 1, "micro_batch_size": 4, "resources_per_worker": {WORKER_RESOURCE: 1}},
-        "evaluate": {"max_new_tokens": 40, "batch_size": 10},
-    }
+    job = small_round(
+        toy_model,
+        run_dir,
+        train={"zero_stage": 0, "epochs": 1, "micro_batch_size": 4, "resources_per_worker": {WORKER_RESOURCE: 1}},
+    )
     job_file = tmp_path / "job.yaml"
     job_file.write_text(yaml.safe_dump(job))
     runtime_env = {"excludes": [".cache", "runs", "docs", ".hypothesis", ".pytest_cache"]}

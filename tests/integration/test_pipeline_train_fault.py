@@ -14,6 +14,8 @@ import psutil
 import pytest
 import yaml
 
+from tests.conftest import small_round
+
 pytestmark = pytest.mark.ray
 
 
@@ -42,17 +44,13 @@ def training_workers(root: psutil.Process) -> list[psutil.Process]:
 
 def test_a_killed_training_worker_is_reported_and_the_job_finishes(toy_model, tmp_path):
     run_dir = tmp_path / "run"
-    job = {
-        "run_dir": str(run_dir),
-        "methods": ["iwsi"],
-        "task": {"name": "arith", "num_questions": 12, "num_valid": 8, "num_test": 10},
-        "model": {"path": toy_model},
-        "generate": {"samples_per_question": 2, "temperature": 0.8, "max_new_tokens": 40, "batch_size": 12},
+    job = small_round(
+        toy_model,
+        run_dir,
         # Many short epochs: each ends in a checkpoint, so the kill lands between two of them.
-        "train": {"zero_stage": 0, "epochs": 20, "micro_batch_size": 2, "max_failures": 2},
-        "evaluate": {"max_new_tokens": 40, "batch_size": 10},
-        "ray": {"num_cpus": 2},
-    }
+        train={"zero_stage": 0, "epochs": 20, "micro_batch_size": 2, "max_failures": 2},
+        ray={"num_cpus": 2},
+    )
     job_file = tmp_path / "job.yaml"
     job_file.write_text(yaml.safe_dump(job))
     log_path = tmp_path / "driver.log"
