@@ -539,17 +539,15 @@ def end_to_end(job, ray_start_s: float, actor: dict) -> tuple[dict, dict]:
 
 
 def candidates_point(size: BenchSize, work: str, name: str, model_path: str, **overrides) -> dict:
-    """The generate and score stages for one setting, on parquet in and out as a round runs
-    them; the vote between them runs in this process (the round's vote stage, a Ray Data
-    groupby, is timed in the end-to-end section and is not part of these curves)."""
-    import pandas as pd
-    import pyarrow as pa
+    """The generate, vote and score stages for one setting, on parquet in and out as a round
+    runs them."""
     import pyarrow.compute as pc
 
     from dsw_ray import columns as C
     from dsw_ray import pipeline
     from dsw_ray.generate import generate
     from dsw_ray.score import rows_per_call, score_losses, weigh
+    from dsw_ray.vote import vote
 
     run_dir = os.path.join(work, name)
     job = job_config(size, run_dir, model_path, **overrides)
@@ -564,9 +562,8 @@ def candidates_point(size: BenchSize, work: str, name: str, model_path: str, **o
     times["round-1/generate"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    generated = pipeline.read_table(stage("generate")).to_pandas()
-    voted = pd.concat([pipeline.vote_group(group, job.task.name, False) for _, group in generated.groupby(C.QUESTION_ID)])
-    pipeline.write_table(pa.Table.from_pandas(voted, preserve_index=False), stage("vote"))
+    candidates = pipeline.read_dataset(stage("generate"), 1024)
+    voted = pipeline.write_dataset(vote(candidates, pipeline.answer_parser(job.task.name, False)), stage("vote"))
     times["round-1/vote"] = time.perf_counter() - started
 
     # As the score stage runs: one pool pass, then the weights in this process.
@@ -575,7 +572,7 @@ def candidates_point(size: BenchSize, work: str, name: str, model_path: str, **o
     scored, _, _ = weigh(pipeline.read_table(stage("vote")).filter(pc.field(C.IS_MAJORITY)), losses, False)
     pipeline.write_table(scored, stage("score"))
     times["round-1/score"] = time.perf_counter() - started
-    return {**point(job, times), "candidates": len(generated), "scored": scored.num_rows}
+    return {**point(job, times), "candidates": voted["rows"], "scored": scored.num_rows}
 
 
 def point(job, times: dict) -> dict:

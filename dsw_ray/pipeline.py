@@ -6,6 +6,7 @@ own (see ``rundir``), so the round below reads like METHOD.md and a rerun resume
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -34,7 +35,7 @@ from dsw_ray.tasks import Splits, get_task
 from dsw_ray.tasks.rows import question_key
 from dsw_ray.toy import build_toy_model
 from dsw_ray.train import fine_tune
-from dsw_ray.vote import vote_question
+from dsw_ray.vote import vote
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +87,9 @@ def examples_table(examples) -> pa.Table:
 
 # ---- stages that run in the driver -------------------------------------------------------
 
-def vote_group(candidates, task_name: str, integer: bool):
-    task = get_task(task_name)
-    return vote_question(candidates, lambda text: task.parse_answer(text, integer))
+def answer_parser(task_name: str, integer: bool):
+    """The task's answer parser, as the vote stage's workers call it (picklable)."""
+    return functools.partial(get_task(task_name).parse_answer, integer=integer)
 
 
 def accuracy(stage_dir: str) -> float:
@@ -220,10 +221,7 @@ def make_candidates(
         stage("vote"),
         fps["vote"],
         lambda out: write_dataset(
-            read_dataset(stage("generate"), 1024)
-            .groupby(C.QUESTION_ID)
-            .map_groups(vote_group, fn_kwargs={"task_name": job.task.name, "integer": official}, batch_format="pandas"),
-            out,
+            vote(read_dataset(stage("generate"), 1024), answer_parser(job.task.name, official)), out
         ),
         rows_in=generated["rows"],
         force=job.forced("vote"),
