@@ -42,6 +42,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import pyarrow as pa
+    import pyarrow.parquet as pq
     import ray
 
     from dsw_ray import get_task
@@ -67,8 +68,9 @@ def main() -> None:
         )
         with tempfile.TemporaryDirectory() as scratch:
             started = time.time()
+            pq.write_table(rows, os.path.join(scratch, "kept.parquet"))
             metrics = fine_tune(
-                ray.data.from_arrow(rows).repartition(args.workers), args.rows, os.path.abspath(args.model), job,
+                os.path.join(scratch, "kept.parquet"), os.path.abspath(args.model), job,
                 os.path.join(scratch, "model"), os.path.join(scratch, "ray_train"),
             )
             wall = time.time() - started

@@ -452,12 +452,14 @@ def score_section(job, run_dir: str, stage_seconds: float, model_path: str, size
 
 def plain_training_loop(model_path: str, questions: list[str], texts: list[str], job, threads: int) -> float:
     """Seconds of a single-process PyTorch loop (AdamW, clipping, the trainer's loss) over the
-    rows for the job's epochs and micro batch: the same work as a train worker, no DeepSpeed."""
+    rows for the job's epochs and micro batch, in the trainer's order: the same work as a train
+    worker, no DeepSpeed, no Ray. Both encode the rows once, before their timer starts."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from dsw_ray.models import load_tokenizer
     from dsw_ray.sft import encode_example, pad_batch, sequence_losses
+    from dsw_ray.train import micro_batches
 
     train = job.train
     tokenizer = load_tokenizer(model_path)
@@ -465,15 +467,13 @@ def plain_training_loop(model_path: str, questions: list[str], texts: list[str],
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, use_safetensors=True)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.learning_rate, betas=tuple(train.betas))
+    examples = [encode_example(tokenizer, q, t, train.max_length) for q, t in zip(questions, texts)]
     with num_threads(threads):
         started = time.perf_counter()
-        for _ in range(train.epochs):
-            for start in range(0, len(questions), train.micro_batch_size):
-                examples = [
-                    encode_example(tokenizer, q, t, train.max_length)
-                    for q, t in zip(questions[start : start + train.micro_batch_size], texts[start : start + train.micro_batch_size])
-                ]
-                loss = sequence_losses(model, pad_batch(examples, tokenizer.pad_token_id)).mean()
+        for epoch in range(train.epochs):
+            for batch in micro_batches(len(examples), train.micro_batch_size, train.seed, epoch):
+                padded = pad_batch([examples[i] for i in batch], tokenizer.pad_token_id)
+                loss = sequence_losses(model, padded).mean()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), train.max_grad_norm)
                 optimizer.step()

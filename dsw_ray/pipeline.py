@@ -320,8 +320,7 @@ def run_method(
         stage("train"),
         train_fp,
         lambda out: fine_tune(
-            read_dataset(stage("filter"), job.train.micro_batch_size, job.train.num_workers),
-            kept["rows"],
+            data_dir(stage("filter")),
             model_path,
             job,
             os.path.join(out, "model"),

@@ -31,7 +31,7 @@ STAGE_VERSIONS = {
     "score": 1,
     "reward": 1,
     "filter": 1,
-    "train": 1,
+    "train": 2,  # 2: workers read the kept parquet and shuffle each epoch by seed
     "evaluate": 1,
 }
 

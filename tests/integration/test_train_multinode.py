@@ -2,6 +2,7 @@
 nodes, a custom resource that only the worker nodes have, one training worker on each."""
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from dsw_ray import get_task
@@ -26,15 +27,12 @@ def cluster():
 
 @pytest.mark.timeout(600)
 def test_one_training_worker_on_each_node(tiny_model, tmp_path, cluster):
-    import ray
-
     from dsw_ray.train import fine_tune
 
     _, worker_nodes = cluster
     examples = get_task("arith").load(None, 4, 16, 4, 5).valid
-    kept = ray.data.from_arrow(
-        pa.table({"question": [e.question for e in examples], "text": [e.rationale for e in examples]})
-    ).repartition(2)
+    kept = str(tmp_path / "kept.parquet")  # every node reads it: one machine's filesystem here, shared on a cluster
+    pq.write_table(pa.table({"question": [e.question for e in examples], "text": [e.rationale for e in examples]}), kept)
     job = JobConfig.model_validate(
         {
             "run_dir": str(tmp_path),
@@ -44,7 +42,7 @@ def test_one_training_worker_on_each_node(tiny_model, tmp_path, cluster):
                       "zero_stage": 3},
         }
     )
-    metrics = fine_tune(kept, 16, tiny_model, job, str(tmp_path / "model"), str(tmp_path / "ray_train"))
+    metrics = fine_tune(kept, tiny_model, job, str(tmp_path / "model"), str(tmp_path / "ray_train"))
     nodes = [worker.split("/")[0] for worker in metrics["workers"]]
     assert set(nodes) == worker_nodes, "each worker node ran one training worker"
     assert metrics["optimizer_steps"] == metrics["expected_optimizer_steps"] == 8  # 8 rows/worker, micro 2, 2 epochs

@@ -10,7 +10,6 @@ SPEC: ``job`` (a job config dict), ``model``, ``data`` (parquet of question/text
 import json
 import sys
 
-import pyarrow.parquet as pq
 import ray
 
 from dsw_ray.config import JobConfig
@@ -21,10 +20,8 @@ def main(spec_path: str) -> None:
     with open(spec_path) as f:
         spec = json.load(f)
     ray.init(num_cpus=spec["num_cpus"], include_dashboard=False)
-    rows = pq.read_table(spec["data"]).num_rows
     job = JobConfig.model_validate(spec["job"])
-    dataset = ray.data.read_parquet(spec["data"]).repartition(4)
-    metrics = fine_tune(dataset, rows, spec["model"], job, spec["out"], spec["storage"], spec["run_name"])
+    metrics = fine_tune(spec["data"], spec["model"], job, spec["out"], spec["storage"], spec["run_name"])
     print("METRICS " + json.dumps(metrics), flush=True)
 
 

@@ -5,7 +5,8 @@ to give each rank exactly the same rows in the same order under every ZeRO stage
 
 SPEC: ``settings`` (as ``training_settings`` makes them), ``data`` (a parquet file of
 ``question``/``text`` rows), ``out`` (a folder: ``metrics-<rank>.json`` and ``export/``).
-Rank r trains on rows r, r + world, ... in file order, in micro batches of the settings' size.
+Rank r trains on rows r, r + world, ... of the file (``train.shard``), in the seeded order
+``train_worker`` gives each epoch, as a Ray Train worker does.
 """
 
 import json
@@ -16,7 +17,7 @@ import sys
 import pyarrow.parquet as pq
 import torch.distributed as dist
 
-from dsw_ray.train import train_worker
+from dsw_ray.train import shard, train_worker
 
 
 def main(spec_path: str) -> None:
@@ -24,13 +25,7 @@ def main(spec_path: str) -> None:
         spec = json.load(f)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     dist.init_process_group("gloo")
-    rows = pq.read_table(spec["data"]).to_pylist()[rank::world]
-    micro = spec["settings"]["micro_batch_size"]
-
-    def batches(epoch: int):
-        for start in range(0, len(rows), micro):
-            chunk = rows[start : start + micro]
-            yield {name: [row[name] for row in chunk] for name in chunk[0]}
+    rows = shard(pq.read_table(spec["data"]), rank, world)
 
     def report(metrics: dict, directory: str | None) -> None:
         if "parameter_digests" not in metrics:  # an epoch checkpoint
@@ -40,7 +35,7 @@ def main(spec_path: str) -> None:
         if directory:
             shutil.copytree(directory, os.path.join(spec["out"], "export"))
 
-    train_worker(spec["settings"], batches, len(rows), report, rank, world, identity=f"rank-{rank}")
+    train_worker(spec["settings"], rows, report, rank, world, identity=f"rank-{rank}")
     dist.barrier()
     # Every file is written. Interpreter teardown with DeepSpeed's shared-memory comm threads
     # alive sometimes aborts ("terminate called without an active exception"): skip it.

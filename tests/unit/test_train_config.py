@@ -14,7 +14,7 @@ def settings(tmp_path, **train):
     job = JobConfig.model_validate(
         {"run_dir": str(tmp_path), "task": {"name": "arith"}, "model": {"path": "m"}, "train": train}
     )
-    return training_settings(job, "m", 100, threads=1)
+    return training_settings(job, "m", threads=1)
 
 
 def test_deepspeed_config_follows_the_settings(tmp_path):
@@ -75,3 +75,25 @@ def test_optimizer_steps_by_hand(tmp_path):
     # 10 samples, micro 4 -> 3 micro batches an epoch; 2 epochs -> 6; accumulation 4 -> 1 step (2 left over).
     assert optimizer_steps(10, settings(tmp_path, micro_batch_size=4, epochs=2, gradient_accumulation_steps=4)) == 1
     assert optimizer_steps(10, settings(tmp_path, micro_batch_size=4, epochs=2, gradient_accumulation_steps=1)) == 6
+
+
+def test_every_rank_gets_its_own_rows_and_the_same_count():
+    import pyarrow as pa
+
+    from dsw_ray.train import shard
+
+    rows = pa.table({"i": list(range(11))})
+    shards = [shard(rows, rank, 3)["i"].to_pylist() for rank in range(3)]
+    assert shards == [[0, 3, 6], [1, 4, 7], [2, 5, 8]]  # 9 and 10 would give ranks unequal step counts
+
+
+def test_each_epoch_visits_every_row_once_in_its_own_seeded_order():
+    from dsw_ray.train import micro_batches
+
+    epochs = [micro_batches(10, 4, seed=0, epoch=epoch) for epoch in range(3)]
+    for batches in epochs:
+        assert [len(b) for b in batches] == [4, 4, 2]
+        assert sorted(i for b in batches for i in b) == list(range(10))
+    assert len({tuple(i for b in batches for i in b) for batches in epochs}) == 3, "the order changes every epoch"
+    assert micro_batches(10, 4, seed=0, epoch=1) == epochs[1], "a resumed epoch repeats its order"
+    assert micro_batches(10, 4, seed=1, epoch=1) != epochs[1]
