@@ -43,7 +43,6 @@ from dataclasses import asdict, dataclass
 log = logging.getLogger(__name__)
 
 TOY_MODEL = ".cache/dsw-ray/toy-arith"
-LIMIT_TOKENS = 65536  # the largest [B, L] forward the limit measures (memory stays small)
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,8 @@ class BenchSize:
     authors_score_rows: int  # of them, scored the authors' way
     scaling_questions: tuple[int, ...]  # includes `questions`
     scaling_samples: tuple[int, ...]  # includes `samples`
-    scaling_actors: tuple[int, ...] = (1, 2)
+    scaling_actors: tuple[int, ...]
+    limit_tokens: int  # the largest [B, L] forward the limit measures
 
 
 SIZES = {
@@ -73,13 +73,15 @@ SIZES = {
     "full": BenchSize(
         questions=96, samples=6, valid=24, test=100, max_new_tokens=48, generate_batch=16, score_batch=32,
         train_epochs=2, micro_batch=8, evaluate_batch=50, authors_candidates=12, score_rows=6000,
-        authors_score_rows=300, scaling_questions=(48, 96, 192), scaling_samples=(3, 6, 12),
+        authors_score_rows=300, scaling_questions=(48, 96, 192), scaling_samples=(3, 6, 12), scaling_actors=(1, 2),
+        limit_tokens=65536,
     ),
-    # Every section on a few rows: it checks that the benchmark runs, not how fast.
+    # Every section on a few rows, the scaling study on two points: it checks that the
+    # benchmark runs (in CI), not how fast.
     "tiny": BenchSize(
         questions=8, samples=2, valid=6, test=6, max_new_tokens=24, generate_batch=4, score_batch=16,
-        train_epochs=1, micro_batch=4, evaluate_batch=6, authors_candidates=1, score_rows=1024,
-        authors_score_rows=16, scaling_questions=(4, 8, 12), scaling_samples=(1, 2),
+        train_epochs=1, micro_batch=4, evaluate_batch=6, authors_candidates=1, score_rows=512,
+        authors_score_rows=16, scaling_questions=(4, 8), scaling_samples=(2,), scaling_actors=(1,), limit_tokens=8192,
     ),
 }
 
@@ -208,17 +210,17 @@ def actor_startup(model_path: str) -> dict:
 
 # ---- generate -----------------------------------------------------------------------------
 
-def batched_forward_limit(model, tokens: int, length: int, threads: list[int]) -> dict:
+def batched_forward_limit(model, tokens: int, length: int, threads: list[int], limit_tokens: int) -> dict:
     """Tokens/s of batched [B, L] forward passes of the same model (no KV cache, logits
     included): the rate at which this machine pushes tokens through it when nothing is
     sequential, which no decoding or scoring loop can beat. L is the work's row length; B
-    gives B * L from 2,048 tokens up to ``tokens`` (at most LIMIT_TOKENS), since on a CPU
+    gives B * L from 2,048 tokens up to ``tokens`` (at most ``limit_tokens``), since on a CPU
     one huge forward can be slower per token than a few smaller ones (caches). The best
     over those shapes and over ``threads`` thread counts, each the fastest of 3 runs."""
     import torch
 
     length = max(2, min(length, model.config.max_position_embeddings))
-    most = max(1, min(tokens, LIMIT_TOKENS) // length)
+    most = max(1, min(tokens, limit_tokens) // length)
     batches = sorted({max(1, min(most, size // length)) for size in (2048, 8192, 32768)} | {most})
     generator = torch.Generator().manual_seed(0)
     runs = []
@@ -294,7 +296,8 @@ def generate_section(job, run_dir: str, stage_seconds: float, model_path: str, s
                "new_tokens_per_s": authors_tokens / authors_seconds, "threads": threads}
 
     limit = batched_forward_limit(
-        model, prompt_tokens + new_tokens, round((prompt_tokens + new_tokens) / candidates), sorted({threads, os.cpu_count() or 1})
+        model, prompt_tokens + new_tokens, round((prompt_tokens + new_tokens) / candidates),
+        sorted({threads, os.cpu_count() or 1}), size.limit_tokens,
     )
     return {
         "stage": stage,
@@ -429,7 +432,9 @@ def score_section(job, run_dir: str, stage_seconds: float, model_path: str, size
                "padded_length": 400, "tokens_per_s": real / authors_seconds, "threads": threads}
 
     mean_length = round(total_tokens / len(examples))
-    limit = batched_forward_limit(model.model, total_tokens, mean_length, sorted({threads, os.cpu_count() or 1}))
+    limit = batched_forward_limit(
+        model.model, total_tokens, mean_length, sorted({threads, os.cpu_count() or 1}), size.limit_tokens
+    )
     return {
         "stage": stage,
         "pool": pool,
@@ -584,9 +589,12 @@ def point(job, times: dict) -> dict:
     }
 
 
-def fit(xs: list[float], ys: list[float]) -> dict:
-    """Least squares ``y = intercept + slope * x``."""
+def fit(xs: list[float], ys: list[float]) -> dict | None:
+    """Least squares ``y = intercept + slope * x`` (None with fewer than two distinct x)."""
     import numpy as np
+
+    if len(set(xs)) < 2:
+        return None
 
     slope, intercept = np.polyfit(np.asarray(xs, float), np.asarray(ys, float), 1)
     return {"slope": float(slope), "intercept": float(intercept)}
@@ -634,8 +642,10 @@ def plot_scaling(result: dict, path: str) -> None:
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
     line = s["fit_generate_score_vs_questions"]
-    xs = np.linspace(0, max(p["questions"] for p in s["questions"]), 50)
-    axes[0].plot(xs, line["intercept"] + line["slope"] * xs, "k:", label=f"fit: {line['intercept']:.1f} s + {line['slope']:.3f} s/question")
+    if line:
+        xs = np.linspace(0, max(p["questions"] for p in s["questions"]), 50)
+        axes[0].plot(xs, line["intercept"] + line["slope"] * xs, "k:",
+                     label=f"fit: {line['intercept']:.1f} s + {line['slope']:.3f} s/question")
     axes[0].set_xlim(left=0)
     axes[0].legend(fontsize=8)
     axes[1].set_xlim(left=0)
