@@ -78,8 +78,8 @@ def main() -> None:
         results.append(
             {
                 "engine": name,
-                "samples_per_s": round(samples / metrics["seconds"], 2),
-                "loop_s": round(metrics["seconds"], 2),
+                "samples_per_s": round(samples / metrics["loop_seconds"], 2),
+                "loop_s": round(metrics["loop_seconds"], 2),
                 "stage_wall_s": round(wall, 2),
                 "peak_memory_mb": max(metrics["peak_memory_mb"]),
                 "final_loss": round(metrics["final_loss"], 4),

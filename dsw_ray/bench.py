@@ -118,8 +118,7 @@ def load_splits(job):
 
 def stage_seconds(run_dir: str) -> dict[str, float]:
     """Wall seconds of every stage of a run directory (``round-1/generate``), from the start and
-    finish times in its manifests (their ``seconds`` is not the wall time for a train stage,
-    whose workers report their own)."""
+    finish times in its manifests."""
     from dsw_ray.rundir import stage_states
 
     def instant(text: str) -> float:
@@ -500,9 +499,9 @@ def train_section(job, run_dir: str, stage_seconds: float, model_path: str) -> d
     threads = pool_threads(job.train.num_workers)
     plain_seconds = plain_training_loop(model_path, kept[C.QUESTION].to_pylist(), kept[C.TEXT].to_pylist(), job, threads)
     stage = {
-        "samples": samples, "loop_seconds": metrics["seconds"], "seconds": stage_seconds,
-        "loop_samples_per_s": samples / metrics["seconds"], "samples_per_s": samples / stage_seconds,
-        "fixed_seconds": stage_seconds - metrics["seconds"], "zero_stage": job.train.zero_stage,
+        "samples": samples, "loop_seconds": metrics["loop_seconds"], "seconds": stage_seconds,
+        "loop_samples_per_s": samples / metrics["loop_seconds"], "samples_per_s": samples / stage_seconds,
+        "fixed_seconds": stage_seconds - metrics["loop_seconds"], "zero_stage": job.train.zero_stage,
         "workers": job.train.num_workers,
     }
     plain = {"samples": samples, "seconds": plain_seconds, "samples_per_s": samples / plain_seconds, "threads": threads}

@@ -78,5 +78,7 @@ def test_a_killed_training_worker_is_reported_and_the_job_finishes(toy_model, tm
     assert train["resumed_from_epoch"] >= 1
     manifest = json.loads((run_dir / "round-1" / "iwsi" / "train" / "manifest.json").read_text())
     assert manifest["optimizer_steps"] == manifest["expected_optimizer_steps"]
+    # The manifest's seconds are the stage's wall time, the workers' own loop time beside them.
+    assert manifest["seconds"] > manifest["loop_seconds"] > 0
     assert "a training worker failed; Ray Train restarted the workers" in log_path.read_text()
     assert summary["methods"]["iwsi"]["accuracy"] is not None
