@@ -736,10 +736,10 @@ def markdown_table(r: dict) -> str:
         f"| other (splits, inputs, report) | {f(e['other_s'])} |",
         f"| **total** | **{f(e['total_s'])}** |",
         "",
-        "| scaling | candidates | generate s | scored | score s | generate + score s |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| scaling | candidates | generate s | vote s | scored | score s | generate + score s |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
         *[f"| {p['questions']} questions, m = {p['samples']}, {p['actors']} actor(s) per pool | {p['candidates']} "
-          f"| {f(p['generate_s'])} | {p['scored']} | {f(p['score_s'])} | {f(p['generate_score_s'])} |"
+          f"| {f(p['generate_s'])} | {f(p['vote_s'])} | {p['scored']} | {f(p['score_s'])} | {f(p['generate_score_s'])} |"
           for p in unique_points(sc)],
         "",
         f"Fit of generate + score against questions: {f(sc['fit_generate_score_vs_questions']['intercept'])} s + "
