@@ -599,9 +599,17 @@ def fit(xs: list[float], ys: list[float]) -> dict | None:
     return {"slope": float(slope), "intercept": float(intercept)}
 
 
-def scaling(size: BenchSize, work: str, model_path: str) -> dict:
-    """Generate + score time against questions, m and actors, each point on a fresh pool."""
-    base = candidates_point(size, work, "base", model_path)
+def round_point(job, round_times: dict) -> dict:
+    """The round's own generate, vote and score stages: the scaling point at its settings."""
+    from dsw_ray.pipeline import count_rows
+
+    stage = lambda name: os.path.join(job.run_dir, "round-1", name)  # noqa: E731
+    return {**point(job, round_times), "candidates": count_rows(stage("generate")), "scored": count_rows(stage("score"))}
+
+
+def scaling(size: BenchSize, work: str, model_path: str, base: dict) -> dict:
+    """Generate + score time against questions, m and actors, each point on fresh pools;
+    ``base`` is the point at the round's settings (``round_point``)."""
     by_questions = [base if n == size.questions else candidates_point(size, work, f"q{n}", model_path,
                                                                       task={"num_questions": n})
                     for n in size.scaling_questions]
@@ -809,7 +817,7 @@ def run_bench(size_name: str, out: str, plot: str, model: str = TOY_MODEL, comma
         log.info("bench: train")
         result["train"] = train_section(job, job.run_dir, round_times["round-1/iwsi/train"], model_path)
         log.info("bench: scaling")
-        result["scaling"] = scaling(size, work, model_path)
+        result["scaling"] = scaling(size, work, model_path, round_point(job, round_times))
         result["cost_model"] = cost_model(result)
         result["bench_seconds"] = time.perf_counter() - started
     finally:
