@@ -1,9 +1,11 @@
 """Faults injected into a real job on a real local Ray: a generation actor SIGKILLed in the
-middle of the generate stage, and the driver SIGKILLed in the middle of the score stage and
-started again with the same command. Real processes, real signals, nothing mocked.
+middle of the generate stage, the driver SIGKILLed in the middle of the score stage and
+started again with the same command, and a training worker SIGKILLed in the middle of the
+job's fine-tune. Real processes, real signals, nothing mocked.
 
-Both compare against one uninterrupted run of the same job (the ``reference`` fixture, run
-once for the module through the CLI).
+Each starts from one uninterrupted run of the same job (the ``reference`` fixture, run once
+for the module through the CLI): the first two compare against it, the third reuses its
+candidates (the fine-tune's own fault handling is tested in test_train_faults.py).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -50,11 +53,12 @@ def job_spec(model: str, run_dir) -> dict:
     }
 
 
-def write_job(model: str, where) -> str:
+def write_job(model: str, where, **sections) -> str:
+    """The job file in ``where``, for the run directory ``where/run``; ``sections`` replace whole sections."""
     os.makedirs(where, exist_ok=True)
     path = os.path.join(where, "job.yaml")
     with open(path, "w") as f:
-        yaml.safe_dump(job_spec(model, os.path.join(where, "run")), f)
+        yaml.safe_dump({**job_spec(model, os.path.join(where, "run")), **sections}, f)
     return path
 
 
@@ -316,3 +320,63 @@ def test_a_driver_killed_while_scoring_resumes_to_the_uninterrupted_result(refer
     for field in ("optimizer_steps", "final_loss"):
         assert_same(iwsi["train"][field], other["train"][field], f"iwsi.train.{field}")
     assert_same(summary, uninterrupted)  # and every other field
+
+
+# ---- a training worker killed mid-fine-tune ----------------------------------------------------
+
+def committed_epochs(run_dir: str) -> list[int]:
+    """Epochs whose checkpoint Ray Train has registered, from its snapshot in the run directory."""
+    for path in glob.glob(os.path.join(run_dir, "round-1", "iwsi", "ray_train", "*", "checkpoint_manager_snapshot.json")):
+        try:
+            with open(path) as f:
+                return [r["metrics"]["epoch"] for r in json.load(f)["checkpoint_results"] if "epoch" in r["metrics"]]
+        except (json.JSONDecodeError, KeyError):
+            return []
+    return []
+
+
+def command_line(process: psutil.Process) -> str:
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:  # gone meanwhile
+        return ""
+
+
+@pytest.mark.timeout(1200)
+def test_a_killed_training_worker_is_reported_and_the_job_finishes(reference, toy_model, tmp_path):
+    """The reference run's directory with more epochs asked for: only the fine-tune and the
+    evaluation after it run. SIGKILL the training worker once an epoch checkpoint is
+    registered: Ray Train restarts the workers from it, the job finishes, and the run says so."""
+    shutil.copytree(reference["run_dir"], tmp_path / "run")
+    # Many short epochs: each ends in a checkpoint, so the kill lands between two of them.
+    job_file = write_job(toy_model, tmp_path, train={"zero_stage": 0, "epochs": 20, "micro_batch_size": 2, "max_failures": 2})
+    run_dir = os.path.join(tmp_path, "run")
+    reused = ["round-1/generate", "round-1/vote", "round-1/score", "round-1/iwsi/filter", "base/evaluate"]
+    before = {stage: read_bytes(os.path.join(run_dir, stage, "manifest.json")) for stage in reused}
+    driver = start_cli(job_file)
+    try:
+        deadline = time.time() + RUN_TIMEOUT
+        while not committed_epochs(run_dir):
+            assert driver.poll() is None, driver_log(job_file)[-5000:]
+            assert time.time() < deadline, "no epoch checkpoint was registered"
+            time.sleep(POLL)
+        workers = [p for p in in_session(driver.pid) if "RayTrainWorker" in command_line(p)]
+        assert workers, "the fine-tune's worker process was not found"
+        workers[0].kill()
+        driver.wait(timeout=RUN_TIMEOUT)
+    finally:
+        kill_session(driver)
+    assert driver.returncode == 0, driver_log(job_file)[-5000:]
+
+    for stage, manifest in before.items():
+        assert read_bytes(os.path.join(run_dir, stage, "manifest.json")) == manifest, f"{stage} was redone"
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        summary = json.load(f)
+    assert summary["methods"]["iwsi"]["train"]["resumed_from_epoch"] >= 1
+    with open(os.path.join(run_dir, "round-1", "iwsi", "train", "manifest.json")) as f:
+        manifest = json.load(f)
+    assert manifest["optimizer_steps"] == manifest["expected_optimizer_steps"]
+    # The manifest's seconds are the stage's wall time, the workers' own loop time beside them.
+    assert manifest["seconds"] > manifest["loop_seconds"] > 0
+    assert "a training worker failed; Ray Train restarted the workers" in driver_log(job_file)
+    assert summary["methods"]["iwsi"]["accuracy"] is not None
