@@ -66,6 +66,7 @@ class BenchSize:
     scaling_samples: tuple[int, ...]  # includes `samples`
     scaling_actors: tuple[int, ...]
     limit_tokens: int  # the largest [B, L] forward the limit measures
+    score_all_cores: bool  # also time a scoring pool of one actor per core
 
 
 SIZES = {
@@ -74,7 +75,7 @@ SIZES = {
         questions=96, samples=6, valid=24, test=100, max_new_tokens=48, generate_batch=16, score_batch=32,
         train_epochs=2, micro_batch=8, evaluate_batch=50, authors_candidates=12, score_rows=6000,
         authors_score_rows=300, scaling_questions=(48, 96, 192), scaling_samples=(3, 6, 12), scaling_actors=(1, 2),
-        limit_tokens=65536,
+        limit_tokens=65536, score_all_cores=True,
     ),
     # Every section on a few rows, the scaling study on two points: it checks that the
     # benchmark runs (in CI), not how fast.
@@ -82,6 +83,7 @@ SIZES = {
         questions=8, samples=2, valid=6, test=6, max_new_tokens=24, generate_batch=4, score_batch=16,
         train_epochs=1, micro_batch=4, evaluate_batch=6, authors_candidates=1, score_rows=512,
         authors_score_rows=16, scaling_questions=(4, 8), scaling_samples=(2,), scaling_actors=(1,), limit_tokens=8192,
+        score_all_cores=False,
     ),
 }
 
@@ -402,9 +404,10 @@ def score_section(job, run_dir: str, stage_seconds: float, model_path: str, size
     pool = {**pool_run(rows_dir, model_path, job, tokens_of), "threads": threads, "actors": job.score.actors}
     total_tokens = pool["tokens"]
     # Both cores: one actor per core (one thread each) instead of one actor and a CPU left to Ray Data.
-    cores = os.cpu_count() or 1
-    wide_job = job.model_copy(update={"score": job.score.model_copy(update={"actors": cores})})
-    pool_wide = {**pool_run(rows_dir, model_path, wide_job, tokens_of), "threads": pool_threads(cores), "actors": cores}
+    cores, pool_wide = os.cpu_count() or 1, None
+    if size.score_all_cores:
+        wide_job = job.model_copy(update={"score": job.score.model_copy(update={"actors": cores})})
+        pool_wide = {**pool_run(rows_dir, model_path, wide_job, tokens_of), "threads": pool_threads(cores), "actors": cores}
 
     # The actor's own work on the same rows, without Ray, in calls of the same size.
     call = rows_per_call(job)
@@ -437,15 +440,17 @@ def score_section(job, run_dir: str, stage_seconds: float, model_path: str, size
     return {
         "stage": stage,
         "pool": pool,
-        "pool_all_cores": pool_wide,
+        **({"pool_all_cores": pool_wide} if pool_wide else {}),
         "actor_loop": actor_loop,
         "authors": authors,
         "limit": limit,
         "ratios": {
             "pool_vs_authors": pool["steady_tokens_per_s"] / authors["tokens_per_s"],
             "pool_vs_limit": pool["steady_tokens_per_s"] / limit["tokens_per_s"],
-            "pool_all_cores_vs_authors": pool_wide["steady_tokens_per_s"] / authors["tokens_per_s"],
-            "pool_all_cores_vs_limit": pool_wide["steady_tokens_per_s"] / limit["tokens_per_s"],
+            **({
+                "pool_all_cores_vs_authors": pool_wide["steady_tokens_per_s"] / authors["tokens_per_s"],
+                "pool_all_cores_vs_limit": pool_wide["steady_tokens_per_s"] / limit["tokens_per_s"],
+            } if pool_wide else {}),
             "actor_loop_vs_limit": actor_loop["tokens_per_s"] / limit["tokens_per_s"],
             "stage_vs_authors": stage["tokens_per_s"] / authors["tokens_per_s"],
         },
@@ -727,8 +732,9 @@ def markdown_table(r: dict) -> str:
         f"| {f(g['ratios']['actor_loop_vs_limit'])} |",
         f"| score, pool (steady) | tokens/s | {f(s['pool']['steady_tokens_per_s'])} | {f(s['authors']['tokens_per_s'])} "
         f"| {f(s['limit']['tokens_per_s'])} | {f(s['ratios']['pool_vs_authors'])}x | {f(s['ratios']['pool_vs_limit'])} |",
-        f"| score, pool, {s['pool_all_cores']['actors']} actors (steady) | tokens/s | {f(s['pool_all_cores']['steady_tokens_per_s'])} "
-        f"| same | same | {f(s['ratios']['pool_all_cores_vs_authors'])}x | {f(s['ratios']['pool_all_cores_vs_limit'])} |",
+        *([f"| score, pool, {s['pool_all_cores']['actors']} actors (steady) | tokens/s | {f(s['pool_all_cores']['steady_tokens_per_s'])} "
+           f"| same | same | {f(s['ratios']['pool_all_cores_vs_authors'])}x | {f(s['ratios']['pool_all_cores_vs_limit'])} |"]
+          if "pool_all_cores" in s else []),
         f"| score, stage (incl. start-up) | tokens/s | {f(s['stage']['tokens_per_s'])} | same | same "
         f"| {f(s['ratios']['stage_vs_authors'])}x | {f(s['stage']['tokens_per_s'] / s['limit']['tokens_per_s'])} |",
         f"| train, loop | samples/s | {f(t['stage']['loop_samples_per_s'])} | plain loop: {f(t['plain_loop']['samples_per_s'])} "

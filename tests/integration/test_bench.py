@@ -30,7 +30,7 @@ POSITIVE = [
     "generate.stage.candidates_per_s", "generate.stage.new_tokens_per_s", "generate.actor_loop.candidates_per_s",
     "generate.authors.candidates_per_s", "generate.authors.new_tokens_per_s", "generate.limit.tokens_per_s",
     "generate.ratios.stage_vs_authors", "generate.ratios.actor_loop_vs_authors", "generate.ratios.stage_vs_limit",
-    "score.stage.tokens_per_s", "score.pool.steady_tokens_per_s", "score.pool_all_cores.steady_tokens_per_s",
+    "score.stage.tokens_per_s", "score.pool.steady_tokens_per_s",
     "score.actor_loop.tokens_per_s", "score.authors.tokens_per_s", "score.limit.tokens_per_s",
     "score.ratios.pool_vs_authors", "score.ratios.pool_vs_limit",
     "train.stage.loop_samples_per_s", "train.stage.samples_per_s", "train.plain_loop.samples_per_s",

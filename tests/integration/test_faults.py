@@ -348,8 +348,11 @@ def test_a_killed_training_worker_is_reported_and_the_job_finishes(reference, to
     evaluation after it run. SIGKILL the training worker once an epoch checkpoint is
     registered: Ray Train restarts the workers from it, the job finishes, and the run says so."""
     shutil.copytree(reference["run_dir"], tmp_path / "run")
-    # Many short epochs: each ends in a checkpoint, so the kill lands between two of them.
-    job_file = write_job(toy_model, tmp_path, train={"zero_stage": 0, "epochs": 20, "micro_batch_size": 2, "max_failures": 2})
+    # Many short epochs on two ZeRO-2 ranks: each epoch ends in a checkpoint, so the kill lands
+    # between two of them, and both ranks must restart from it.
+    epochs = 20
+    train = {"num_workers": 2, "zero_stage": 2, "epochs": epochs, "micro_batch_size": 2, "max_failures": 2}
+    job_file = write_job(toy_model, tmp_path, train=train)
     run_dir = os.path.join(tmp_path, "run")
     reused = ["round-1/generate", "round-1/vote", "round-1/score", "round-1/iwsi/filter", "base/evaluate"]
     before = {stage: read_bytes(os.path.join(run_dir, stage, "manifest.json")) for stage in reused}
@@ -376,6 +379,9 @@ def test_a_killed_training_worker_is_reported_and_the_job_finishes(reference, to
     with open(os.path.join(run_dir, "round-1", "iwsi", "train", "manifest.json")) as f:
         manifest = json.load(f)
     assert manifest["optimizer_steps"] == manifest["expected_optimizer_steps"]
+    per_epoch = -(-(manifest["rows_in"] // 2) // 2)  # micro batches of one rank's rows
+    assert manifest["micro_batches"] == per_epoch * (epochs - manifest["resumed_from_epoch"]), "the restart redid only later epochs"
+    assert len(set(manifest["parameter_digests"])) == 1, "both ranks hold the same weights"
     # The manifest's seconds are the stage's wall time, the workers' own loop time beside them.
     assert manifest["seconds"] > manifest["loop_seconds"] > 0
     assert "a training worker failed; Ray Train restarted the workers" in driver_log(job_file)
