@@ -24,6 +24,7 @@ LOSS_WEIGHT = "loss_weight"  # the factor on a kept sample's training loss (1 un
 CORRECT = "correct"
 
 KEY = (QUESTION_ID, SAMPLE_INDEX)
+BY_KEY = [(name, "ascending") for name in KEY]  # pyarrow's sort_by order for rows in key order
 
 
 def require(batch, needed: tuple[str, ...], stage: str) -> None:

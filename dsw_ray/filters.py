@@ -60,7 +60,7 @@ def answers_correct(table: pa.Table, official: bool) -> np.ndarray:
 
 
 def ordered(candidates: pa.Table) -> pa.Table:
-    return candidates.sort_by([(C.QUESTION_ID, "ascending"), (C.SAMPLE_INDEX, "ascending")])
+    return candidates.sort_by(C.BY_KEY)
 
 
 def with_weights(kept: pa.Table, weights=None) -> pa.Table:

@@ -166,9 +166,8 @@ def weigh(majority, losses, official: bool):
     valid_loss = valid_loss_stats(valid[C.LOSS].to_numpy())
     # Both ordered by key and matched row for row (a join would refuse the all-null columns
     # that a vote where nothing parsed writes).
-    order = [(k, "ascending") for k in C.KEY]
-    scored = majority.sort_by(order)
-    candidate_losses = losses.filter(pc.invert(is_valid)).sort_by(order)
+    scored = majority.sort_by(C.BY_KEY)
+    candidate_losses = losses.filter(pc.invert(is_valid)).sort_by(C.BY_KEY)
     keys = [scored[k].to_pylist() for k in C.KEY]
     if keys != [candidate_losses[k].to_pylist() for k in C.KEY]:
         raise RuntimeError(f"score: the pool returned other rows than the {scored.num_rows} majority candidates")

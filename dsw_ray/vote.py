@@ -48,7 +48,7 @@ def parse_answers(candidates: pa.Table, parse_answer) -> pa.Table:
 def verdicts(answers: pa.Table) -> pa.Table:
     """Every candidate's answer, its question's majority answer and whether it gave it; each
     question's candidates vote in order of sample index."""
-    ordered = answers.sort_by([(C.QUESTION_ID, "ascending"), (C.SAMPLE_INDEX, "ascending")])
+    ordered = answers.sort_by(C.BY_KEY)
     winners, is_majority = [], []
     rows = zip(ordered[C.QUESTION_ID].to_pylist(), ordered[C.ANSWER].to_pylist())
     for _, question in groupby(rows, key=lambda row: row[0]):
@@ -65,7 +65,7 @@ def verdicts(answers: pa.Table) -> pa.Table:
 def with_verdicts(candidates: pa.Table, verdicts: pa.Table) -> pa.Table:
     """A block's candidates with their verdict columns joined on ``(question_id, sample_index)``."""
     joined = candidates.join(verdicts, keys=list(C.KEY), join_type="left outer")
-    return joined.sort_by([(C.QUESTION_ID, "ascending"), (C.SAMPLE_INDEX, "ascending")])
+    return joined.sort_by(C.BY_KEY)
 
 
 EMPTY = pa.table({C.QUESTION_ID: pa.array([], pa.string()), C.SAMPLE_INDEX: pa.array([], pa.int64()), C.TEXT: pa.array([], pa.string())})
