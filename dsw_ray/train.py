@@ -273,10 +273,11 @@ def train_worker(
         config=deepspeed_config(settings, world_size),
         dist_init_required=False,
     )
-    first_epoch, history = 0, []
+    first_epoch, history, heldout_history = 0, [], []
     if restore:
         _, client_state = engine.load_checkpoint(restore)
         first_epoch, history = client_state["epoch"], client_state["history"]
+        heldout_history = client_state.get("heldout_history", [])
     started, micro_batches_run = time.time(), 0
     for epoch in range(first_epoch, settings["epochs"]):
         engine.train()
@@ -288,13 +289,24 @@ def train_worker(
             engine.backward(loss)
             engine.step()
             micro_batches_run += 1
-            history.append({"epoch": epoch, "optimizer_step": int(engine.global_steps), "loss": float(loss.item())})
+            history.append(
+                {
+                    "epoch": epoch,
+                    "optimizer_step": int(engine.global_steps),
+                    "loss": float(loss.item()),
+                    "learning_rate": float(engine.get_lr()[0]),
+                }
+            )
+        # The held-out loss after every epoch shows when a fine-tune starts to overfit.
+        heldout = heldout_loss(engine, tokenizer, settings.get("heldout") or [], settings)
+        if heldout is not None:
+            heldout_history.append({"epoch": epoch + 1, "optimizer_step": int(engine.global_steps), "loss": heldout})
         if epoch + 1 < settings["epochs"]:
             checkpoint_dir = tempfile.mkdtemp(prefix="dsw-checkpoint-")
-            engine.save_checkpoint(checkpoint_dir, tag=f"epoch-{epoch + 1}", client_state={"epoch": epoch + 1, "history": history})
+            client_state = {"epoch": epoch + 1, "history": history, "heldout_history": heldout_history}
+            engine.save_checkpoint(checkpoint_dir, tag=f"epoch-{epoch + 1}", client_state=client_state)
             report({"epoch": epoch + 1, "optimizer_steps": int(engine.global_steps)}, checkpoint_dir)
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    heldout = heldout_loss(engine, tokenizer, settings.get("heldout") or [], settings)
     # Every rank joins the gather (a collective under ZeRO-3); rank 0 keeps a CPU copy.
     with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None):
         digests = gather(parameter_digest(engine.module), world_size)
@@ -305,7 +317,7 @@ def train_worker(
         "micro_batches": micro_batches_run,  # in this attempt
         "resumed_from_epoch": first_epoch,
         "final_loss": history[-1]["loss"] if history else float("nan"),
-        "heldout_loss": heldout,
+        "heldout_loss": heldout_history[-1]["loss"] if heldout_history else None,
         "parameter_digests": digests,
         "workers": gather(identity, world_size),
         "peak_memory_mb": gather(round(peak_memory_mb(), 1), world_size),
@@ -317,7 +329,7 @@ def train_worker(
     out_dir = tempfile.mkdtemp(prefix="dsw-export-")
     export(state, settings, out_dir)
     with open(os.path.join(out_dir, LOSS_HISTORY), "w") as f:
-        json.dump({"metrics": metrics, "history": history}, f)
+        json.dump({"metrics": metrics, "history": history, "heldout_history": heldout_history}, f)
     report(metrics, out_dir)
     shutil.rmtree(out_dir, ignore_errors=True)  # the report copied it into the run's storage
 
