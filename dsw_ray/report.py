@@ -18,19 +18,44 @@ from dsw_ray import columns as C
 from dsw_ray.errors import UserError
 from dsw_ray.filters import METHODS, answers_correct
 from dsw_ray.rundir import stage_states
+from dsw_ray.train import LOSS_HISTORY
 from dsw_ray.weights import keep_lowest, official_keep
 
 REPORT = "report.md"
-HEADER = ("method", "round", "kept", "kept correct", "accuracy")
+HEADER = ("method", "round", "kept", "kept correct", "accuracy", "95% interval", "vs base", "vs LMSI")
 
 
 def percent(value) -> str:
     return "-" if value is None else f"{value * 100:.1f}%"
 
 
+def bounds(numbers: dict | None, signed: bool = False) -> str:
+    """``[low, high]`` of an interval in points (``+`` signs for a difference)."""
+    if not numbers or numbers.get("low") is None:
+        return "-"
+    sign = "+" if signed else ""
+    return f"[{numbers['low'] * 100:{sign}.1f}, {numbers['high'] * 100:{sign}.1f}]"
+
+
+def difference(numbers: dict | None) -> str:
+    """A paired difference in points with its interval, e.g. ``+6.0 [+2.2, +9.8]``."""
+    if not numbers or numbers.get("difference") is None:
+        return "-"
+    return f"{numbers['difference'] * 100:+.1f} {bounds(numbers, signed=True)}"
+
+
+def accuracy_cell(numbers: dict) -> str:
+    """The accuracy; with several training seeds their mean and standard deviation."""
+    spread = numbers.get("seed_spread")
+    if spread and spread["seeds"] > 1:
+        return f"{spread['mean'] * 100:.1f}% ± {spread['std'] * 100:.1f}"
+    return percent(numbers["accuracy"])
+
+
 def table_rows(summary: dict) -> list[tuple[str, ...]]:
-    """One row for the base model, then one per method and round."""
-    rows = [("base", "-", "-", "-", percent(summary["base_accuracy"]))]
+    """One row for the base model, then one per method and round. Intervals are 95% bootstrap
+    intervals over test questions; differences are paired (the same questions)."""
+    rows = [("base", "-", "-", "-", percent(summary["base_accuracy"]), bounds(summary.get("base")), "-", "-")]
     for result in summary["rounds"]:
         for method, numbers in result["methods"].items():
             rows.append(
@@ -39,7 +64,10 @@ def table_rows(summary: dict) -> list[tuple[str, ...]]:
                     str(result["round"]),
                     str(numbers["kept"]),
                     percent(numbers["kept_correct"]),
-                    percent(numbers["accuracy"]),
+                    accuracy_cell(numbers),
+                    bounds(numbers.get("interval")),
+                    difference(numbers.get("vs_base")),
+                    difference(numbers.get("vs_lmsi")),
                 )
             )
     return rows
@@ -162,6 +190,59 @@ def plot_accuracy(summary: dict, path: str) -> str:
     return path
 
 
+def loss_history(model_dir: str) -> dict | None:
+    path = os.path.join(model_dir, LOSS_HISTORY)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def plot_training(summary: dict, path: str) -> str | None:
+    """Each fine-tune's training loss per optimizer step (mean over its micro batches), and its
+    held-out loss on the valid set after each epoch; epoch 0 is the base model's ``Lv``
+    (the same loss in the paper's semantics), so a rising curve shows overfitting at once."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (steps_axis, epochs_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    plotted = False
+    for result in summary["rounds"]:
+        for method, numbers in result["methods"].items():
+            history = loss_history(numbers.get("model", "")) if numbers.get("accuracy") is not None else None
+            if not history or not history["history"]:
+                continue
+            label = METHODS[method].title + (f" (round {result['round']})" if len(summary["rounds"]) > 1 else "")
+            per_step: dict[int, list[float]] = {}
+            for entry in history["history"]:
+                per_step.setdefault(entry["optimizer_step"], []).append(entry["loss"])
+            line = steps_axis.plot(list(per_step), [float(np.mean(v)) for v in per_step.values()], label=label, alpha=0.8)
+            heldout = history.get("heldout_history") or []
+            if heldout:
+                start = numbers["candidates"].get("valid_loss") if summary["semantics"] == "paper" else None
+                epochs = ([0] if start else []) + [h["epoch"] for h in heldout]
+                losses = ([start["mean"]] if start else []) + [h["loss"] for h in heldout]
+                epochs_axis.plot(epochs, losses, marker="o", color=line[0].get_color(), label=label)
+            plotted = True
+    if not plotted:
+        plt.close(figure)
+        return None
+    steps_axis.set_xlabel("optimizer step")
+    steps_axis.set_ylabel("training loss (mean token loss x weight)")
+    steps_axis.set_title("Training loss")
+    epochs_axis.set_xlabel("epoch (0: the model before fine-tuning)")
+    epochs_axis.set_ylabel("valid-set loss")
+    epochs_axis.set_title("Held-out loss on the labeled valid set")
+    for axis in (steps_axis, epochs_axis):
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
 def candidate_lines(summary: dict) -> list[str]:
     lines, seen = [], set()
     for result in summary["rounds"]:
@@ -187,6 +268,7 @@ def write_report(run_dir: str, summary: dict, keep_fraction: float) -> str:
     figures = [
         ("DS weights", plot_ds_weights(run_dir, summary, keep_fraction, os.path.join(run_dir, "ds_weights.png"))),
         ("Accuracy per method", plot_accuracy(summary, os.path.join(run_dir, "accuracy.png"))),
+        ("Training and held-out loss", plot_training(summary, os.path.join(run_dir, "training.png"))),
     ]
     dropped = [
         (METHODS[m].title, str(r["round"]), ", ".join(f"{k} {v}" for k, v in n["dropped"].items()) or "-")
@@ -198,7 +280,14 @@ def write_report(run_dir: str, summary: dict, keep_fraction: float) -> str:
         f"{summary['questions']} questions, {summary['valid']} valid, {summary['test']} test; "
         f"semantics: {summary['semantics']}; base model `{summary['model']}`.",
         "## Accuracy (greedy, test set)",
-        "`kept correct`: the share of the kept training samples whose answer equals the gold label.",
+        "`kept correct`: the share of the kept training samples whose answer equals the gold label. "
+        "`95% interval`: a bootstrap over the test questions; `vs base` and `vs LMSI`: the paired difference in "
+        "points on the same questions, with its 95% interval (an interval that holds 0 is no evidence of a "
+        "difference)" + (
+            f". Each method was fine-tuned {summary['repeats']} times with different training seeds: its accuracy "
+            "is the mean ± standard deviation over seeds, and the intervals are of the per-question mean."
+            if summary.get("repeats", 1) > 1 else "."
+        ),
         markdown_table(HEADER, table_rows(summary)),
         "## Candidates",
         "\n".join(candidate_lines(summary)),

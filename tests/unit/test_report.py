@@ -13,23 +13,41 @@ def summary(accuracies: dict) -> dict:
 
 def test_rows_are_base_then_methods_in_job_order_with_paper_names():
     rows = table_rows(summary({"iwsi": (255, 0.259, 0.07), "lmsi": (319, 0.223, 0.05), "oracle": (0, None, None)}))
-    assert rows == [
+    assert [row[:5] for row in rows] == [
         ("base", "-", "-", "-", "12.0%"),
         ("IWSI", "1", "255", "25.9%", "7.0%"),
         ("LMSI", "1", "319", "22.3%", "5.0%"),
         ("oracle", "1", "0", "-", "-"),
     ]
+    assert all(row[5:] == ("-", "-", "-") for row in rows), "no statistics in the summary, none shown"
+
+
+def test_intervals_paired_differences_and_seed_spread():
+    s = summary({"lmsi": (319, 0.5, 0.42), "iwsi": (255, 0.6, 0.45)})
+    s["base"] = {"accuracy": 0.12, "low": 0.094, "high": 0.148}
+    lmsi, iwsi = s["rounds"][0]["methods"]["lmsi"], s["rounds"][0]["methods"]["iwsi"]
+    lmsi.update(interval={"low": 0.377, "high": 0.463}, vs_base={"difference": 0.30, "low": 0.254, "high": 0.346})
+    iwsi.update(
+        interval={"low": 0.41, "high": 0.49},
+        vs_base={"difference": 0.33, "low": 0.28, "high": 0.38},
+        vs_lmsi={"difference": 0.03, "low": -0.012, "high": 0.07},
+        seed_spread={"mean": 0.45, "std": 0.0123, "seeds": 3},
+    )
+    rows = table_rows(s)
+    assert rows[0][5] == "[9.4, 14.8]"
+    assert rows[1][4:] == ("42.0%", "[37.7, 46.3]", "+30.0 [+25.4, +34.6]", "-")
+    assert rows[2][4:] == ("45.0% ± 1.2", "[41.0, 49.0]", "+33.0 [+28.0, +38.0]", "+3.0 [-1.2, +7.0]")
 
 
 def test_text_and_markdown_render_every_row():
     s = summary({"iwsi_w": (10, 0.5, 0.25), "entropy": (3, 1.0, 0.5)})
     text = text_table(s).splitlines()
-    assert text[0].split() == ["method", "round", "kept", "kept", "correct", "accuracy"]
+    assert text[0].split() == ["method", "round", "kept", "kept", "correct", "accuracy", "95%", "interval", "vs", "base", "vs", "LMSI"]
     assert [line.split()[0] for line in text[2:]] == ["base", "IWSI-w", "Entropy-filter"]
     assert len({len(line.rstrip()) for line in text[2:]}) == 1, "columns line up"
     markdown = markdown_table(HEADER, table_rows(s)).splitlines()
-    assert markdown[0] == "| method | round | kept | kept correct | accuracy |"
-    assert markdown[3] == "| IWSI-w | 1 | 10 | 50.0% | 25.0% |"
+    assert markdown[0] == "| method | round | kept | kept correct | accuracy | 95% interval | vs base | vs LMSI |"
+    assert markdown[3] == "| IWSI-w | 1 | 10 | 50.0% | 25.0% | - | - | - |"
 
 
 def test_status_lists_stages_and_the_table_so_far(tmp_path):
@@ -58,7 +76,7 @@ def test_status_lists_stages_and_the_table_so_far(tmp_path):
     summary = {"base_accuracy": 0.1, "rounds": [{"round": 1, "methods": {"iwsi": {"kept": 3, "kept_correct": 0.5, "accuracy": 0.2}}}]}
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     status = subprocess.run([sys.executable, "-m", "dsw_ray", "status", str(tmp_path)], capture_output=True, text=True).stdout
-    assert "IWSI        1     3         50.0%     20.0%" in status
+    assert "IWSI        1     3         50.0%     20.0%             -        -        -" in status
 
     missing = subprocess.run([sys.executable, "-m", "dsw_ray", "status", str(tmp_path / "nope")], capture_output=True, text=True)
     assert missing.returncode == 2 and "no such run directory" in missing.stderr and "Traceback" not in missing.stderr
