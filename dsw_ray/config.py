@@ -230,6 +230,12 @@ Stage = Literal[STAGES]
 class JobConfig(Section):
     run_dir: str = Field(description="Where every stage writes its artifacts; rerunning reuses finished ones.")
     rounds: int = Field(1, ge=1, description="Self-improvement rounds; each method starts from its own last export.")
+    repeats: int = Field(
+        1,
+        ge=1,
+        description="Fine-tunes per method and round, with training seeds train.seed, train.seed + 1, ...; each is "
+        "evaluated, and the table gives the mean and standard deviation over seeds. Candidates and scores are shared.",
+    )
     methods: list[str] = Field(
         ["iwsi"],
         min_length=1,

@@ -14,12 +14,14 @@ import os
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from dsw_ray import columns as C
+from dsw_ray import stats
 from dsw_ray.config import JobConfig, TaskConfig
 from dsw_ray.errors import UserError
 from dsw_ray.evaluate import evaluate
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 
 DATA = "data"  # the parquet folder inside a stage's artifact folder
 VALID_LOSSES = "valid_losses.parquet"  # per-example valid-set losses, in the score stage's folder
+BASE_EVALUATION = os.path.join("base", "evaluate")  # the base model's graded answers, in the run directory
 
 
 # ---- artifacts -------------------------------------------------------------------------
@@ -95,6 +98,31 @@ def answer_parser(task_name: str, integer: bool):
 def accuracy(stage_dir: str) -> float:
     correct = read_table(stage_dir, [C.CORRECT])[C.CORRECT].to_pylist()
     return sum(correct) / len(correct) if correct else float("nan")
+
+
+def correctness(run_dir: str, evaluations: list[str]) -> np.ndarray:
+    """Per test question (in question id order), the share of ``evaluations`` (evaluate stage
+    folders, relative to ``run_dir``) that answered it correctly."""
+    tables = [read_table(os.path.join(run_dir, e), [C.QUESTION_ID, C.CORRECT]).sort_by(C.QUESTION_ID) for e in evaluations]
+    return np.mean([t[C.CORRECT].to_numpy(zero_copy_only=False).astype(float) for t in tables], axis=0)
+
+
+def add_statistics(summary: dict, run_dir: str) -> None:
+    """95% bootstrap intervals over test questions: each accuracy, and each method's paired
+    difference to the base model and to LMSI of the same round; with repeats, the spread of
+    each method's accuracy over training seeds."""
+    base = correctness(run_dir, [BASE_EVALUATION])
+    summary["base"] = stats.accuracy_interval(base)
+    for result in summary["rounds"]:
+        methods = result["methods"]
+        graded = {m: correctness(run_dir, r["evaluations"]) for m, r in methods.items() if r.get("evaluations")}
+        for method, correct in graded.items():
+            numbers = methods[method]
+            numbers["interval"] = stats.accuracy_interval(correct)
+            numbers["vs_base"] = stats.paired_difference(correct, base)
+            if "lmsi" in graded and method != "lmsi":
+                numbers["vs_lmsi"] = stats.paired_difference(correct, graded["lmsi"])
+            numbers["seed_spread"] = stats.seed_spread([s["accuracy"] for s in numbers["seeds"]])
 
 
 def correct_fraction(table: pa.Table, official: bool) -> float | None:
@@ -312,6 +340,37 @@ def run_method(
         log.warning("method %s kept no candidate: it is not fine-tuned or evaluated.", method)
         return {**result, "accuracy": None, "model": model_path, "model_fingerprint": filter_fp}
 
+    # Repeat r fine-tunes the same kept set with seed train.seed + r; the first repeat's stages
+    # sit where a single run's do, and its model is the one the next round starts from.
+    repeats = []
+    for repeat in range(job.repeats):
+        seeded = job.model_copy(update={"train": job.train.model_copy(update={"seed": job.train.seed + repeat})})
+        seed_dir = where if repeat == 0 else os.path.join(where, f"seed-{seeded.train.seed}")
+        repeats.append(
+            train_and_evaluate(seeded, run_dir, method, stage("filter"), seed_dir, filter_fp, kept["rows"], model_path, splits)
+        )
+    accuracies = [r["accuracy"] for r in repeats]
+    return {
+        **result,
+        "accuracy": sum(accuracies) / len(accuracies),
+        "evaluations": [r["evaluate"] for r in repeats],
+        "seeds": [{"seed": r["seed"], "accuracy": r["accuracy"]} for r in repeats],
+        "train": repeats[0]["train"],
+        "model": repeats[0]["model"],
+        "model_fingerprint": repeats[0]["model_fingerprint"],
+    }
+
+
+def train_and_evaluate(
+    job: JobConfig, run_dir: str, method: str, filter_dir: str, where: str, filter_fp: str, kept_rows: int,
+    model_path: str, splits: Splits,
+) -> dict:
+    """Fine-tune on a method's kept set with ``job.train.seed`` into ``where/train``, then
+    evaluate into ``where/evaluate``."""
+
+    def stage(name: str) -> str:
+        return os.path.join(where, name)
+
     # How many failures to survive and where workers go do not change the fine-tuned model.
     train_fp = stage_fingerprint(
         "train", filter_fp, job.train.model_dump(exclude={"max_failures", "resources_per_worker"}), job.model.dtype
@@ -320,7 +379,7 @@ def run_method(
         stage("train"),
         train_fp,
         lambda out: fine_tune(
-            data_dir(stage("filter")),
+            data_dir(filter_dir),
             model_path,
             job,
             os.path.join(out, "model"),
@@ -328,7 +387,7 @@ def run_method(
             run_name=f"train-{train_fp}",  # an interrupted run of these same settings resumes
             heldout=[(e.question, e.rationale) for e in splits.valid],
         ),
-        rows_in=kept["rows"],
+        rows_in=kept_rows,
         force=job.forced("train"),
     )
     if trained.get("resumed_from_epoch") and not trained["skipped"]:
@@ -339,8 +398,9 @@ def run_method(
         )  # fmt: skip
     model_dir = os.path.join(stage("train"), "model")
     return {
-        **result,
+        "seed": job.train.seed,
         "accuracy": run_evaluation(job, run_dir, stage("evaluate"), model_dir, train_fp, splits),
+        "evaluate": os.path.relpath(stage("evaluate"), run_dir),
         "train": {
             k: trained[k] for k in ("optimizer_steps", "final_loss", "heldout_loss", "resumed_from_epoch") if k in trained
         },
@@ -488,9 +548,8 @@ def run_job(job: JobConfig) -> dict:
         "valid": len(splits.valid),
         "test": len(splits.test),
         "quarantined": len(splits.rejected),
-        "base_accuracy": run_evaluation(
-            job, run_dir, os.path.join(run_dir, "base", "evaluate"), model_path, model_fp, splits
-        ),
+        "base_accuracy": run_evaluation(job, run_dir, os.path.join(run_dir, BASE_EVALUATION), model_path, model_fp, splits),
+        "repeats": job.repeats,
         "rounds": [],
     }
     lineages = {method: (model_path, model_fp) for method in job.methods}
@@ -499,6 +558,7 @@ def run_job(job: JobConfig) -> dict:
         summary["rounds"].append(result)
         lineages = {m: (r["model"], r["model_fingerprint"]) for m, r in result["methods"].items()}
     summary["methods"] = summary["rounds"][-1]["methods"]
+    add_statistics(summary, run_dir)
     with open(os.path.join(run_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     write_report(run_dir, summary, job.filter.keep_fraction)

@@ -148,12 +148,14 @@ def test_whole_round_with_two_methods(toy_model, tmp_path, ray_session):
     assert run_job(job) == summary
     assert manifest_times(run_dir, shared + per_method) == before
 
-    # One more method and a changed keep fraction, with --from evaluate: candidates and scores
-    # are reused, oracle (which does not read keep_fraction) keeps its filter and fine-tune,
-    # iwsi is redone, lmsi is new, and every evaluation reruns (the base model's too) to the
-    # same accuracy where its model did not change.
+    # One more method, a changed keep fraction and a second training seed, with --from
+    # evaluate: candidates and scores are reused, oracle (which does not read keep_fraction)
+    # keeps its filter and first fine-tune, iwsi is redone, lmsi is new, every evaluation
+    # reruns (the base model's too) to the same accuracy where its model did not change, and
+    # each method gets a second fine-tune and evaluation with train.seed + 1.
     changed = tiny_job(
-        toy_model, tmp_path / "run", methods=["iwsi", "oracle", "lmsi"], filter={"keep_fraction": 0.5}, rerun_from="evaluate"
+        toy_model, tmp_path / "run", methods=["iwsi", "oracle", "lmsi"], filter={"keep_fraction": 0.5},
+        rerun_from="evaluate", repeats=2,
     )
     evaluations = ["base/evaluate", "round-1/oracle/evaluate"]
     before = manifest_times(run_dir, shared + per_method + evaluations)
@@ -164,7 +166,27 @@ def test_whole_round_with_two_methods(toy_model, tmp_path, ray_session):
     for stage in evaluations + ["round-1/iwsi/train"]:
         assert after[stage] != before[stage], stage
     assert resumed["base_accuracy"] == summary["base_accuracy"]
-    assert resumed["methods"]["oracle"] == summary["methods"]["oracle"]
+    oracle, first = resumed["methods"]["oracle"], summary["methods"]["oracle"]
+    assert oracle["seeds"][0] == first["seeds"][0] and oracle["train"] == first["train"]
+    assert oracle["model"] == first["model"], "the next round starts from the first seed's model"
+    for method, numbers in resumed["methods"].items():
+        assert [s["seed"] for s in numbers["seeds"]] == [0, 1]
+        assert numbers["evaluations"] == [f"round-1/{method}/evaluate", f"round-1/{method}/seed-1/evaluate"]
+        second = table(run_dir, f"round-1/{method}/seed-1/evaluate")
+        assert numbers["seeds"][1]["accuracy"] == pytest.approx(second[C.CORRECT].mean())
+        assert numbers["accuracy"] == pytest.approx((numbers["seeds"][0]["accuracy"] + numbers["seeds"][1]["accuracy"]) / 2)
+        spread = numbers["seed_spread"]
+        assert spread["seeds"] == 2 and spread["std"] == pytest.approx(
+            abs(numbers["seeds"][0]["accuracy"] - numbers["seeds"][1]["accuracy"]) / 2**0.5
+        )
+        with open(os.path.join(run_dir, "round-1", method, "seed-1", "train", "manifest.json")) as f:
+            assert json.load(f)["stage"] == "train"
+        # Paired differences are over the same test questions, per-question means over both seeds.
+        base = table(run_dir, "base/evaluate").sort_values(C.QUESTION_ID)[C.CORRECT].to_numpy(float)
+        both = [table(run_dir, e).sort_values(C.QUESTION_ID)[C.CORRECT].to_numpy(float) for e in numbers["evaluations"]]
+        assert numbers["vs_base"]["difference"] == pytest.approx((both[0] + both[1]).mean() / 2 - base.mean())
+        assert numbers["interval"]["low"] <= numbers["accuracy"] <= numbers["interval"]["high"]
+        assert ("vs_lmsi" in numbers) == (method != "lmsi")
     assert resumed["methods"]["iwsi"]["kept"] == round(0.5 * len(scored))
     assert resumed["methods"]["lmsi"]["kept"] == len(scored)
     assert list(resumed["methods"]) == ["iwsi", "oracle", "lmsi"]
