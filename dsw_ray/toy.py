@@ -26,6 +26,10 @@ from dsw_ray.tasks import arith
 log = logging.getLogger(__name__)
 
 MARKER = "dsw_ray_toy.json"
+BUILD_THREADS = 2
+# Bumped when the same settings build a different model (the corpus, the recipe), so that a
+# cached build of older code is refused instead of silently reused.
+BUILD_VERSION = 2
 
 
 class ToyModelConfig(BaseModel):
@@ -42,12 +46,17 @@ class ToyModelConfig(BaseModel):
     batch_size: int = Field(8, ge=1, description="Packed sequences per pre-training step.")
     block_size: int = Field(256, ge=32, description="Tokens per packed pre-training sequence; longer than a few-shot prompt and its answer.")
     learning_rate: float = Field(2e-3, gt=0, description="Peak AdamW learning rate (cosine decay).")
+    two_step_share: float = Field(
+        0.08, ge=0, le=1, description="Share of two-step problems in the corpus (the arith task asks only those)."
+    )
     seed: int = Field(1234, description="Seed of the corpus, the initialization and the batches.")
 
 
 def corpus(config: ToyModelConfig, exclude: set[str]) -> list[str]:
     """Labeled ``Q:/A:`` blocks from a stream of their own, none of them an ``exclude`` question."""
-    examples = arith.generate_examples(config.seed, config.pretrain_examples, "pretrain", exclude)
+    examples = arith.generate_examples(
+        config.seed, config.pretrain_examples, "pretrain", exclude, two_step_share=config.two_step_share
+    )
     return [f"Q: {e.question}\nA: {e.rationale}\n\n" for e in examples]
 
 
@@ -100,10 +109,15 @@ def pretrain(model, token_ids: list[int], config: ToyModelConfig) -> float:
     return float(loss.item())
 
 
+def build_settings(config: ToyModelConfig) -> dict:
+    """What a build's marker records, and what a later build must match to reuse it."""
+    return {**config.model_dump(), "build_version": BUILD_VERSION}
+
+
 def build_toy_model(path: str, config: ToyModelConfig, exclude: set[str] = frozenset()) -> str:
     """Build the model at ``path`` unless a build with the same settings is already there."""
     marker = os.path.join(path, MARKER)
-    settings = config.model_dump()
+    settings = build_settings(config)
     if os.path.exists(marker):
         with open(marker) as f:
             if json.load(f).get("config") == settings:
@@ -116,10 +130,26 @@ def build_toy_model(path: str, config: ToyModelConfig, exclude: set[str] = froze
         raise FileExistsError(f"{path} exists and is not a toy model build; point model.path elsewhere.")
 
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     started = time.time()
-    torch.manual_seed(config.seed)
+    # Same machine, same settings, same weights bit for bit: seeded everything, deterministic
+    # kernels and one thread count whatever the machine has (it changes the float sums).
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(BUILD_THREADS)
+    torch.use_deterministic_algorithms(True)
+    try:
+        torch.manual_seed(config.seed)
+        return save_build(path, config, exclude, started)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def save_build(path: str, config: ToyModelConfig, exclude: set[str], started: float) -> str:
+    """Train the tokenizer, pre-train the model and move the finished folder into place."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    settings = build_settings(config)
     texts = corpus(config, set(exclude))
     random.Random(config.seed).shuffle(texts)
     tokenizer = train_tokenizer(texts, config.vocab_size)

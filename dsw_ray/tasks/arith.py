@@ -17,62 +17,85 @@ from dsw_ray.tasks.numeric import Example, Splits
 
 NAMES = [("Mia", "She"), ("Tom", "He"), ("Ava", "She"), ("Leo", "He"), ("Zoe", "She"), ("Sam", "He")]
 ITEMS = ["apples", "pens", "cards", "books", "coins", "shells", "stamps", "marbles"]
+# The task's questions are two-step problems; the toy's pre-training corpus holds mostly
+# one-step ones (ToyModelConfig.two_step_share), so the base model starts sure of one step
+# and unsure of two: the room self-improvement works in (docs/testbed.md).
+TWO_STEP_SHARE = 1.0
 
+# Written in the problems' own vocabulary: names, items and numbers that the generator
+# draws, so that a few-shot prompt reads like the toy's pre-training text. Exemplars with a
+# name or item the toy never saw (an untrained embedding in every prompt) wrecked its
+# few-shot answers: 14% right where the same model answered 82% of the same questions
+# with these (docs/testbed.md).
 EXEMPLARS = [
     (
-        "Ben has 14 cups. He gets 9 more. How many cups does Ben have now?",
+        "Sam has 14 pens. He gets 9 more. How many pens does Sam have now?",
         "14 + 9 = 23. The answer is 23.",
     ),
     (
-        "Ivy has 11 rings. She gets 6 more and then gives away 5. How many rings does Ivy have now?",
+        "Ava has 11 cards. She gets 6 more and then gives away 5. How many cards does Ava have now?",
         "11 + 6 = 17. 17 - 5 = 12. The answer is 12.",
     ),
 ]
 
 
-def problem(rng: random.Random) -> tuple[str, str, int]:
-    """One question, its gold rationale and its answer.
+def one_step(rng: random.Random, name: str, pronoun: str, item: str) -> tuple[str, str, int]:
+    kind = rng.choice(["add", "sub", "mul"])
+    if kind == "add":
+        a, b = rng.randint(2, 19), rng.randint(2, 9)
+        question = f"{name} has {a} {item}. {pronoun} gets {b} more. How many {item} does {name} have now?"
+        return question, f"{a} + {b} = {a + b}.", a + b
+    if kind == "sub":
+        a = rng.randint(5, 20)
+        b = rng.randint(1, a - 1)
+        question = f"{name} has {a} {item}. {pronoun} gives away {b}. How many {item} does {name} have left?"
+        return question, f"{a} - {b} = {a - b}.", a - b
+    a, b = rng.randint(2, 5), rng.randint(2, 5)
+    question = f"{name} buys {a} bags with {b} {item} in each bag. How many {item} does {name} buy?"
+    return question, f"{a} * {b} = {a * b}.", a * b
+
+
+def two_steps(rng: random.Random, name: str, pronoun: str, item: str) -> tuple[str, str, int]:
+    kind = rng.choice(["add_sub", "add_add", "mul_add", "mul_sub"])
+    if kind.startswith("add"):
+        a, b = rng.randint(2, 12), rng.randint(2, 9)
+        first, total, start = f"{name} has {a} {item}. {pronoun} gets {b} more", a + b, f"{a} + {b} = {a + b}."
+    else:
+        a, b = rng.randint(2, 5), rng.randint(2, 5)
+        first, total, start = f"{name} buys {a} bags with {b} {item} in each bag", a * b, f"{a} * {b} = {a * b}."
+    if kind.endswith("add"):
+        c = rng.randint(2, 9)
+        answer, then, step = total + c, f"gets {c} more", f"{total} + {c} = {total + c}."
+    else:
+        c = rng.randint(1, total - 1)
+        answer, then, step = total - c, f"gives away {c}", f"{total} - {c} = {total - c}."
+    question = f"{first} and then {then}. How many {item} does {name} have now?"
+    return question, f"{start} {step}", answer
+
+
+def problem(rng: random.Random, two_step_share: float = TWO_STEP_SHARE) -> tuple[str, str, int]:
+    """One question, its gold rationale and its answer: two steps with probability
+    ``two_step_share``, else one.
 
     The rationale opens with the equation, so that a prompt ending in ``A: `` is followed
     by a number as in pre-training (a tokenizer that merges a space with the next word
     would otherwise see the trailing space alone only before digits). Numbers are small
-    so that a model pre-trained for a minute on a CPU gets some, not all, right.
+    so that a model pre-trained for a minute on a CPU learns one step well.
     """
     (name, pronoun), item = rng.choice(NAMES), rng.choice(ITEMS)
-    kind = rng.choice(["add", "sub", "mul", "two_step"])
-    if kind == "add":
-        a, b = rng.randint(2, 19), rng.randint(2, 9)
-        answer = a + b
-        question = f"{name} has {a} {item}. {pronoun} gets {b} more. How many {item} does {name} have now?"
-        steps = f"{a} + {b} = {answer}."
-    elif kind == "sub":
-        a = rng.randint(5, 20)
-        b = rng.randint(1, a - 1)
-        answer = a - b
-        question = f"{name} has {a} {item}. {pronoun} gives away {b}. How many {item} does {name} have left?"
-        steps = f"{a} - {b} = {answer}."
-    elif kind == "mul":
-        a, b = rng.randint(2, 5), rng.randint(2, 5)
-        answer = a * b
-        question = f"{name} buys {a} bags with {b} {item} in each bag. How many {item} does {name} buy?"
-        steps = f"{a} * {b} = {answer}."
-    else:
-        a, b = rng.randint(2, 12), rng.randint(2, 9)
-        c = rng.randint(1, a + b - 1)
-        answer = a + b - c
-        question = (
-            f"{name} has {a} {item}. {pronoun} gets {b} more and then gives away {c}. "
-            f"How many {item} does {name} have now?"
-        )
-        steps = f"{a} + {b} = {a + b}. {a + b} - {c} = {answer}."
-    return question, f"{steps} The answer is {answer}.", answer
+    steps = two_steps if rng.random() < two_step_share else one_step
+    question, equations, answer = steps(rng, name, pronoun, item)
+    return question, f"{equations} The answer is {answer}.", answer
 
 
-def generate_examples(seed: int, count: int, prefix: str, exclude: set[str] = frozenset()) -> list[Example]:
-    """``count`` distinct problems from the stream ``seed``, none of whose texts is in ``exclude``."""
-    rng, examples, seen = random.Random(seed), [], set(exclude)
+def generate_examples(
+    seed: int, count: int, prefix: str, exclude: set[str] = frozenset(), two_step_share: float = TWO_STEP_SHARE
+) -> list[Example]:
+    """``count`` distinct problems from the stream ``seed``, none of whose texts is in ``exclude``
+    or is an exemplar (whose answer every prompt shows)."""
+    rng, examples, seen = random.Random(seed), [], set(exclude) | {question for question, _ in EXEMPLARS}
     while len(examples) < count:
-        question, rationale, answer = problem(rng)
+        question, rationale, answer = problem(rng, two_step_share)
         if question in seen:
             continue
         seen.add(question)

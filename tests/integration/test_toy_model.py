@@ -13,7 +13,7 @@ from dsw_ray.toy import MARKER, ToyModelConfig, build_toy_model
 @pytest.mark.timeout(600)
 def test_default_toy_model_is_between_useless_and_perfect(toy_model):
     task = get_task("arith")
-    splits = task.load(None, 8, 24, 100, 0)
+    splits = task.load(None, 8, 24, 100, 0)  # the quickstart's first 100 test questions
     path = toy_model
     tokenizer, model = load_tokenizer(path, padding_side="left"), load_model(path, device="cpu")
     correct = 0
@@ -27,7 +27,7 @@ def test_default_toy_model_is_between_useless_and_perfect(toy_model):
             )
         texts = tokenizer.batch_decode(output[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
         correct += sum(task.is_correct(task.parse_answer(t.split(STOP)[0]), e.gold) for t, e in zip(texts, batch))
-    assert 5 <= correct <= 80, f"greedy accuracy {correct}% leaves no room to improve or nothing to improve on"
+    assert 20 <= correct <= 95, f"greedy accuracy {correct}% leaves no room to improve or nothing to improve on"
 
     # A second build with the same settings reuses the directory; other settings are refused.
     mtime = os.path.getmtime(os.path.join(path, MARKER))
@@ -35,3 +35,26 @@ def test_default_toy_model_is_between_useless_and_perfect(toy_model):
     assert os.path.getmtime(os.path.join(path, MARKER)) == mtime
     with pytest.raises(FileExistsError, match="other settings"):
         build_toy_model(path, ToyModelConfig(steps=5))
+
+
+def test_a_rebuild_gives_the_same_weights_bit_for_bit(tmp_path):
+    """Same machine, same settings: the same tokenizer and weights, whatever torch's thread
+    count was before the build (the build sets its own and restores it)."""
+    from safetensors.torch import load_file
+
+    config = ToyModelConfig(hidden_size=32, num_layers=1, num_heads=1, pretrain_examples=200, steps=20)
+    threads = torch.get_num_threads()
+    first = build_toy_model(str(tmp_path / "a"), config)
+    torch.set_num_threads(1)
+    try:
+        second = build_toy_model(str(tmp_path / "b"), config)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.get_num_threads() == threads
+    a, b = load_file(os.path.join(first, "model.safetensors")), load_file(os.path.join(second, "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with open(os.path.join(first, "tokenizer.json")) as f, open(os.path.join(second, "tokenizer.json")) as g:
+        assert f.read() == g.read()
+    other = build_toy_model(str(tmp_path / "c"), config.model_copy(update={"seed": 7}))
+    c = load_file(os.path.join(other, "model.safetensors"))
+    assert not all(torch.equal(a[k], c[k]) for k in a), "the seed reaches the weights"
