@@ -118,6 +118,16 @@ def load_splits(job):
     return get_task(t.name).load(t.data_path, t.num_questions, t.num_valid, t.num_test, t.seed)
 
 
+def build_quickstart_toy(path: str = TOY_MODEL) -> str:
+    """The quickstart's toy model at ``path``, built once with the quickstart's held-out
+    questions left out of its pre-training (so that the quickstart and this reuse one build)."""
+    from dsw_ray.tasks import get_task
+    from dsw_ray.toy import ToyModelConfig, build_toy_model
+
+    quickstart = get_task("arith").load(None, 96, 24, 100, 0)
+    return build_toy_model(path, ToyModelConfig(), {e.question for e in quickstart.test + quickstart.valid})
+
+
 def stage_seconds(run_dir: str) -> dict[str, float]:
     """Wall seconds of every stage of a run directory (``round-1/generate``), from the start and
     finish times in its manifests."""
@@ -224,14 +234,18 @@ def batched_forward_limit(model, tokens: int, length: int, threads: list[int], l
     most = max(1, min(tokens, limit_tokens) // length)
     batches = sorted({max(1, min(most, size // length)) for size in (2048, 8192, 32768)} | {most})
     generator = torch.Generator().manual_seed(0)
+    # On a GPU the call returns before the kernels finish: wait for them inside the timing.
+    finish = torch.cuda.synchronize if model.device.type == "cuda" else lambda: None
     runs = []
     with torch.inference_mode():
         for count in threads:
             with num_threads(count):
                 for batch in batches:
                     input_ids = torch.randint(3, model.config.vocab_size, (batch, length), generator=generator)
+                    input_ids = input_ids.to(model.device)
                     model(input_ids=input_ids)  # warm-up
-                    seconds = best_of(3, lambda: model(input_ids=input_ids))
+                    finish()
+                    seconds = best_of(3, lambda: (model(input_ids=input_ids), finish()))
                     runs.append({"threads": count, "batch": batch, "length": length, "tokens_per_s": batch * length / seconds})
     best = max(runs, key=lambda run: run["tokens_per_s"])
     return {**best, "runs": runs}
@@ -793,17 +807,13 @@ def run_bench(size_name: str, out: str, plot: str, model: str = TOY_MODEL, comma
     import ray
 
     from dsw_ray.pipeline import base_model, start_ray
-    from dsw_ray.tasks import get_task
-    from dsw_ray.toy import ToyModelConfig, build_toy_model
 
     size = SIZES[size_name]
     work = tempfile.mkdtemp(prefix="dsw-bench-")
     started = time.perf_counter()
     try:
         job = job_config(size, os.path.join(work, "round"), model)
-        # Built once with the quickstart's held-out questions, so both use the same model.
-        quickstart = get_task("arith").load(None, 96, 24, 100, 0)
-        build_toy_model(model, ToyModelConfig(), {e.question for e in quickstart.test + quickstart.valid})
+        build_quickstart_toy(model)
         model_path = base_model(job, load_splits(job))
         ray_started = time.perf_counter()
         start_ray(job)
