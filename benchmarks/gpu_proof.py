@@ -141,9 +141,10 @@ def padded_tokenizer(tokenizer, vocab_size: int):
     )
 
 
-def build_realistic_model(path: str, shape: dict, toy_path: str, device: str, dtype: str) -> dict:
+def build_realistic_model(path: str, shape: dict, toy_path: str, device: str, dtype: str) -> int:
     """A randomly initialised Llama of ``shape`` with the toy's tokenizer (padded to its
-    vocabulary), saved in ``dtype`` as safetensors (the stages load it from disk)."""
+    vocabulary), saved in ``dtype`` as safetensors (the stages load it from disk); returns
+    its parameter count."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -159,7 +160,7 @@ def build_realistic_model(path: str, shape: dict, toy_path: str, device: str, dt
     model.to(getattr(torch, dtype)).save_pretrained(path)
     tokenizer.save_pretrained(path)
     del model
-    return {"path": path, "parameters": parameters}
+    return parameters
 
 
 def toy_model(size: ProofSize, path: str | None, work: str) -> str:
@@ -173,13 +174,6 @@ def toy_model(size: ProofSize, path: str | None, work: str) -> str:
     return build_quickstart_toy(path or QUICKSTART_TOY)
 
 
-def model_summary(path: str, name: str) -> dict:
-    from dsw_ray import gpu_cost
-
-    with open(os.path.join(path, "config.json")) as f:
-        config = json.load(f)
-    return {"name": name, "path": path, "config": {k: config.get(k) for k in REALISTIC_1B},
-            "matmul_parameters": gpu_cost.matmul_parameters(config)}
 
 
 # ---- parts ------------------------------------------------------------------------------
@@ -194,13 +188,13 @@ class Proof:
         self.device = "cuda" if cuda else "cpu"
         self.dtype = "bfloat16" if cuda else "float32"  # what the stages run in here
         self.started = time.time()
-        self.deadline = self.started + (args.budget_s or size.budget_s)
+        self.deadline = self.started + (size.budget_s if args.budget_s is None else args.budget_s)
         examples = get_task("arith").load(None, 4, size.train_rows + size.heldout_rows + size.score_rows, 4, 17).valid
         self.train_pairs = [(e.question, e.rationale) for e in examples[: size.train_rows]]
         self.heldout = [(e.question, e.rationale) for e in examples[size.train_rows : size.train_rows + size.heldout_rows]]
         self.score_examples = examples[size.train_rows + size.heldout_rows :]
         self.questions = get_task("arith").load(None, 64, 4, 4, 23).questions
-        self.models: dict[str, dict] = {}
+        self.models: dict[str, dict] = {}  # built on first use: a run of a few parts builds only theirs
         self.results: list[dict] = []
         self.checks: list[dict] = []
         self.base_heldout: dict[str, float] = {}
@@ -208,8 +202,36 @@ class Proof:
     def check(self, part: str, name: str, passed: bool, detail: str) -> None:
         self.checks.append({"part": part, "check": name, "passed": bool(passed), "detail": detail})
 
+    def model_path(self, model: str) -> str:
+        """``toy`` or ``realistic``, built (and described in ``self.models``) on first use."""
+        import torch
+
+        from dsw_ray import gpu_cost
+
+        if model not in self.models:
+            started = time.time()
+            if model == "toy":
+                path, name, parameters = toy_model(self.size, self.args.toy, self.work), "toy (arith)", None
+            else:
+                path = os.path.join(self.work, "realistic")
+                parameters = build_realistic_model(path, self.size.realistic, self.model_path("toy"), self.device, self.dtype)
+                name = "Llama-3.2-1B layout, random" if self.size.realistic == REALISTIC_1B else "tiny Llama, random"
+            with open(os.path.join(path, "config.json")) as f:
+                config = json.load(f)
+            if parameters is None:
+                from transformers import AutoConfig, AutoModelForCausalLM
+
+                with torch.device("meta"):  # counted without weights
+                    parameters = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path)).num_parameters()
+            self.models[model] = {
+                "name": name, "path": path, "parameters": parameters, "build_s": time.time() - started,
+                "matmul_parameters": gpu_cost.matmul_parameters(config),
+                "config": {k: config.get(k) for k in REALISTIC_1B},
+            }
+        return self.models[model]["path"]
+
     def config(self, model: str) -> dict:
-        with open(os.path.join(self.models[model]["path"], "config.json")) as f:
+        with open(os.path.join(self.model_path(model), "config.json")) as f:
             return json.load(f)
 
     def run(self, name: str, part) -> None:
@@ -248,7 +270,7 @@ class Proof:
 
         import torch
 
-        path = self.models[model]["path"]
+        path = self.model_path(model)
         train = {**engine, "use_gpu": self.cuda, "epochs": epochs, "micro_batch_size": self.size.micro_batch,
                  "learning_rate": learning_rate, "lr_schedule": "constant"}
         if "lora" in engine:
@@ -276,7 +298,7 @@ class Proof:
             from dsw_ray.train import train_worker
 
             name = f"train/{model}/{engine_name}"
-            path = self.models[model]["path"]
+            path = self.model_path(model)
             if model not in self.base_heldout:
                 self.base_heldout[model] = self.heldout_loss(path)
             settings = self.training_settings(model, ENGINES[engine_name], epochs, learning_rate)
@@ -338,7 +360,7 @@ class Proof:
             stage = GenerateConfig()  # the stage's defaults: questions per call, m, temperature, budget
             max_new_tokens = self.size.max_new_tokens or stage.max_new_tokens
             generator = TransformersGenerator(
-                self.models[model]["path"], "arith", stage.samples_per_question, stage.temperature, stage.top_p,
+                self.model_path(model), "arith", stage.samples_per_question, stage.temperature, stage.top_p,
                 max_new_tokens, stage.seed, 1, dtype=self.dtype,
             )
             questions = self.questions
@@ -396,7 +418,7 @@ class Proof:
             from dsw_ray.score import CALL_BATCHES, LossModel, Scorer
             from dsw_ray.weights import ds_weights, keep_lowest
 
-            path, stage = self.models[model]["path"], ScoreConfig()
+            path, stage = self.model_path(model), ScoreConfig()
             max_length = TrainConfig().max_length
             scorer = Scorer(path, stage.batch_size, dtype=self.dtype, max_length=max_length)
             examples = self.score_examples
@@ -598,17 +620,7 @@ def main() -> int:
         "machine": machine(cuda, backend), "dtype": proof.dtype, "peak_tflops": peak,
     }
     try:
-        toy = toy_model(size, args.toy, work)
-        proof.models["toy"] = {"path": toy}
-        proof.models["realistic"] = build_realistic_model(
-            os.path.join(work, "realistic"), size.realistic, toy, proof.device, proof.dtype)
-        result["models"] = {
-            "realistic": {**model_summary(proof.models["realistic"]["path"],
-                                          "Llama-3.2-1B layout, random" if args.size == "full" else "tiny Llama, random"),
-                          "parameters": proof.models["realistic"]["parameters"]},
-            "toy": model_summary(toy, "toy (arith)"),
-        }
-        result["setup_s"] = time.time() - proof.started
+        result["models"] = proof.models
         parts = proof.parts()
         chosen = args.parts.split(",") if args.parts else list(parts)
         skipped = args.skip.split(",") if args.skip else []

@@ -20,7 +20,10 @@ prompts. It runs the real stage functions on real parquet and measures, in order
   against a plain PyTorch loop in this process on the same rows, micro batch and epochs;
 - **scaling**: generate + score stage time against the number of questions (a fitted slope
   and intercept), against m, and against the number of actors, each point on fresh pools;
-  then a cost model from these numbers.
+  then a cost model from these numbers, and a projection of a paper-sized round onto N
+  GPU nodes, on the per-GPU rates a GPU proof run measured (``--gpu-proof``, default
+  ``docs/gpu_proof.json``; ``benchmarks/gpu_proof.py`` writes it) or, without one, on
+  stated assumptions (``dsw_ray.gpu_cost``).
 
 Every rate counts real tokens: new tokens for generation, unpadded tokens for scoring.
 """
@@ -43,6 +46,7 @@ from dataclasses import asdict, dataclass
 log = logging.getLogger(__name__)
 
 TOY_MODEL = ".cache/dsw-ray/toy-arith"
+GPU_PROOF = "docs/gpu_proof.json"
 
 
 @dataclass(frozen=True)
@@ -773,6 +777,11 @@ def markdown_table(r: dict) -> str:
         f"Fit of generate + score against questions: {f(sc['fit_generate_score_vs_questions']['intercept'])} s + "
         f"{f(sc['fit_generate_score_vs_questions']['slope'])} s/question (m = {r['settings']['samples']}).",
     ]
+    if "gpu_nodes" in r["cost_model"]:
+        from dsw_ray.gpu_cost import projection_table
+
+        lines += ["", "GPU nodes: a paper-sized round (Llama-3-8B, gsm8k, m = 15, LoRA), T = F + W / (8 N r):", "",
+                  projection_table(r["cost_model"]["gpu_nodes"])]
     return "\n".join(lines)
 
 
@@ -802,10 +811,14 @@ def machine() -> dict:
     }
 
 
-def run_bench(size_name: str, out: str, plot: str, model: str = TOY_MODEL, command: str = "") -> dict:
-    """Every section in order; writes ``out`` (JSON) and ``plot`` (PNG), returns the result."""
+def run_bench(
+    size_name: str, out: str, plot: str, model: str = TOY_MODEL, command: str = "", gpu_proof: str | None = GPU_PROOF
+) -> dict:
+    """Every section in order; writes ``out`` (JSON) and ``plot`` (PNG), returns the result.
+    ``gpu_proof``: a GPU proof run's JSON, whose rates the GPU projection uses if it exists."""
     import ray
 
+    from dsw_ray.gpu_cost import gpu_projection, load_proof
     from dsw_ray.pipeline import base_model, start_ray
 
     size = SIZES[size_name]
@@ -835,6 +848,8 @@ def run_bench(size_name: str, out: str, plot: str, model: str = TOY_MODEL, comma
         log.info("bench: scaling")
         result["scaling"] = scaling(size, work, model_path, round_point(job, round_times))
         result["cost_model"] = cost_model(result)
+        proof = load_proof(gpu_proof)
+        result["cost_model"]["gpu_nodes"] = {"gpu_proof": gpu_proof if proof else None, **gpu_projection(proof)}
         result["bench_seconds"] = time.perf_counter() - started
     finally:
         if ray.is_initialized():
@@ -859,7 +874,7 @@ def main(args) -> int:
     """The ``bench`` subcommand: run, print the table, say where the files are."""
     out, plot = default_paths(args.size)
     out, plot = args.out or out, args.plot or plot
-    result = run_bench(args.size, out, plot, args.model, "dsw-ray " + " ".join(sys.argv[1:]))
+    result = run_bench(args.size, out, plot, args.model, "dsw-ray " + " ".join(sys.argv[1:]), args.gpu_proof)
     print()
     print(result["table_markdown"])
     print(f"\n{result['machine']['cpus']} CPUs, {result['machine']['platform']}; {result['bench_seconds']:.0f} s; "
