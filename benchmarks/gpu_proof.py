@@ -35,19 +35,20 @@ import platform
 import shutil
 import socket
 import sys
+import sysconfig
 import tempfile
 import time
 import traceback
 
-REALISTIC_1B = {  # Llama-3.2-1B's config.json, the fields that shape the compute
+REALISTIC_1B = {  # Llama-3.2-1B's config.json, the fields that shape the compute (RoPE's settings do not)
     "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
     "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 128256, "tie_word_embeddings": True,
-    "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "max_position_embeddings": 2048,
+    "rms_norm_eps": 1e-5, "max_position_embeddings": 2048,
 }
 REALISTIC_TINY = {
     "hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
     "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 1024, "tie_word_embeddings": True,
-    "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "max_position_embeddings": 1024,
+    "rms_norm_eps": 1e-5, "max_position_embeddings": 1024,
 }
 ENGINES = {
     "zero2": {"zero_stage": 2},
@@ -84,7 +85,7 @@ SIZES = {
     "full": ProofSize(
         realistic=REALISTIC_1B, toy=None, train_rows=512, offload_rows=128, heldout_rows=32, micro_batch=8,
         learning_rate=3e-4, lora_learning_rate=1e-3, toy_learning_rate=2e-4, toy_epochs=2, generate_calls=2,
-        max_new_tokens=None, score_rows=2048, compare_rows=256, limit_tokens=16384, budget_s=420,
+        max_new_tokens=None, score_rows=2048, compare_rows=256, limit_tokens=16384, budget_s=360,
     ),
     "tiny": ProofSize(
         realistic=REALISTIC_TINY,
@@ -506,52 +507,38 @@ def markdown_tables(result: dict) -> str:
     by_part = {}
     for c in result["checks"]:
         by_part.setdefault(c["part"], []).append(c)
-    verdict = lambda part: ("pass" if all(c["passed"] for c in by_part[part]) else "FAIL") if part in by_part else "-"  # noqa: E731
-    rows = {kind: [r for r in result["results"] if r["name"].startswith(kind + "/")] for kind in ("train", "generate", "score")}
+
+    def table(kind: str, header: list[str], cells) -> list[str]:
+        """One table: a row per part of ``kind``; ``cells`` fills the measures of a part that ran."""
+        lines = ["", "| " + " | ".join([kind, "status", *header, "checks"]) + " |", "|" + " --- |" * (len(header) + 3)]
+        for r in (r for r in result["results"] if r["name"].startswith(kind + "/")):
+            checks = by_part.get(r["name"], [])
+            verdict = ("pass" if all(c["passed"] for c in checks) else "FAIL") if checks else "-"
+            measures = cells(r) if r["status"] == "ok" else [fmt(r.get("seconds"))] + [""] * (len(header) - 1)
+            lines.append("| " + " | ".join([r["name"], r["status"], *measures, verdict]) + " |")
+        return lines
+
     lines = [
         f"{result['machine']['device_name']}, {result['dtype']}, size {result['size']}; MFU against "
         f"{fmt(result['peak_tflops']['value'])} TFLOP/s ({result['peak_tflops']['source']}).",
-        "",
-        "| train | status | part s | tokens/s | samples/s | MFU | peak memory MB | held-out loss before -> after | export - worker | checks |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        *table("train", ["part s", "tokens/s", "samples/s", "MFU", "peak memory MB", "held-out loss before -> after",
+                         "export - worker"],
+               lambda r: [fmt(r["seconds"]), fmt(r["tokens_per_s"]), fmt(r["samples_per_s"]), fmt(r["mfu"]),
+                          fmt(r["peak_memory_mb"]), f"{r['heldout_before']:.3f} -> {r['heldout_after']:.3f}",
+                          f"{r['export_heldout'] - r['heldout_after']:.1e}"]),
+        *table("generate", ["part s", "questions x m, new tokens", "candidates/s", "new tokens/s", "forward limit tokens/s",
+                            "new tokens / limit", "MFU (decode)", "first call s"],
+               lambda r: [fmt(r["seconds"]), f"{r['questions_per_call']} x {r['samples_per_question']}, {r['max_new_tokens']}",
+                          fmt(r["candidates_per_s"]), fmt(r["new_tokens_per_s"]), fmt(r["limit"]["tokens_per_s"]),
+                          fmt(r["new_tokens_vs_limit"]), f"{fmt(r['mfu'])} ({fmt(r['decode_mfu'])})",
+                          fmt(r["first_call_s"])]),
+        *table("score", ["part s", "tokens/s", "forward limit tokens/s", "fraction of limit", "MFU",
+                         "bf16 vs float32: mean rel. diff, kept-set agreement"],
+               lambda r: [fmt(r["seconds"]), fmt(r["tokens_per_s"]), fmt(r["limit"]["tokens_per_s"]),
+                          fmt(r["fraction_of_limit"]), fmt(r["mfu"]),
+                          f"{r['bf16_vs_float32']['mean_relative_difference']:.2e}, "
+                          f"{r['bf16_vs_float32']['kept_set_agreement']:.3f}"]),
     ]
-    for r in rows["train"]:
-        if r["status"] != "ok":
-            lines.append(f"| {r['name']} | {r['status']} | {fmt(r.get('seconds'))} | | | | | | | FAIL |")
-            continue
-        lines.append(
-            f"| {r['name']} | ok | {fmt(r['seconds'])} | {fmt(r['tokens_per_s'])} | {fmt(r['samples_per_s'])} "
-            f"| {fmt(r['mfu'])} | {fmt(r['peak_memory_mb'])} | {r['heldout_before']:.3f} -> {r['heldout_after']:.3f} "
-            f"| {r['export_heldout'] - r['heldout_after']:.1e} | {verdict(r['name'])} |")
-    lines += [
-        "",
-        "| generate | status | questions x m, new tokens | candidates/s | new tokens/s | forward limit tokens/s "
-        "| new tokens / limit | MFU (decode) | first call s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for r in rows["generate"]:
-        if r["status"] != "ok":
-            lines.append(f"| {r['name']} | {r['status']} | | | | | | | |")
-            continue
-        lines.append(
-            f"| {r['name']} | ok | {r['questions_per_call']} x {r['samples_per_question']}, {r['max_new_tokens']} "
-            f"| {fmt(r['candidates_per_s'])} | {fmt(r['new_tokens_per_s'])} | {fmt(r['limit']['tokens_per_s'])} "
-            f"| {fmt(r['new_tokens_vs_limit'])} | {fmt(r['mfu'])} ({fmt(r['decode_mfu'])}) | {fmt(r['first_call_s'])} |")
-    lines += [
-        "",
-        "| score | status | tokens/s | forward limit tokens/s | fraction of limit | MFU "
-        "| bf16 vs float32: mean rel. diff, kept-set agreement | checks |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for r in rows["score"]:
-        if r["status"] != "ok":
-            lines.append(f"| {r['name']} | {r['status']} | | | | | | FAIL |")
-            continue
-        c = r["bf16_vs_float32"]
-        lines.append(
-            f"| {r['name']} | ok | {fmt(r['tokens_per_s'])} | {fmt(r['limit']['tokens_per_s'])} "
-            f"| {fmt(r['fraction_of_limit'])} | {fmt(r['mfu'])} | {c['mean_relative_difference']:.2e}, "
-            f"{c['kept_set_agreement']:.3f} | {verdict(r['name'])} |")
     failed = [c for c in result["checks"] if not c["passed"]]
     lines += ["", f"{len(result['checks']) - len(failed)} of {len(result['checks'])} checks passed"
               + (":" if failed else ".")]
@@ -574,7 +561,9 @@ def machine(cuda: bool, backend: str) -> dict:
         "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
         "transformers": transformers.__version__, "deepspeed": deepspeed.__version__,
         "dsw_ray": os.path.dirname(dsw_ray.__file__),
+        # What compiling DeepSpeed's CPU Adam (optimizer offload) needs on first use.
         "compiler": shutil.which("c++") or shutil.which("g++"), "ninja": shutil.which("ninja"),
+        "python_headers": os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")),
     }
 
 

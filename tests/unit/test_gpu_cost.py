@@ -136,10 +136,10 @@ def test_kit_tables_show_every_part_and_list_failed_checks():
              "samples_per_s": 20.0, "mfu": None, "peak_memory_mb": 600.0, "heldout_before": 6.9, "heldout_after": 5.5,
              "export_heldout": 5.5},
             {"name": "train/realistic/zero3", "status": "error", "seconds": 1.0, "error": "Traceback ..."},
-            {"name": "generate/toy", "status": "ok", "questions_per_call": 8, "samples_per_question": 4,
+            {"name": "generate/toy", "status": "ok", "seconds": 2.0, "questions_per_call": 8, "samples_per_question": 4,
              "max_new_tokens": 8, "candidates_per_s": 30.0, "new_tokens_per_s": 240.0, "limit": {"tokens_per_s": 9000.0},
              "new_tokens_vs_limit": 0.027, "mfu": None, "decode_mfu": None, "first_call_s": 0.3},
-            {"name": "score/toy", "status": "ok", "tokens_per_s": 30000.0, "limit": {"tokens_per_s": 90000.0},
+            {"name": "score/toy", "status": "ok", "seconds": 1.5, "tokens_per_s": 30000.0, "limit": {"tokens_per_s": 90000.0},
              "fraction_of_limit": 0.33, "mfu": None,
              "bf16_vs_float32": {"mean_relative_difference": 0.004, "kept_set_agreement": 0.96}},
         ],
@@ -151,8 +151,9 @@ def test_kit_tables_show_every_part_and_list_failed_checks():
     }
     table = kit.markdown_tables(result)
     assert "| train/realistic/zero2 | ok | 3 | 1,234 | 20 | - | 600 | 6.900 -> 5.500 | 0.0e+00 | pass |" in table
-    assert "| train/realistic/zero3 | error |" in table and "| generate/toy | ok | 8 x 4, 8 |" in table
-    assert "4.00e-03, 0.960 | pass |" in table
+    assert "| train/realistic/zero3 | error | 1 |" in table and "| generate/toy | ok | 2 | 8 x 4, 8 | 30 |" in table
+    assert "| score/toy | ok | 1.5 | 30,000 | 90,000 | 0.33 | - | 4.00e-03, 0.960 | pass |" in table
+    assert "| train | status | part s |" in table and "| generate | status |" in table
     assert "2 of 3 checks passed:" in table and "- FAIL train/realistic/zero3: ran (RuntimeError: boom)" in table
 
 
