@@ -317,6 +317,11 @@ class Proof:
                     final["history"] = [h["loss"] for h in json.load(f)["history"]]
                 final["export_heldout"] = self.heldout_loss(out_dir)
 
+            if self.cuda:  # the worker's peak, not the model build's or the base loss's
+                import torch
+
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
             started = time.time()
             train_worker(settings, table, report)
             wall = time.time() - started
