@@ -20,7 +20,10 @@ prompts. It runs the real stage functions on real parquet and measures, in order
   against a plain PyTorch loop in this process on the same rows, micro batch and epochs;
 - **scaling**: generate + score stage time against the number of questions (a fitted slope
   and intercept), against m, and against the number of actors, each point on fresh pools;
-  then a cost model from these numbers.
+  then a cost model from these numbers, and a projection of a paper-sized round onto N
+  GPU nodes, on the per-GPU rates a GPU proof run measured (``--gpu-proof``, default
+  ``docs/gpu_proof.json``; ``benchmarks/gpu_proof.py`` writes it) or, without one, on
+  stated assumptions (``dsw_ray.gpu_cost``).
 
 Every rate counts real tokens: new tokens for generation, unpadded tokens for scoring.
 """
@@ -43,6 +46,7 @@ from dataclasses import asdict, dataclass
 log = logging.getLogger(__name__)
 
 TOY_MODEL = ".cache/dsw-ray/toy-arith"
+GPU_PROOF = "docs/gpu_proof.json"
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,16 @@ def load_splits(job):
 
     t = job.task
     return get_task(t.name).load(t.data_path, t.num_questions, t.num_valid, t.num_test, t.seed)
+
+
+def build_quickstart_toy(path: str = TOY_MODEL) -> str:
+    """The quickstart's toy model at ``path``, built once with the quickstart's held-out
+    questions left out of its pre-training (so that the quickstart and this reuse one build)."""
+    from dsw_ray.tasks import get_task
+    from dsw_ray.toy import ToyModelConfig, build_toy_model
+
+    quickstart = get_task("arith").load(None, 96, 24, 100, 0)
+    return build_toy_model(path, ToyModelConfig(), {e.question for e in quickstart.test + quickstart.valid})
 
 
 def stage_seconds(run_dir: str) -> dict[str, float]:
@@ -224,14 +238,18 @@ def batched_forward_limit(model, tokens: int, length: int, threads: list[int], l
     most = max(1, min(tokens, limit_tokens) // length)
     batches = sorted({max(1, min(most, size // length)) for size in (2048, 8192, 32768)} | {most})
     generator = torch.Generator().manual_seed(0)
+    # On a GPU the call returns before the kernels finish: wait for them inside the timing.
+    finish = torch.cuda.synchronize if model.device.type == "cuda" else lambda: None
     runs = []
     with torch.inference_mode():
         for count in threads:
             with num_threads(count):
                 for batch in batches:
                     input_ids = torch.randint(3, model.config.vocab_size, (batch, length), generator=generator)
+                    input_ids = input_ids.to(model.device)
                     model(input_ids=input_ids)  # warm-up
-                    seconds = best_of(3, lambda: model(input_ids=input_ids))
+                    finish()
+                    seconds = best_of(3, lambda: (model(input_ids=input_ids), finish()))
                     runs.append({"threads": count, "batch": batch, "length": length, "tokens_per_s": batch * length / seconds})
     best = max(runs, key=lambda run: run["tokens_per_s"])
     return {**best, "runs": runs}
@@ -759,6 +777,11 @@ def markdown_table(r: dict) -> str:
         f"Fit of generate + score against questions: {f(sc['fit_generate_score_vs_questions']['intercept'])} s + "
         f"{f(sc['fit_generate_score_vs_questions']['slope'])} s/question (m = {r['settings']['samples']}).",
     ]
+    if "gpu_nodes" in r["cost_model"]:
+        from dsw_ray.gpu_cost import projection_table
+
+        lines += ["", "GPU nodes: a paper-sized round (Llama-3-8B, gsm8k, m = 15, LoRA), T = F + W / (8 N r):", "",
+                  projection_table(r["cost_model"]["gpu_nodes"])]
     return "\n".join(lines)
 
 
@@ -788,22 +811,22 @@ def machine() -> dict:
     }
 
 
-def run_bench(size_name: str, out: str, plot: str, model: str = TOY_MODEL, command: str = "") -> dict:
-    """Every section in order; writes ``out`` (JSON) and ``plot`` (PNG), returns the result."""
+def run_bench(
+    size_name: str, out: str, plot: str, model: str = TOY_MODEL, command: str = "", gpu_proof: str | None = GPU_PROOF
+) -> dict:
+    """Every section in order; writes ``out`` (JSON) and ``plot`` (PNG), returns the result.
+    ``gpu_proof``: a GPU proof run's JSON, whose rates the GPU projection uses if it exists."""
     import ray
 
+    from dsw_ray.gpu_cost import gpu_projection, load_proof
     from dsw_ray.pipeline import base_model, start_ray
-    from dsw_ray.tasks import get_task
-    from dsw_ray.toy import ToyModelConfig, build_toy_model
 
     size = SIZES[size_name]
     work = tempfile.mkdtemp(prefix="dsw-bench-")
     started = time.perf_counter()
     try:
         job = job_config(size, os.path.join(work, "round"), model)
-        # Built once with the quickstart's held-out questions, so both use the same model.
-        quickstart = get_task("arith").load(None, 96, 24, 100, 0)
-        build_toy_model(model, ToyModelConfig(), {e.question for e in quickstart.test + quickstart.valid})
+        build_quickstart_toy(model)
         model_path = base_model(job, load_splits(job))
         ray_started = time.perf_counter()
         start_ray(job)
@@ -825,6 +848,8 @@ def run_bench(size_name: str, out: str, plot: str, model: str = TOY_MODEL, comma
         log.info("bench: scaling")
         result["scaling"] = scaling(size, work, model_path, round_point(job, round_times))
         result["cost_model"] = cost_model(result)
+        proof = load_proof(gpu_proof)
+        result["cost_model"]["gpu_nodes"] = {"gpu_proof": gpu_proof if proof else None, **gpu_projection(proof)}
         result["bench_seconds"] = time.perf_counter() - started
     finally:
         if ray.is_initialized():
@@ -849,7 +874,7 @@ def main(args) -> int:
     """The ``bench`` subcommand: run, print the table, say where the files are."""
     out, plot = default_paths(args.size)
     out, plot = args.out or out, args.plot or plot
-    result = run_bench(args.size, out, plot, args.model, "dsw-ray " + " ".join(sys.argv[1:]))
+    result = run_bench(args.size, out, plot, args.model, "dsw-ray " + " ".join(sys.argv[1:]), args.gpu_proof)
     print()
     print(result["table_markdown"])
     print(f"\n{result['machine']['cpus']} CPUs, {result['machine']['platform']}; {result['bench_seconds']:.0f} s; "

@@ -26,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--out", help="JSON results (default: docs/bench.json for full)")
     bench.add_argument("--plot", help="PNG of the scaling curves (default: docs/bench_scaling.png for full)")
     bench.add_argument("--model", default=".cache/dsw-ray/toy-arith", help="the quickstart's toy model (built if missing)")
+    bench.add_argument(
+        "--gpu-proof", default="docs/gpu_proof.json",
+        help="a GPU proof run's JSON (benchmarks/gpu_proof.py): the GPU projection uses its rates if the file exists",
+    )
     bench.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     status = commands.add_parser("status", help="each stage of a run directory: done or unfinished, rows, times")
     status.add_argument("run_dir", help="the job's run_dir, e.g. runs/quickstart")
