@@ -133,9 +133,8 @@ class Session:
 
     def __exit__(self, *exc) -> None:
         global _session
-        import ray
-
-        if ray.is_initialized():
+        ray = sys.modules.get("ray")  # not imported when the job stopped before Ray
+        if ray is not None and ray.is_initialized():
             ray.shutdown()  # now, so that Ray's last lines go to the log too
         for stream in (sys.stdout, sys.stderr):
             stream.flush()

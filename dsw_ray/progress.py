@@ -172,7 +172,7 @@ class Tracker:
                 return
             self.bar = tqdm(
                 desc=self.name, total=self.total, unit=f" {self.unit}", file=self.terminal, leave=False,
-                mininterval=POLL_SECONDS,
+                mininterval=POLL_SECONDS, smoothing=0,  # the average rate: work arrives in batches
             )  # fmt: skip
         if self.total is not None and self.bar.total != self.total:
             self.bar.total = self.total
