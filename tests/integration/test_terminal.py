@@ -16,7 +16,7 @@ import time
 import pytest
 import yaml
 
-from tests.conftest import ROOT, small_round
+from tests.conftest import ROOT, read_scalars, small_round
 
 pytestmark = pytest.mark.ray
 
@@ -148,21 +148,6 @@ def test_a_pipe_gets_plain_progress_lines_and_the_log_gets_everything_else(job_r
     assert "RayTrainWorker" in log and "DeepSpeed" in log  # what the training workers printed
     assert "round-1/none/train: done in" in log  # our lines too, for context
     assert "PreemptionWatcher" not in log, "a private Ray's fine-tune starts no preemption watcher"
-
-
-def read_scalars(path: str) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar of a TensorBoard event file (TFRecord framing, tensorboardX's protobuf)."""
-    from tensorboardX.proto import event_pb2
-
-    scalars: dict[str, list[tuple[int, float]]] = {}
-    with open(path, "rb") as f:
-        while header := f.read(12):  # length (8 bytes), its CRC (4)
-            (length,) = struct.unpack("<Q", header[:8])
-            event = event_pb2.Event.FromString(f.read(length))
-            f.read(4)  # the record's CRC
-            for value in event.summary.value:
-                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
-    return scalars
 
 
 def test_the_fine_tune_curves_are_tensorboard_event_files(job_runs):
