@@ -8,7 +8,7 @@ import logging
 import sys
 import time
 
-from dsw_ray.errors import UserError
+from dsw_ray.errors import StageFailed, UserError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,7 +20,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--from", dest="rerun_from", metavar="STAGE", help="rerun STAGE and every stage after it, even where finished"
     )
-    run.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    run.add_argument("-q", "--quiet", action="store_true", help="show warnings and the table only, no progress")
+    run.add_argument(
+        "-v", "--verbose", action="store_true",
+        help="show Ray's, DeepSpeed's and the workers' own output live (always in RUN_DIR/dsw-ray.log)",
+    )  # fmt: skip
     bench = commands.add_parser("bench", help="measure each stage beside the authors' way and the machine's limit")
     bench.add_argument("--size", choices=["tiny", "full"], default="full", help="tiny: every section on a few rows (CI)")
     bench.add_argument("--out", help="JSON results (default: docs/bench.json for full)")
@@ -34,7 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     status = commands.add_parser("status", help="each stage of a run directory: done or unfinished, rows, times")
     status.add_argument("run_dir", help="the job's run_dir, e.g. runs/quickstart")
     args = parser.parse_args(argv)
+    if args.command == "run":
+        from dsw_ray.console import Session
 
+        with Session(verbose=args.verbose, quiet=args.quiet) as session:
+            return run_job_file(args, session)
     logging.basicConfig(
         level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -44,15 +52,18 @@ def main(argv: list[str] | None = None) -> int:
         from dsw_ray.bench import main as bench
 
         return bench(args)
-    if args.command == "status":
-        from dsw_ray.report import status_text
+    from dsw_ray.report import status_text  # status
 
-        try:
-            print(status_text(args.run_dir))
-        except UserError as error:
-            print(f"dsw-ray: {error}", file=sys.stderr)
-            return 2
-        return 0
+    try:
+        print(status_text(args.run_dir))
+    except UserError as error:
+        print(f"dsw-ray: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run_job_file(args, session) -> int:
+    """``dsw-ray run``: the job, then its table, on the session's terminal streams."""
     from dsw_ray.config import load_job
 
     started = time.time()
@@ -63,12 +74,19 @@ def main(argv: list[str] | None = None) -> int:
         from dsw_ray.report import text_table
 
         summary = run_job(job)
+    except StageFailed as failure:
+        session.report_failure(failure, failure.stage)
+        return 1
     except UserError as error:
-        print(f"dsw-ray: {error}", file=sys.stderr)
+        print(f"dsw-ray: {error}", file=session.stderr)
         return 2
-    print(f"\n{summary['task']}: {summary['questions']} questions, {summary['valid']} valid, {summary['test']} test")
-    print(text_table(summary))
-    print(f"\nrun directory: {job.run_dir} (summary.json, report.md); {time.time() - started:.0f} s")
+    except Exception as error:  # outside any stage: a bug, or the machine (Ray could not start)
+        session.report_failure(error, None)
+        return 1
+    out = session.stdout
+    print(f"\n{summary['task']}: {summary['questions']} questions, {summary['valid']} valid, {summary['test']} test", file=out)
+    print(text_table(summary), file=out)
+    print(f"\nrun directory: {job.run_dir} (summary.json, report.md); {time.time() - started:.0f} s", file=out)
     return 0
 
 

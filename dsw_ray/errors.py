@@ -19,3 +19,12 @@ class BadRow(DataError):
     Loaders raise it from the code that reads one row and catch it in their loop, which
     knows the file and line: ``task.bad_rows`` then decides between a DataError naming both
     (``fail``) and a quarantined row (``skip``)."""
+
+
+class StageFailed(Exception):
+    """A stage raised something that is not a UserError (often from inside a Ray worker); the
+    cause is chained. The CLI shows the stage and the cause in one paragraph, the trace in the log."""
+
+    def __init__(self, stage: str):
+        super().__init__(f"{stage} failed")
+        self.stage = stage

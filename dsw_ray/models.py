@@ -107,13 +107,14 @@ def load_model(
     ``kind`` is "causal LM" or "sequence classifier" (a reward model)."""
     import torch
     import transformers
+    from safetensors import SafetensorError
 
     auto_class = getattr(transformers, AUTO_CLASSES[kind])
     try:
         model = auto_class.from_pretrained(
             path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code, use_safetensors=True
         )
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, SafetensorError) as error:  # a damaged or incomplete weights file among them
         raise UserError(f"cannot load {path!r} as a {kind} from safetensors: {error}") from error
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval()

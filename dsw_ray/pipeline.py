@@ -21,10 +21,12 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from dsw_ray import columns as C
-from dsw_ray import stats
+from dsw_ray import progress, stats
 from dsw_ray.config import JobConfig, TaskConfig
+from dsw_ray.console import attach_run_log
 from dsw_ray.errors import UserError
 from dsw_ray.evaluate import evaluate
+from dsw_ray.events import EVENTS, write_training_events
 from dsw_ray.filters import METHODS, answers_correct
 from dsw_ray.filters import apply as apply_filter
 from dsw_ray.generate import generate
@@ -36,7 +38,7 @@ from dsw_ray.score import rows_per_call, score_losses, weigh
 from dsw_ray.tasks import Splits, get_task
 from dsw_ray.tasks.rows import question_key
 from dsw_ray.toy import build_toy_model
-from dsw_ray.train import fine_tune
+from dsw_ray.train import LOSS_HISTORY, fine_tune
 from dsw_ray.vote import vote
 
 log = logging.getLogger(__name__)
@@ -265,8 +267,9 @@ def make_candidates(
         # loads the model once), then Lv and the DS weights in the driver from keys and losses.
         # The valid set's per-example losses are kept beside the scores.
         voted = read_dataset(stage("vote"), rows_per_call(job), job.score.actors)
-        losses = score_losses(splits.valid, voted, model_path, job)
         majority = read_table(stage("vote")).filter(pc.field(C.IS_MAJORITY))
+        progress.expect(len(splits.valid) + majority.num_rows)
+        losses = score_losses(splits.valid, voted, model_path, job)
         scored, valid, valid_loss = weigh(majority, losses, official)
         pq.write_table(valid, os.path.join(out, VALID_LOSSES))
         log.info("round %d: Lv = %.4f +- %.4f (n = %d)", round_index, valid_loss["mean"], valid_loss["stderr"], valid_loss["n"])
@@ -275,15 +278,14 @@ def make_candidates(
     scored = run_stage(stage("score"), fps["score"], score_stage, rows_in=generated["rows"], force=job.forced("score"))
     if "rm" in job.methods:
         fps["reward"] = stage_fingerprint("reward", fps["vote"], job.reward, job.train.max_length)
-        run_stage(
-            stage("reward"),
-            fps["reward"],
-            lambda out: write_dataset(
+
+        def reward_stage(out: str) -> dict:
+            progress.expect(scored["rows"])  # the reward model reads the majority candidates only
+            return write_dataset(
                 reward(read_dataset(stage("vote"), job.reward.batch_size * 4, job.reward.actors), job), out
-            ),
-            rows_in=generated["rows"],
-            force=job.forced("reward"),
-        )
+            )
+
+        run_stage(stage("reward"), fps["reward"], reward_stage, rows_in=generated["rows"], force=job.forced("reward"))
     if scored["rows"] == 0:
         log.warning(
             "round %d: no candidate has a parsable majority answer (see %s); raise generate.max_new_tokens "
@@ -389,6 +391,12 @@ def train_and_evaluate(
         ),
         rows_in=kept_rows,
         force=job.forced("train"),
+    )
+    write_training_events(
+        os.path.join(stage("train"), "model", LOSS_HISTORY),
+        os.path.join(run_dir, EVENTS, os.path.relpath(where, run_dir)),
+        job.train.gradient_accumulation_steps,
+        rewrite=not trained["skipped"],
     )
     if trained.get("resumed_from_epoch") and not trained["skipped"]:
         log.warning(
@@ -512,9 +520,12 @@ def start_ray(job: JobConfig) -> None:
             # "local" starts a private instance even when `ray start` left one running on this
             # machine. Its dashboard stays off; Ray 2.60's other ports listen on every interface,
             # guarded by its token authentication (on by default for a new local Ray).
+            # Ray Train's preemption watcher watches for drained nodes, which a private
+            # instance never has; each fine-tune it started logged a false alarm about restarts.
+            runtime_env["env_vars"] = {**QUIET_WORKERS, "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
             ray.init(address="local", num_cpus=job.ray.num_cpus, include_dashboard=False, runtime_env=runtime_env)
-    context = ray.data.DataContext.get_current()
-    context.enable_operator_progress_bars = False
+    # Ray Data's bars count blocks; the CLI shows each stage's progress in its own units.
+    ray.data.DataContext.get_current().enable_progress_bars = False
 
 
 def run_job(job: JobConfig) -> dict:
@@ -530,6 +541,7 @@ def run_job(job: JobConfig) -> dict:
     run_dir = os.path.abspath(job.run_dir)
     os.makedirs(run_dir, exist_ok=True)
     claim_run_dir(run_dir, {"task": job.task.name, "model": model_path})
+    attach_run_log(run_dir)
     start_ray(job)
     write_inputs(run_dir, splits, job)
     if splits.rejected:

@@ -40,10 +40,15 @@ def pool_map(
 ):
     """``dataset.map_batches`` through a pool of ``section.actors`` stateful actors of
     ``actor_class`` (model loaded once in ``__init__``, which takes ``threads``), sized here.
-    ``placement`` replaces the GPU request (``num_gpus``, ``ray_remote_args_fn``)."""
+    ``placement`` replaces the GPU request (``num_gpus``, ``ray_remote_args_fn``). While the CLI
+    shows a stage's progress the actors report each call's rows (``progress.counted``)."""
     import ray
     from ray.data import ActorPoolStrategy
 
+    from dsw_ray import progress
+
+    if progress.tracking_pools():
+        actor_class = progress.counted(actor_class)
     cpus = pool_cpus(section.actors, section.cpus_per_actor, ray.cluster_resources().get("CPU", 1), what)
     return dataset.map_batches(
         actor_class,

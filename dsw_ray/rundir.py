@@ -17,9 +17,13 @@ import shutil
 import time
 from typing import Callable
 
+from dsw_ray import progress
+from dsw_ray.errors import StageFailed, UserError
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+LOG_FILE = "dsw-ray.log"  # the run's log: Ray's, the libraries' and the workers' output (see console)
 
 # A stage's code version: bumped when its code changes what it writes, so that a rerun
 # recomputes it and, through the chained fingerprints, everything after it.
@@ -87,13 +91,23 @@ def run_stage(
         why = "an earlier run stopped before it finished"
     else:
         why = "not run yet"
-    log.info("%s: running (%s)", name, why)
+    stage = os.path.basename(path)
+    log.info("%s: started (%s)%s", name, why, "" if rows_in is None else f", {rows_in} {units(stage)[0]} in")
     shutil.rmtree(partial, ignore_errors=True)
     os.makedirs(partial)
     started = time.time()
-    info = produce(partial)
+    try:
+        with progress.tracking(name, stage, rows_in):
+            info = produce(partial)
+    except Exception as error:
+        import ray.exceptions
+
+        # A UserError from our driver code is the user's to fix, as it stands; anything else,
+        # and whatever a Ray worker raised, fails the stage: the CLI names it and the log.
+        if isinstance(error, UserError) and not isinstance(error, ray.exceptions.RayError):
+            raise
+        raise StageFailed(name) from error
     finished = time.time()
-    stage = os.path.basename(path)
     manifest = {
         "stage": stage,
         "version": STAGE_VERSIONS[stage],
@@ -108,9 +122,38 @@ def run_stage(
         json.dump(manifest, f, indent=1)
     shutil.rmtree(path, ignore_errors=True)
     os.rename(partial, path)
-    log.info("%s: done in %.1f s", name, manifest["seconds"])
+    log.info("%s: done in %.1f s%s", name, manifest["seconds"], outcome(manifest))
     manifest["skipped"] = False
     return manifest
+
+
+# What a stage reads and writes a row of, for its start and done lines.
+UNITS = {
+    "questions": ("questions", "questions"),
+    "test": ("questions", "questions"),
+    "generate": ("questions", "candidates"),
+    "vote": ("candidates", "candidates"),
+    "score": ("candidates", "majority candidates scored"),
+    "reward": ("candidates", "majority candidates scored"),
+    "filter": ("candidates", "kept"),
+    "train": ("samples", "optimizer steps"),
+    "evaluate": ("questions", "answers"),
+}
+
+
+def units(stage: str) -> tuple[str, str]:
+    return UNITS.get(stage, ("rows", "rows"))
+
+
+def outcome(manifest: dict) -> str:
+    """``, 12 questions in, 24 candidates out``; a fine-tune's steps and last loss."""
+    into, out = units(manifest["stage"])
+    parts = [] if manifest.get("rows_in") is None else [f"{manifest['rows_in']} {into} in"]
+    if "rows" in manifest:
+        parts.append(f"{manifest['rows']} {out} out")
+    if "optimizer_steps" in manifest:
+        parts.append(f"{manifest['optimizer_steps']} {out}, final loss {manifest['final_loss']:.4f}")
+    return "".join(f", {part}" for part in parts)
 
 
 def timestamp(seconds: float) -> str:
@@ -148,7 +191,7 @@ def claim_run_dir(run_dir: str, identity: dict) -> None:
         with open(path) as f:
             found = json.load(f)
     except FileNotFoundError:
-        if any(os.scandir(run_dir)):
+        if any(entry.name != LOG_FILE for entry in os.scandir(run_dir)):
             raise UserError(
                 f"run_dir {run_dir} is not empty and has no {RUN_FILE}: it was not written by this version of "
                 "dsw-ray (or is not a run directory). Give a new run_dir, or empty this one to start over."

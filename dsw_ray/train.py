@@ -235,6 +235,7 @@ def train_worker(
     world_size: int = 1,
     restore: str | None = None,
     identity: str = "",
+    on_step: Callable[[int, int, float], None] | None = None,
 ) -> None:
     """One worker's fine-tuning on ``rows``, its shard (a pyarrow table of ``question``, ``text``
     and optionally ``loss_weight``).
@@ -289,6 +290,8 @@ def train_worker(
             engine.backward(loss)
             engine.step()
             micro_batches_run += 1
+            if on_step is not None:
+                on_step(int(engine.global_steps), expected_steps, float(loss.item()))
             history.append(
                 {
                     "epoch": epoch,
@@ -353,13 +356,33 @@ def ray_train_loop(settings: dict) -> None:
         columns.append(C.LOSS_WEIGHT)
     rows = shard(dataset.to_table(columns=columns), rank, world)
     identity = f"{ray.get_runtime_context().get_node_id()}/{os.getpid()}"
+    on_step = step_reporter() if rank == 0 else None
     checkpoint = ray.train.get_checkpoint()  # set when Ray restarts the workers, or the run resumes
     if checkpoint is None:
-        train_worker(settings, rows, report, rank, world, identity=identity)
+        train_worker(settings, rows, report, rank, world, identity=identity, on_step=on_step)
         return
     with checkpoint.as_directory() as restore:
         log.info("rank %d: resuming from %s", rank, restore)
-        train_worker(settings, rows, report, rank, world, restore, identity)
+        train_worker(settings, rows, report, rank, world, restore, identity, on_step)
+
+
+def step_reporter(every_seconds: float = 0.5) -> Callable[[int, int, float], None] | None:
+    """Rank 0's steps and loss to the driver's progress tally (at most twice a second, and the
+    last step), or None when the driver shows no progress."""
+    from dsw_ray.progress import tally
+
+    handle = tally()
+    if handle is None:
+        return None
+    last = 0.0
+
+    def on_step(step: int, steps: int, loss: float) -> None:
+        nonlocal last
+        if time.time() - last >= every_seconds or step >= steps:
+            handle.set.remote(step=step, total=steps, loss=loss)
+            last = time.time()
+
+    return on_step
 
 
 def training_settings(job, model_path: str, threads: int, heldout=(), data: str | None = None) -> dict:

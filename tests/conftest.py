@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 
 import pytest
 
@@ -75,3 +76,18 @@ def small_round(model_path: str, run_dir, **sections) -> dict:
         "evaluate": {"max_new_tokens": 40, "batch_size": 10},
         **sections,
     }
+
+
+def read_scalars(path: str) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of a TensorBoard event file (TFRecord framing, tensorboardX's protobuf)."""
+    from tensorboardX.proto import event_pb2
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    with open(path, "rb") as f:
+        while header := f.read(12):  # length (8 bytes), its CRC (4)
+            (length,) = struct.unpack("<Q", header[:8])
+            event = event_pb2.Event.FromString(f.read(length))
+            f.read(4)  # the record's CRC
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars

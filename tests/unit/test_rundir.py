@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from dsw_ray.errors import StageFailed, UserError
 from dsw_ray.rundir import STAGE_VERSIONS, read_manifest, run_stage, stage_fingerprint, stage_states
 
 
@@ -53,10 +54,16 @@ def test_a_stage_that_failed_leaves_its_last_good_output_and_says_so_next_time(t
     def crash(out: str) -> dict:
         raise RuntimeError("killed")
 
-    with pytest.raises(RuntimeError):
+    with pytest.raises(StageFailed, match="round-1/score failed") as failed:
         run_stage(stage, "fp", crash)
+    assert isinstance(failed.value.__cause__, RuntimeError), "the cause stays chained, for the run's log"
     assert os.path.isdir(stage + ".partial") and not os.path.exists(stage)
     assert [s["state"] for s in stage_states(str(tmp_path))] == ["partial"]
+    def refuse(out: str) -> dict:
+        raise UserError("the user's to fix")
+
+    with pytest.raises(UserError, match="the user's to fix"):  # as it stands: the CLI prints it as it is
+        run_stage(stage, "fp", refuse)
     run_stage(stage, "fp", writer(1, []))
     assert "an earlier run stopped before it finished" in caplog.text
     assert [s["state"] for s in stage_states(str(tmp_path))] == ["done"]

@@ -1,0 +1,203 @@
+"""Progress of the stage running now, in its own units: a bar on a terminal, a few plain lines
+elsewhere.
+
+The work happens in Ray actors (generation, scoring and evaluation pools, training workers),
+so they report to ``Tally``, a small named actor of the driver's job, and a thread of the
+driver reads it twice a second. ``pool_map`` wraps a pool's class in ``counted`` while a
+stage is tracked; rank 0 of a fine-tune reports its optimizer steps. Without ``show`` (a
+library caller, a test calling ``run_job``) nothing is tracked and nothing reports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from typing import TextIO
+
+log = logging.getLogger(__name__)
+
+TALLY = "dsw-ray-progress"  # the named actor, in the driver's job namespace
+POLL_SECONDS = 0.5
+QUIET_SECONDS = 3.0  # a stage shorter than this shows no bar and no progress line
+LINE_EVERY_SECONDS = 60.0  # a plain line at least this often while a long stage advances
+
+# A stage's progress unit, and what its actors' output rows are (shown beside the bar).
+UNITS = {
+    "generate": ("questions", "candidates"),
+    "evaluate": ("questions", None),
+    "score": ("candidates", None),
+    "reward": ("candidates", None),
+    "train": ("steps", None),
+}
+
+_display: dict = {"terminal": None, "on": False}
+_current: Tracker | None = None
+
+
+def show(terminal: TextIO | None, on: bool = True) -> None:
+    """Track stages from now on (until ``on`` is False): bars on ``terminal`` (a tty), or plain
+    log lines when None."""
+    _display.update(terminal=terminal, on=on)
+
+
+class Tally:
+    """Counts the actors add up, and values the last report sets (a fine-tune's step and loss)."""
+
+    def __init__(self):
+        self.counts: dict = {}
+
+    def reset(self) -> None:
+        self.counts = {}
+
+    def add(self, **counts) -> None:
+        for key, value in counts.items():
+            self.counts[key] = self.counts.get(key, 0) + value
+
+    def set(self, **values) -> None:
+        self.counts.update(values)
+
+    def read(self) -> dict:
+        return self.counts
+
+
+def tally():
+    """The job's Tally, or None when no stage is tracked (looked up from any worker)."""
+    import ray
+
+    try:
+        return ray.get_actor(TALLY)
+    except ValueError:
+        return None
+
+
+def counted(actor_class):
+    """``actor_class`` reporting the rows each call reads (``done``) and writes (``out``)."""
+
+    class Counted(actor_class):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.tally = tally()
+
+        def __call__(self, batch):
+            out = super().__call__(batch)
+            if self.tally is not None:
+                self.tally.add.remote(done=len(next(iter(batch.values()))), out=len(next(iter(out.values()))))
+            return out
+
+    Counted.__name__ = Counted.__qualname__ = actor_class.__name__  # Ray Data names the operator after it
+    return Counted
+
+
+def tracking_pools() -> bool:
+    """Whether a pool built now should report (a stage with a unit is tracked)."""
+    return _current is not None
+
+
+def expect(total: int) -> None:
+    """The current stage's total, where it is not the stage's rows in (scoring reads the valid set
+    and the majority candidates only)."""
+    if _current is not None:
+        _current.total = total
+
+
+@contextlib.contextmanager
+def tracking(name: str, stage: str, total: int | None):
+    """Show the progress of stage ``stage`` (display name ``name``) while the block runs."""
+    global _current
+    if not _display["on"] or stage not in UNITS:
+        yield
+        return
+    import ray
+
+    if not ray.is_initialized():
+        yield
+        return
+    handle = tally()
+    if handle is None:
+        # num_cpus=0: it must never hold a CPU that Ray Data's tasks need.
+        handle = ray.remote(num_cpus=0)(Tally).options(name=TALLY, lifetime=None).remote()
+    ray.get(handle.reset.remote())
+    tracker = Tracker(name, *UNITS[stage], total, _display["terminal"])
+    stop = threading.Event()
+
+    def poll():
+        while not stop.wait(POLL_SECONDS):
+            try:
+                tracker.update(ray.get(handle.read.remote(), timeout=10))
+            except Exception:  # a slow or restarting actor: the next poll tries again
+                log.debug("progress poll failed", exc_info=True)
+
+    thread = threading.Thread(target=poll, name="dsw-ray-progress", daemon=True)
+    _current = tracker
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        _current = None
+        tracker.close()
+
+
+class Tracker:
+    """One stage's display: a tqdm bar on a terminal, else a line at each quarter (and at least
+    every minute), none before the stage has run ``QUIET_SECONDS``."""
+
+    def __init__(self, name: str, unit: str, out_unit: str | None, total: int | None, terminal: TextIO | None):
+        self.name, self.unit, self.out_unit, self.total = name, unit, out_unit, total
+        self.terminal, self.bar = terminal, None
+        self.started = self.last_line = time.time()
+        self.quarters_shown = 0
+
+    def update(self, counts: dict) -> None:
+        done = counts.get("step", counts.get("done", 0))
+        self.total = counts.get("total", self.total)
+        extra = {}
+        if self.out_unit and "out" in counts:
+            extra[self.out_unit] = counts["out"]
+        if "loss" in counts:
+            extra["loss"] = f"{counts['loss']:.4f}"
+        if self.terminal is not None:
+            self.draw(done, extra)
+        else:
+            self.line(done, extra)
+
+    def draw(self, done: int, extra: dict) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            if time.time() - self.started < QUIET_SECONDS:
+                return
+            self.bar = tqdm(
+                desc=self.name, total=self.total, unit=f" {self.unit}", file=self.terminal, leave=False,
+                mininterval=POLL_SECONDS, smoothing=0,  # the average rate: work arrives in batches
+            )  # fmt: skip
+        if self.total is not None and self.bar.total != self.total:
+            self.bar.total = self.total
+        self.bar.set_postfix(extra, refresh=False)
+        self.bar.update(done - self.bar.n)
+
+    def line(self, done: int, extra: dict) -> None:
+        now = time.time()
+        if now - self.started < QUIET_SECONDS or not done:
+            return
+        quarters = 4 * done // self.total if self.total else 0
+        if quarters <= self.quarters_shown and now - self.last_line < LINE_EVERY_SECONDS:
+            return
+        if quarters >= 4:  # the stage's done line says the rest
+            return
+        self.quarters_shown, self.last_line = max(quarters, self.quarters_shown), now
+        elapsed = now - self.started
+        rate = done / elapsed
+        text = f"{self.name}: {done}" + (f"/{self.total} {self.unit} ({100 * done / self.total:.0f}%)" if self.total else f" {self.unit}")
+        text += "".join(f", {value} {key}" if key != "loss" else f", loss {value}" for key, value in extra.items())
+        text += f", {rate:.2f} {self.unit}/s"
+        if self.total:
+            text += f", about {(self.total - done) / rate:.0f} s left"
+        log.info("%s", text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,189 @@
+"""What a user's terminal shows for a real job: our stage lines, progress bars and the table in
+a pseudo-terminal; plain lines through a pipe; Ray's and the libraries' output only in the run's
+log; a worker's failure as one paragraph naming the log; the fine-tune's TensorBoard curves."""
+
+import glob
+import json
+import os
+import re
+import select
+import shutil
+import struct
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, read_scalars, small_round
+
+pytestmark = pytest.mark.ray
+
+TIMEOUT = 600
+# Lines only Ray, Ray Data, Ray Train, DeepSpeed or transformers write.
+FOREIGN = (
+    "streaming_executor", "Started a local Ray", "core_worker", "(raylet)", "TrainController", "RayTrainWorker",
+    "PreemptionWatcher", "will hang", "TrainingReport", "Checkpoint", "DeepSpeed", "real_accelerator",
+    "Data sink", "Execution plan", " INFO ", " WARNING ",
+)  # fmt: skip
+
+
+def cli_env() -> dict:
+    return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a private local Ray
+
+
+def run_in_terminal(args: list[str]) -> tuple[int, str]:
+    """``python -m dsw_ray ARGS`` with a pseudo-terminal (160 x 50) as stdin, stdout and stderr,
+    as a user's shell runs it; returns the exit status and everything the terminal received."""
+    import fcntl
+    import pty
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dsw_ray", *args], cwd=ROOT, env=cli_env(), stdin=slave, stdout=slave, stderr=slave,
+        start_new_session=True,
+    )  # fmt: skip
+    os.close(slave)
+    received, deadline = bytearray(), time.time() + TIMEOUT
+    try:
+        while time.time() < deadline:
+            if select.select([master], [], [], 1)[0]:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: every holder of the terminal has closed it
+                    break
+                if not chunk:
+                    break
+                received += chunk
+            elif process.poll() is not None:
+                break
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        os.close(master)
+    return process.returncode, received.decode(errors="replace")
+
+
+def run_in_pipe(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dsw_ray", *args], cwd=ROOT, env=cli_env(), capture_output=True, text=True,
+        timeout=TIMEOUT,
+    )  # fmt: skip
+
+
+def write_job(path, model: str, run_dir) -> str:
+    """One round of the ``none`` method (it keeps every candidate, so the tiny model fine-tunes),
+    small batches so that the bars advance more than once."""
+    job = small_round(
+        model, run_dir,
+        methods=["none"],
+        generate={"samples_per_question": 2, "temperature": 0.8, "max_new_tokens": 40, "batch_size": 4},
+        evaluate={"max_new_tokens": 40, "batch_size": 4},
+        train={"epochs": 2, "micro_batch_size": 4},
+        ray={"num_cpus": 2},
+    )  # fmt: skip
+    path.write_text(yaml.safe_dump(job))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def job_runs(tiny_model, tmp_path_factory):
+    """The job in a terminal, then its evaluations again (``--from evaluate``) through a pipe."""
+    where = tmp_path_factory.mktemp("terminal")
+    job = write_job(where / "job.yaml", tiny_model, where / "run")
+    status, terminal = run_in_terminal(["run", job])
+    (where / "terminal.txt").write_text(terminal)  # what a user saw, for a failing assertion's reader
+    assert status == 0, terminal[-5000:]
+    piped = run_in_pipe(["run", job, "--from", "evaluate"])
+    assert piped.returncode == 0, piped.stderr[-5000:]
+    return {"run_dir": str(where / "run"), "terminal": terminal, "piped": piped}
+
+
+def frames(text: str, stage: str) -> list[tuple[int, int]]:
+    """The ``done/total`` of every redraw of a stage's bar."""
+    return [(int(n), int(total)) for n, total in re.findall(rf"{re.escape(stage)}:\s+\d+%\|[^|]*\| (\d+)/(\d+) ", text)]
+
+
+def test_the_terminal_shows_our_stages_bars_and_table_only(job_runs):
+    terminal = job_runs["terminal"]
+    lines = [line.strip() for line in re.split(r"[\r\n]", terminal) if line.strip()]
+    for foreign in FOREIGN:
+        assert not [line for line in lines if foreign in line], f"{foreign!r} reached the terminal:\n{terminal[-3000:]}"
+    for stage, counts in (
+        ("round-1/generate", "12 questions in, 24 candidates out"),
+        ("round-1/none/filter", "24 candidates in, 24 kept out"),
+        ("base/evaluate", "10 questions in, 10 answers out"),
+    ):
+        assert re.search(rf"\d\d:\d\d:\d\d {stage}: started \(not run yet\)", terminal)
+        assert re.search(rf"{stage}: done in [\d.]+ s, {counts}", terminal), terminal[-3000:]
+    assert re.search(r"round-1/none/train: done in [\d.]+ s, 24 samples in, 12 optimizer steps, final loss [\d.]+", terminal)
+    assert "method  round  kept" in terminal and f"run directory: {job_runs['run_dir']}" in terminal
+
+    # The bars redraw as the work advances, in each stage's own units, with rate and time left.
+    train = frames(terminal, "round-1/none/train")
+    assert {total for _, total in train} == {12} and len({n for n, _ in train}) >= 2, train
+    assert re.search(r"round-1/none/train: .*steps/s, loss=[\d.]+\]", terminal)
+    generate = frames(terminal, "round-1/generate")
+    assert {total for _, total in generate} == {12} and len({n for n, _ in generate}) >= 2, generate
+    assert re.search(r"round-1/generate: .*<[\d:?]+, +[\d.?]+ questions/s, candidates=\d+\]", terminal)
+
+
+def test_a_pipe_gets_plain_progress_lines_and_the_log_gets_everything_else(job_runs):
+    piped, run_dir = job_runs["piped"], job_runs["run_dir"]
+    output = piped.stdout + piped.stderr
+    assert "\r" not in output and "\x1b[" not in output, "no redraws, no colours"
+    assert not [line for line in output.splitlines() if any(foreign in line for foreign in FOREIGN)], output
+    assert re.search(r"base/evaluate: \d+/10 questions \(\d+%\), [\d.]+ questions/s, about \d+ s left", piped.stderr)
+    assert "round-1/generate: skipped, done already" in piped.stderr
+    assert "method  round  kept" in piped.stdout and "evaluate" not in piped.stdout
+
+    with open(os.path.join(run_dir, "dsw-ray.log")) as f:
+        log = f.read()
+    assert log.count("==== dsw-ray run") == 2, "each run appends its own section"
+    assert "Started a local Ray instance" in log and "streaming_executor" in log  # Ray's and Ray Data's
+    assert "RayTrainWorker" in log and "DeepSpeed" in log  # what the training workers printed
+    assert "round-1/none/train: done in" in log  # our lines too, for context
+    assert "PreemptionWatcher" not in log, "a private Ray's fine-tune starts no preemption watcher"
+
+
+def test_the_fine_tune_curves_are_tensorboard_event_files(job_runs):
+    run_dir = job_runs["run_dir"]
+    (events,) = glob.glob(os.path.join(run_dir, "tensorboard", "round-1", "none", "events.out.tfevents.*"))
+    scalars = read_scalars(events)
+    with open(os.path.join(run_dir, "round-1", "none", "train", "model", "loss_history.json")) as f:
+        history = json.load(f)
+    # 24 samples, micro batch size 4, accumulation 1: one optimizer step per micro batch, 6 per epoch
+    assert [step for step, _ in scalars["train/loss"]] == list(range(1, 13))
+    assert [loss for _, loss in scalars["train/loss"]] == pytest.approx([e["loss"] for e in history["history"]], rel=1e-6)
+    assert [lr for _, lr in scalars["train/learning_rate"]] == pytest.approx(
+        [e["learning_rate"] for e in history["history"]], rel=1e-6
+    )
+    assert [step for step, _ in scalars["heldout/loss"]] == [6, 12]
+    assert [loss for _, loss in scalars["heldout/loss"]] == pytest.approx(
+        [e["loss"] for e in history["heldout_history"]], rel=1e-6
+    )
+
+
+def test_a_worker_failure_is_one_paragraph_naming_the_stage_and_the_log(tiny_model, tmp_path):
+    """A model whose weights file is damaged passes the check before Ray (it reads config.json
+    only) and breaks inside the evaluation actor."""
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    weights = broken / "model.safetensors"
+    os.truncate(weights, weights.stat().st_size // 2)
+    result = run_in_pipe(["run", write_job(tmp_path / "job.yaml", str(broken), tmp_path / "run")])
+    assert result.returncode == 1, result.stderr[-3000:]
+    log = tmp_path / "run" / "dsw-ray.log"
+    message = result.stderr[result.stderr.index("dsw-ray:") :]
+    assert message.splitlines() == [
+        f"dsw-ray: base/evaluate failed: cannot load '{broken}' as a causal LM from safetensors: "
+        + message.splitlines()[0].split("from safetensors: ", 1)[1],
+        f"The full trace is in {log}",
+    ]
+    assert "deserializing header" in message and "Traceback" not in result.stderr
+    trace = log.read_text()
+    assert "Traceback" in trace and "SafetensorError" in trace and "StageFailed: base/evaluate failed" in trace

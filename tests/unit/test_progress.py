@@ -1,0 +1,30 @@
+"""Progress off a terminal: a few plain lines, not redraws."""
+
+import logging
+
+from dsw_ray import progress
+
+
+def test_off_a_terminal_a_stage_logs_a_line_per_quarter_and_none_once_done(monkeypatch, caplog):
+    monkeypatch.setattr(progress, "QUIET_SECONDS", 0.0)
+    caplog.set_level(logging.INFO, logger="dsw_ray.progress")
+    tracker = progress.Tracker("round-1/generate", "questions", "candidates", 100, terminal=None)
+    for done in (0, 10, 20, 30, 40, 45, 60, 80, 99, 100):
+        tracker.update({"done": done, "out": 8 * done})
+    lines = [record.getMessage() for record in caplog.records]
+    assert [line.split(",")[0] for line in lines] == [
+        "round-1/generate: 30/100 questions (30%)",
+        "round-1/generate: 60/100 questions (60%)",
+        "round-1/generate: 80/100 questions (80%)",
+    ]
+    assert "240 candidates" in lines[0] and "questions/s, about" in lines[0] and lines[0].endswith(" s left")
+    assert all("\r" not in line for line in lines)
+
+
+def test_a_fine_tune_reports_its_total_steps_and_loss(monkeypatch, caplog):
+    monkeypatch.setattr(progress, "QUIET_SECONDS", 0.0)
+    caplog.set_level(logging.INFO, logger="dsw_ray.progress")
+    tracker = progress.Tracker("round-1/iwsi/train", "steps", None, total=255, terminal=None)  # rows in, until told
+    tracker.update({"step": 3, "total": 12, "loss": 1.23456})
+    (line,) = [record.getMessage() for record in caplog.records]
+    assert line.startswith("round-1/iwsi/train: 3/12 steps (25%), loss 1.2346, ")
