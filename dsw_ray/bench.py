@@ -122,14 +122,21 @@ def load_splits(job):
     return get_task(t.name).load(t.data_path, t.num_questions, t.num_valid, t.num_test, t.seed)
 
 
-def build_quickstart_toy(path: str = TOY_MODEL) -> str:
-    """The quickstart's toy model at ``path``, built once with the quickstart's held-out
-    questions left out of its pre-training (so that the quickstart and this reuse one build)."""
-    from dsw_ray.tasks import get_task
-    from dsw_ray.toy import ToyModelConfig, build_toy_model
+QUICKSTART_JOB = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "jobs", "quickstart.yaml")
 
-    quickstart = get_task("arith").load(None, 96, 24, 100, 0)
-    return build_toy_model(path, ToyModelConfig(), {e.question for e in quickstart.test + quickstart.valid})
+
+def build_quickstart_toy(path: str = TOY_MODEL) -> str:
+    """The quickstart's toy model at ``path``, built as ``jobs/quickstart.yaml`` builds it (its
+    settings, its valid and test questions left out of the corpus), so that the quickstart,
+    the tests and the benchmarks reuse one build."""
+    from dsw_ray.config import load_job
+    from dsw_ray.tasks import get_task
+    from dsw_ray.toy import build_toy_model
+
+    job = load_job(QUICKSTART_JOB)
+    task = job.task
+    splits = get_task(task.name).load(None, task.num_questions, task.num_valid, task.num_test, task.seed)
+    return build_toy_model(path, job.model.toy, {e.question for e in splits.test + splits.valid})
 
 
 def stage_seconds(run_dir: str) -> dict[str, float]:

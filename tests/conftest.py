@@ -32,13 +32,9 @@ def tiny_model(tmp_path_factory) -> str:
 def toy_model() -> str:
     """The quickstart's base model (about 100 s to build): good enough to give parsable answers.
     Built where the quickstart builds it, so that either reuses the other's build."""
-    from dsw_ray import get_task, load_job
-    from dsw_ray.toy import build_toy_model
+    from dsw_ray.bench import TOY_MODEL, build_quickstart_toy
 
-    job = load_job(os.path.join(ROOT, "jobs", "quickstart.yaml"))
-    task = job.task  # the quickstart's valid and test questions stay out of the corpus, as in its run
-    splits = get_task(task.name).load(None, task.num_questions, task.num_valid, task.num_test, task.seed)
-    return build_toy_model(os.path.join(ROOT, job.model.path), job.model.toy, {e.question for e in splits.test + splits.valid})
+    return build_quickstart_toy(os.path.join(ROOT, TOY_MODEL))
 
 
 def build_reward_model(path, base_model: str, num_labels: int = 1) -> str:
