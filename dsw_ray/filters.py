@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dsw_ray import columns as C
-from dsw_ray.tasks.numeric import is_correct
+from dsw_ray.tasks.answers import is_correct
 from dsw_ray.weights import (
     importance_ratios,
     keep_lowest,

@@ -31,7 +31,7 @@ from dsw_ray.rundir import claim_run_dir, fingerprint, run_stage, stage_fingerpr
 from dsw_ray.report import write_report
 from dsw_ray.reward import reward
 from dsw_ray.score import rows_per_call, score_losses, weigh
-from dsw_ray.tasks import Splits, get_task
+from dsw_ray.tasks import Splits, Task, task_of
 from dsw_ray.tasks.rows import question_key
 from dsw_ray.toy import build_toy_model
 from dsw_ray.train import fine_tune
@@ -87,9 +87,9 @@ def examples_table(examples) -> pa.Table:
 
 # ---- stages that run in the driver -------------------------------------------------------
 
-def answer_parser(task_name: str, integer: bool):
+def answer_parser(task: Task, official: bool):
     """The task's answer parser, as the vote stage's workers call it (picklable)."""
-    return functools.partial(get_task(task_name).parse_answer, integer=integer)
+    return functools.partial(task.parse_answer, official=official)
 
 
 def accuracy(stage_dir: str) -> float:
@@ -221,7 +221,7 @@ def make_candidates(
         stage("vote"),
         fps["vote"],
         lambda out: write_dataset(
-            vote(read_dataset(stage("generate"), 1024), answer_parser(job.task.name, official)), out
+            vote(read_dataset(stage("generate"), 1024), answer_parser(task_of(job.task), official)), out
         ),
         rows_in=generated["rows"],
         force=job.forced("vote"),
@@ -459,7 +459,7 @@ def start_ray(job: JobConfig) -> None:
 
 def run_job(job: JobConfig) -> dict:
     """Run every round of the job and write ``summary.json``; returns the summary."""
-    task = get_task(job.task.name)
+    task = task_of(job.task)
     splits = task.load(
         job.task.data_path, job.task.num_questions, job.task.num_valid, job.task.num_test, job.task.seed,
         bad_rows=job.task.bad_rows,
