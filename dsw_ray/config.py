@@ -158,6 +158,13 @@ class RewardConfig(ActorPool):
     batch_size: int = Field(16, ge=1, description="Candidates per batched forward pass.")
 
 
+class RateConfig(ActorPool):
+    batch_size: int = Field(
+        8, ge=1, description="Candidates per actor call; each is eleven scored sequences (ratings 0..10), run "
+        "batch_size sequences per forward pass."
+    )
+
+
 class LoraConfig(Section):
     r: int = Field(8, ge=1, description="LoRA rank.")
     alpha: float = Field(16, gt=0, description="LoRA alpha.")
@@ -222,8 +229,8 @@ class RayConfig(Section):
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a locally started Ray (None: this machine's).")
 
 
-# The stages of a round in the order they run; reward runs only for the rm method.
-STAGES = ("generate", "vote", "score", "reward", "filter", "train", "evaluate")
+# The stages of a round in the order they run; reward runs only for the rm method, rate for self.
+STAGES = ("generate", "vote", "score", "reward", "rate", "filter", "train", "evaluate")
 Stage = Literal[STAGES]
 
 
@@ -251,6 +258,9 @@ class JobConfig(Section):
     score: ScoreConfig = ScoreConfig()
     filter: FilterConfig = FilterConfig()
     reward: RewardConfig = RewardConfig()
+    rate: RateConfig = Field(
+        RateConfig(), description="The self method's ratings: the generating model rates its majority candidates."
+    )
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     ray: RayConfig = RayConfig()
