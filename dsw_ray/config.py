@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from dsw_ray.errors import ConfigError
 from dsw_ray.filters import METHODS
-from dsw_ray.tasks import TASKS
+from dsw_ray.tasks import TASKS, custom_task
+from dsw_ray.tasks.custom import CustomTask, check_exemplars
 from dsw_ray.toy import ToyModelConfig
 
 
@@ -25,7 +26,7 @@ class Section(BaseModel):
 
 
 class TaskConfig(Section):
-    name: str = Field(description=f"Task: one of {sorted(TASKS)}.")
+    name: str = Field(description=f"Task: one of {sorted(TASKS)}, or the name of the task `custom` defines.")
     data_path: str | None = Field(
         None, description="Dataset folder or file (local path or pyarrow URI); arith generates its own."
     )
@@ -42,16 +43,31 @@ class TaskConfig(Section):
         "out and lists it, with the reason, in <run_dir>/inputs/quarantine.jsonl.",
     )
 
-    @field_validator("name")
-    @classmethod
-    def known_task(cls, name: str) -> str:
-        if name not in TASKS:
-            raise ValueError(f"unknown task {name!r}; choose one of {sorted(TASKS)}")
-        return name
+    custom: CustomTask | None = Field(
+        None,
+        description="A task defined here, with no code: task.data_path is its data file, and this section names "
+        "its fields, answer type, exemplars and split (README: Tasks from a config file).",
+    )
+
+    @model_validator(mode="after")
+    def known_task(self) -> TaskConfig:
+        if self.custom is None and self.name not in TASKS:
+            raise ValueError(f"unknown task.name {self.name!r}; choose one of {sorted(TASKS)}, or define the task in task.custom")
+        if self.custom is not None:
+            if self.name in TASKS:
+                raise ValueError(f"task.custom defines a task named {self.name!r}, a built-in task's name; name it otherwise")
+            try:
+                check_exemplars(self.custom, custom_task(self.name, self.custom).parse_answer)
+            except ValueError as error:
+                raise ValueError(f"task.custom.{error}") from None
+            test_path = self.custom.split.test_path
+            if test_path is not None and "://" not in test_path and not os.path.exists(test_path):
+                raise ValueError(f"task.custom.split.test_path {test_path!r} does not exist")
+        return self
 
     @model_validator(mode="after")
     def data_present(self) -> TaskConfig:
-        if TASKS[self.name].needs_data:
+        if self.custom is not None or TASKS[self.name].needs_data:
             if self.data_path is None:
                 raise ValueError(f"task {self.name!r} reads a dataset: set task.data_path")
             if "://" not in self.data_path and not os.path.exists(self.data_path):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
 from dsw_ray.errors import ConfigError
-from dsw_ray.tasks import anli, answers, arith, choice, gsm8k, numeric, openbookqa, strategyqa, svamp
+from dsw_ray.tasks import anli, answers, arith, choice, custom, gsm8k, numeric, openbookqa, strategyqa, svamp
 from dsw_ray.tasks.numeric import Example, Splits
 
 
@@ -41,24 +42,28 @@ class Task:
         return answers.is_correct(predicted, gold, official)
 
 
-def choice_task(name: str, module, letters: str, load=None) -> Task:
-    return Task(name, module.EXEMPLARS, load or module.load, needs_data=True, answer_type="choice", letters=letters)
+def custom_task(name: str, spec: custom.CustomTask, load=None) -> Task:
+    """A task a ``custom`` section defines; ``load`` replaces reading ``task.data_path`` as its one data file."""
+    load = load or functools.partial(custom.load_spec, spec)
+    return Task(name, spec.exemplar_pairs(), load, needs_data=True, answer_type=spec.answer_type, letters=spec.letters)
 
 
 TASKS = {
     "arith": Task("arith", arith.EXEMPLARS, arith.load, needs_data=False),
     "gsm8k": Task("gsm8k", gsm8k.EXEMPLARS, gsm8k.load, needs_data=True),
     "svamp": Task("svamp", svamp.EXEMPLARS, svamp.load, needs_data=True),
-    "openbookqa": choice_task("openbookqa", openbookqa, openbookqa.LETTERS),
-    "strategyqa": choice_task("strategyqa", strategyqa, "AB"),
-    "anli_a1": choice_task("anli_a1", anli, "ABC"),
-    "anli_a2": choice_task("anli_a2", anli, "ABC"),
+    "openbookqa": Task(
+        "openbookqa", openbookqa.EXEMPLARS, openbookqa.load, needs_data=True, answer_type="choice", letters=openbookqa.LETTERS
+    ),
+    "strategyqa": custom_task("strategyqa", strategyqa.SPEC, strategyqa.load),
+    "anli_a1": custom_task("anli_a1", anli.SPEC, anli.load),
+    "anli_a2": custom_task("anli_a2", anli.SPEC, anli.load),
 }
 
 
 def task_of(config) -> Task:
-    """The task a job's ``task`` section names."""
-    return get_task(config.name)
+    """The task a job's ``task`` section names, or defines (``task.custom``)."""
+    return get_task(config.name) if config.custom is None else custom_task(config.name, config.custom)
 
 
 def get_task(name: str) -> Task:

@@ -154,12 +154,12 @@ def test_strategyqa_and_anli_bad_rows_and_skip(tmp_path, shared_data):
     train[2]["answer"] = "yes"
     train[39]["facts"] = ""  # the last row: in the valid set, which needs facts
     folder = write(tmp_path / "sqa", {"train.jsonl": train, "test.jsonl": test + ["{oops"]})
-    with pytest.raises(DataError, match=r"train.jsonl, line 3: 'answer' is 'yes', not one of \['False', 'True'\]"):
+    with pytest.raises(DataError, match=r"train.jsonl, line 3: 'answer' is 'yes', not one of \['false', 'true'\]\. Correct"):
         get_task("strategyqa").load(folder, None, None, None, 0)
     split = get_task("strategyqa").load(folder, None, None, None, 0, bad_rows="skip")
     assert [(os.path.basename(r.file), r.line, r.reason.split(";")[0]) for r in split.rejected] == [
-        ("train.jsonl", 3, "'answer' is 'yes', not one of ['False', 'True']"),
-        ("train.jsonl", 40, "the row falls in the valid set, whose rationale is written from 'facts', and has none"),
+        ("train.jsonl", 3, "'answer' is 'yes', not one of ['false', 'true']."),
+        ("train.jsonl", 40, "the row falls in the valid set, whose rationale is written from '{facts} So the answer is {choice}.': 'facts' (a template field) is empty."),
         ("test.jsonl", 4, "not valid JSON (Expecting property name enclosed in double quotes at column 2)"),
     ]
     # A skipped row keeps its place: the valid set is still the last row (of 40), now empty of it.
