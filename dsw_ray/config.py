@@ -334,9 +334,10 @@ def apply_override(data: dict, override: str, source: str) -> None:
         raise ConfigError(f"override {override!r}: the value is not valid YAML ({error}).") from error
 
 
-def known_fields(loc: tuple) -> list[str]:
-    """The field names allowed where ``loc`` points (for suggesting a misspelt key's right name)."""
-    model = JobConfig
+def known_fields(loc: tuple, model: type[BaseModel] | None = None) -> list[str]:
+    """The field names allowed where ``loc`` points in ``model`` (default: the job config), for
+    suggesting a misspelt key's right name."""
+    model = model or JobConfig
     for part in loc[:-1]:
         field = model.model_fields.get(str(part))
         annotation = getattr(field, "annotation", None)
@@ -347,17 +348,17 @@ def known_fields(loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
-def format_validation_error(error: ValidationError, source: str) -> str:
+def format_validation_error(error: ValidationError, source: str, what: str = "job config", model=None) -> str:
     """One paragraph: each wrong field with what is wrong, and the right name of a misspelt key."""
     problems = []
     for item in error.errors():
         field = ".".join(str(part) for part in item["loc"]) or "(top level)"
         problem = f"{field}: {item['msg']}"
         if item["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(str(item["loc"][-1]), known_fields(item["loc"]), n=1)
+            close = difflib.get_close_matches(str(item["loc"][-1]), known_fields(item["loc"], model), n=1)
             problem += f" (did you mean {close[0]}?)" if close else " (not a field of this section)"
         problems.append(problem)
-    return f"{source}: the job config is not valid: " + "; ".join(problems) + "."
+    return f"{source}: the {what} is not valid: " + "; ".join(problems) + "."
 
 
 def load_job(path: str, overrides: list[str] = ()) -> JobConfig:

@@ -50,7 +50,7 @@ def load_suite(path: str, overrides: list[str] = (), per_job=None) -> tuple[Suit
     try:
         suite = SuiteConfig.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(format_validation_error(error, path).replace("job config", "suite")) from None
+        raise ConfigError(format_validation_error(error, path, "suite", SuiteConfig)) from None
     methods = "methods=[" + ", ".join(suite.methods) + "]"
     jobs = {}
     for title, job_path in suite.jobs.items():
