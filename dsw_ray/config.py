@@ -361,17 +361,24 @@ def format_validation_error(error: ValidationError, source: str, what: str = "jo
     return f"{source}: the {what} is not valid: " + "; ".join(problems) + "."
 
 
-def load_job(path: str, overrides: list[str] = ()) -> JobConfig:
-    """Read a job YAML, apply overrides, validate. Every problem is a ConfigError naming the file."""
+def read_mapping(path: str, what: str = "job") -> dict:
+    """A YAML file of sections (a job or a suite); a missing or malformed one is a ConfigError."""
     try:
         with open(path) as f:
             data = yaml.safe_load(f) or {}
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such job file.") from None
+        raise ConfigError(f"{path}: no such {what} file.") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML ({error}).") from error
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a job file is a YAML mapping of sections (task, model, ...).")
+        example = "task, model, ..." if what == "job" else "methods, jobs, ..."
+        raise ConfigError(f"{path}: a {what} file is a YAML mapping of sections ({example}).")
+    return data
+
+
+def load_job(path: str, overrides: list[str] = ()) -> JobConfig:
+    """Read a job YAML, apply overrides, validate. Every problem is a ConfigError naming the file."""
+    data = read_mapping(path)
     for override in overrides:
         apply_override(data, override, path)
     try:

@@ -20,10 +20,9 @@ import json
 import math
 import os
 
-import yaml
 from pydantic import Field, ValidationError
 
-from dsw_ray.config import JobConfig, Section, format_validation_error, load_job
+from dsw_ray.config import JobConfig, Section, format_validation_error, load_job, read_mapping
 from dsw_ray.errors import ConfigError
 from dsw_ray.filters import METHODS
 
@@ -41,14 +40,7 @@ def load_suite(path: str, overrides: list[str] = (), per_job=None) -> tuple[Suit
     """The suite and every job it runs, validated; a mistake is a ConfigError naming its file.
     ``per_job(job_path)`` may add overrides for one job (the tests: its data elsewhere)."""
     try:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such suite file.") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({error}).") from error
-    try:
-        suite = SuiteConfig.model_validate(data)
+        suite = SuiteConfig.model_validate(read_mapping(path, "suite"))
     except ValidationError as error:
         raise ConfigError(format_validation_error(error, path, "suite", SuiteConfig)) from None
     methods = "methods=[" + ", ".join(suite.methods) + "]"
