@@ -124,10 +124,12 @@ def read_examples(
     bad: BadRows,
     row: str,
     unique_questions: bool = True,
+    layout: str | None = None,
 ) -> list[Example | None]:
     """One entry per record of the file at ``path``: the example ``read_row`` makes of it, or
     None where ``bad`` left the row out (so rows keep their places in a split). A question
-    id may appear once per file, and so may a question unless ``unique_questions`` is off."""
+    id may appear once per file, and so may a question unless ``unique_questions`` is off.
+    ``layout`` says what the file should hold (default: rows, each ``row``)."""
     examples, ids, questions = [], {}, {}
     for record in records:
         try:
@@ -142,5 +144,5 @@ def read_examples(
         except BadRow as error:
             bad.reject(path, record.line, record.where, error, record.raw)
             examples.append(None)
-    bad.require_rows(path, len(present(examples)), f"rows, each {row}")
+    bad.require_rows(path, len(present(examples)), layout or f"rows, each {row}")
     return examples

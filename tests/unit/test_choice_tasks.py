@@ -9,11 +9,13 @@ import os
 
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dsw_ray import columns as C
 from dsw_ray.errors import DataError
 from dsw_ray.filters import answer_entropy, answers_correct
-from dsw_ray.tasks import get_task
+from dsw_ray.tasks import answers, get_task
 from dsw_ray.vote import verdicts
 
 FOLDERS = {
@@ -172,3 +174,18 @@ def test_strategyqa_and_anli_bad_rows_and_skip(tmp_path, shared_data):
         get_task("anli_a1").load(folder, None, None, None, 0)
     with pytest.raises(DataError, match=r"task.data_path for anli_a1 and anli_a2 is a round's folder"):
         get_task("anli_a1").load(str(tmp_path), None, None, None, 0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.text(max_size=60) | st.builds(lambda a, b: f"{a}The answer is {b}", st.text(max_size=20), st.text(max_size=20)),
+    gold=st.text(max_size=12) | st.integers() | st.floats() | st.booleans(),
+    official=st.booleans(),
+)
+def test_fuzz_choice_and_text_parsers_and_the_grader(text, gold, official):
+    letter = get_task("openbookqa").parse_answer(text, official)
+    assert letter is None or letter in "ABCD"
+    answer = answers.parse_text(text, official)
+    assert answer is None or answers.fold(answer) == answer
+    for predicted in (letter, answer, text[:12]):
+        assert isinstance(answers.is_correct(predicted, gold, official), bool)
