@@ -39,6 +39,7 @@ from dsw_ray.tasks.records import FORMATS, Record, read_examples, read_records
 from dsw_ray.tasks.rows import BadRows, json_type, present
 
 PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
+NEW_SENTENCE = re.compile(r"\s+[A-Z]")
 
 
 class Spec(BaseModel):
@@ -171,8 +172,18 @@ def text_at(row: dict, path: str, what: str) -> str:
     return text
 
 
-def fill(template: str, row: dict, extra: dict[str, str]) -> str:
-    return PLACEHOLDER.sub(lambda m: extra[m.group(1)] if m.group(1) in extra else text_at(row, m.group(1), "a template field"), template)
+def fill(template: str, row: dict, extra: dict[str, str], sentences: bool = False) -> str:
+    """The template with its placeholders filled; with ``sentences``, a value that a new
+    sentence follows ("{facts} So ...") ends in a period if it has no final punctuation."""
+
+    def value(match: re.Match) -> str:
+        name = match.group(1)
+        text = extra[name] if name in extra else text_at(row, name, "a template field")
+        if sentences and text[-1] not in ".!?" and NEW_SENTENCE.match(template, match.end()):
+            text += "."
+        return text
+
+    return PLACEHOLDER.sub(value, template)
 
 
 def row_choices(spec: CustomTask, row: dict) -> list[str]:
@@ -243,7 +254,7 @@ def rationale_of(spec: CustomTask, row: dict, choices: list[str], gold: str) -> 
     if spec.rationale_template is not None:
         gold_text = choices[spec.letters.index(gold)] if choices else gold
         try:
-            rationale = fill(spec.rationale_template, row, {"choice": gold_text, "answer": gold})
+            rationale = fill(spec.rationale_template, row, {"choice": gold_text, "answer": gold}, sentences=True)
         except BadRow as error:
             raise BadRow(f"the row falls in the valid set, whose rationale is written from {spec.rationale_template!r}: {error}") from None
     else:

@@ -50,6 +50,9 @@ def test_splits_have_the_papers_sizes_and_every_gold_parses_back(splits, name):
     for example in split.valid:  # every valid row has a rationale that ends in its own answer
         assert example.rationale.endswith(f"The answer is ({example.gold}).")
         assert task.parse_answer(example.rationale) == task.parse_answer(example.rationale, True) == example.gold
+        if name != "openbookqa":  # facts or reason, a sentence, then the exemplars' closing
+            facts, _, rest = example.rationale.partition(" So the answer is ")
+            assert facts[-1] in ".!?" and rest.endswith(f". The answer is ({example.gold}).")
 
 
 def test_real_prompts_in_the_papers_format(splits, shared_data):
