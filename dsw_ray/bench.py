@@ -284,7 +284,7 @@ def generate_section(job, run_dir: str, stage_seconds: float, model_path: str, s
     # does once it is up (the stage minus start-up and Ray Data).
     questions = pq.read_table(os.path.join(run_dir, "inputs", "questions", "data"))
     generator = TransformersGenerator(
-        model_path, job.task.name, job.generate.samples_per_question, job.generate.temperature, job.generate.top_p,
+        model_path, get_task(job.task.name), job.generate.samples_per_question, job.generate.temperature, job.generate.top_p,
         job.generate.max_new_tokens, job.generate.seed, 1, threads=threads,
     )
     loop_tokens, started = 0, time.perf_counter()
@@ -581,6 +581,7 @@ def candidates_point(size: BenchSize, work: str, name: str, model_path: str, **o
     from dsw_ray import pipeline
     from dsw_ray.generate import generate
     from dsw_ray.score import rows_per_call, score_losses, weigh
+    from dsw_ray.tasks import get_task
     from dsw_ray.vote import vote
 
     run_dir = os.path.join(work, name)
@@ -597,7 +598,7 @@ def candidates_point(size: BenchSize, work: str, name: str, model_path: str, **o
 
     started = time.perf_counter()
     candidates = pipeline.read_dataset(stage("generate"), 1024)
-    voted = pipeline.write_dataset(vote(candidates, pipeline.answer_parser(job.task.name, False)), stage("vote"))
+    voted = pipeline.write_dataset(vote(candidates, pipeline.answer_parser(get_task(job.task.name), False)), stage("vote"))
     times["round-1/vote"] = time.perf_counter() - started
 
     # As the score stage runs: one pool pass, then the weights in this process.

@@ -1,5 +1,6 @@
 """``dsw-ray run JOB.yaml [key=value ...] [--from STAGE]``: run a job and print its accuracy table;
-``dsw-ray status RUN_DIR``: where a run stands."""
+``dsw-ray table SUITE.yaml [key=value ...]``: run several jobs (one per dataset) and print one
+accuracy table across them; ``dsw-ray status RUN_DIR``: where a run stands."""
 
 from __future__ import annotations
 
@@ -35,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
         help="a GPU proof run's JSON (benchmarks/gpu_proof.py): the GPU projection uses its rates if the file exists",
     )
     bench.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    table = commands.add_parser("table", help="run every job of a suite file and print one table across datasets")
+    table.add_argument("suite", help="suite YAML file, e.g. jobs/table1.yaml")
+    table.add_argument("overrides", nargs="*", help="key=value settings for every job, e.g. generate.actors=4")
+    table.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     status = commands.add_parser("status", help="each stage of a run directory: done or unfinished, rows, times")
     status.add_argument("run_dir", help="the job's run_dir, e.g. runs/quickstart")
     args = parser.parse_args(argv)
@@ -52,6 +57,15 @@ def main(argv: list[str] | None = None) -> int:
         from dsw_ray.bench import main as bench
 
         return bench(args)
+    if args.command == "table":
+        from dsw_ray.suite import run_suite
+
+        try:
+            print(run_suite(args.suite, args.overrides))
+        except UserError as error:
+            print(f"dsw-ray: {error}", file=sys.stderr)
+            return 2
+        return 0
     from dsw_ray.report import status_text  # status
 
     try:

@@ -20,6 +20,7 @@ LOSS = "loss"
 VALID_LOSS_MEAN = "valid_loss_mean"
 DS_WEIGHT = "ds_weight"
 REWARD = "reward"  # a reward model's score of the candidate (the rm method)
+RATING = "rating"  # the generating model's own 0-10 rating of the candidate (the self method)
 LOSS_WEIGHT = "loss_weight"  # the factor on a kept sample's training loss (1 unless a method weights)
 CORRECT = "correct"
 

@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from dsw_ray.errors import ConfigError
 from dsw_ray.filters import METHODS
-from dsw_ray.tasks import TASKS
+from dsw_ray.tasks import TASKS, custom_task
+from dsw_ray.tasks.custom import CustomTask, check_exemplars
 from dsw_ray.toy import ToyModelConfig
 
 
@@ -25,7 +26,7 @@ class Section(BaseModel):
 
 
 class TaskConfig(Section):
-    name: str = Field(description=f"Task: one of {sorted(TASKS)}.")
+    name: str = Field(description=f"Task: one of {sorted(TASKS)}, or the name of the task `custom` defines.")
     data_path: str | None = Field(
         None, description="Dataset folder or file (local path or pyarrow URI); arith generates its own."
     )
@@ -42,16 +43,31 @@ class TaskConfig(Section):
         "out and lists it, with the reason, in <run_dir>/inputs/quarantine.jsonl.",
     )
 
-    @field_validator("name")
-    @classmethod
-    def known_task(cls, name: str) -> str:
-        if name not in TASKS:
-            raise ValueError(f"unknown task {name!r}; choose one of {sorted(TASKS)}")
-        return name
+    custom: CustomTask | None = Field(
+        None,
+        description="A task defined here, with no code: task.data_path is its data file, and this section names "
+        "its fields, answer type, exemplars and split (README: Tasks from a config file).",
+    )
+
+    @model_validator(mode="after")
+    def known_task(self) -> TaskConfig:
+        if self.custom is None and self.name not in TASKS:
+            raise ValueError(f"unknown task.name {self.name!r}; choose one of {sorted(TASKS)}, or define the task in task.custom")
+        if self.custom is not None:
+            if self.name in TASKS:
+                raise ValueError(f"task.custom defines a task named {self.name!r}, a built-in task's name; name it otherwise")
+            try:
+                check_exemplars(self.custom, custom_task(self.name, self.custom).parse_answer)
+            except ValueError as error:
+                raise ValueError(f"task.custom.{error}") from None
+            test_path = self.custom.split.test_path
+            if test_path is not None and "://" not in test_path and not os.path.exists(test_path):
+                raise ValueError(f"task.custom.split.test_path {test_path!r} does not exist")
+        return self
 
     @model_validator(mode="after")
     def data_present(self) -> TaskConfig:
-        if TASKS[self.name].needs_data:
+        if self.custom is not None or TASKS[self.name].needs_data:
             if self.data_path is None:
                 raise ValueError(f"task {self.name!r} reads a dataset: set task.data_path")
             if "://" not in self.data_path and not os.path.exists(self.data_path):
@@ -158,6 +174,13 @@ class RewardConfig(ActorPool):
     batch_size: int = Field(16, ge=1, description="Candidates per batched forward pass.")
 
 
+class RateConfig(ActorPool):
+    batch_size: int = Field(
+        8, ge=1, description="Candidates per actor call; each is eleven scored sequences (ratings 0..10), run "
+        "batch_size sequences per forward pass."
+    )
+
+
 class LoraConfig(Section):
     r: int = Field(8, ge=1, description="LoRA rank.")
     alpha: float = Field(16, gt=0, description="LoRA alpha.")
@@ -222,8 +245,8 @@ class RayConfig(Section):
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a locally started Ray (None: this machine's).")
 
 
-# The stages of a round in the order they run; reward runs only for the rm method.
-STAGES = ("generate", "vote", "score", "reward", "filter", "train", "evaluate")
+# The stages of a round in the order they run; reward runs only for the rm method, rate for self.
+STAGES = ("generate", "vote", "score", "reward", "rate", "filter", "train", "evaluate")
 Stage = Literal[STAGES]
 
 
@@ -257,6 +280,9 @@ class JobConfig(Section):
     score: ScoreConfig = ScoreConfig()
     filter: FilterConfig = FilterConfig()
     reward: RewardConfig = RewardConfig()
+    rate: RateConfig = Field(
+        RateConfig(), description="The self method's ratings: the generating model rates its majority candidates."
+    )
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     ray: RayConfig = RayConfig()
@@ -314,9 +340,10 @@ def apply_override(data: dict, override: str, source: str) -> None:
         raise ConfigError(f"override {override!r}: the value is not valid YAML ({error}).") from error
 
 
-def known_fields(loc: tuple) -> list[str]:
-    """The field names allowed where ``loc`` points (for suggesting a misspelt key's right name)."""
-    model = JobConfig
+def known_fields(loc: tuple, model: type[BaseModel] | None = None) -> list[str]:
+    """The field names allowed where ``loc`` points in ``model`` (default: the job config), for
+    suggesting a misspelt key's right name."""
+    model = model or JobConfig
     for part in loc[:-1]:
         field = model.model_fields.get(str(part))
         annotation = getattr(field, "annotation", None)
@@ -327,30 +354,37 @@ def known_fields(loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
-def format_validation_error(error: ValidationError, source: str) -> str:
+def format_validation_error(error: ValidationError, source: str, what: str = "job config", model=None) -> str:
     """One paragraph: each wrong field with what is wrong, and the right name of a misspelt key."""
     problems = []
     for item in error.errors():
         field = ".".join(str(part) for part in item["loc"]) or "(top level)"
         problem = f"{field}: {item['msg']}"
         if item["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(str(item["loc"][-1]), known_fields(item["loc"]), n=1)
+            close = difflib.get_close_matches(str(item["loc"][-1]), known_fields(item["loc"], model), n=1)
             problem += f" (did you mean {close[0]}?)" if close else " (not a field of this section)"
         problems.append(problem)
-    return f"{source}: the job config is not valid: " + "; ".join(problems) + "."
+    return f"{source}: the {what} is not valid: " + "; ".join(problems) + "."
 
 
-def load_job(path: str, overrides: list[str] = ()) -> JobConfig:
-    """Read a job YAML, apply overrides, validate. Every problem is a ConfigError naming the file."""
+def read_mapping(path: str, what: str = "job") -> dict:
+    """A YAML file of sections (a job or a suite); a missing or malformed one is a ConfigError."""
     try:
         with open(path) as f:
             data = yaml.safe_load(f) or {}
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such job file.") from None
+        raise ConfigError(f"{path}: no such {what} file.") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML ({error}).") from error
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a job file is a YAML mapping of sections (task, model, ...).")
+        example = "task, model, ..." if what == "job" else "methods, jobs, ..."
+        raise ConfigError(f"{path}: a {what} file is a YAML mapping of sections ({example}).")
+    return data
+
+
+def load_job(path: str, overrides: list[str] = ()) -> JobConfig:
+    """Read a job YAML, apply overrides, validate. Every problem is a ConfigError naming the file."""
+    data = read_mapping(path)
     for override in overrides:
         apply_override(data, override, path)
     try:

@@ -2,7 +2,7 @@
 
 Every method reads the same table: all candidates of a round with their parsed ``answer``
 and ``is_majority`` (vote), and for majority candidates ``loss``, ``valid_loss_mean`` and
-``ds_weight`` (score) and, when the ``rm`` method runs, ``reward``. It returns the kept
+``ds_weight`` (score) and, when the ``rm`` or ``self`` method runs, ``reward`` or ``rating``. It returns the kept
 rows, ordered by ``(question_id, sample_index)``, with a ``loss_weight`` column (1 unless
 the method weights), and the number of candidates dropped for each reason; kept plus
 dropped is always every candidate.
@@ -16,6 +16,7 @@ dropped is always every candidate.
 | ``random`` | as many majority candidates as ``iwsi`` keeps, drawn with a seed |
 | ``oracle`` | candidates whose answer equals the gold label (needs labels) |
 | ``rm`` | the ``keep_fraction`` of majority candidates a reward model rates highest |
+| ``self`` | the ``keep_fraction`` of majority candidates the generating model itself rates highest (0-10) |
 | ``none`` | every candidate (an ablation) |
 """
 
@@ -31,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dsw_ray import columns as C
-from dsw_ray.tasks.numeric import is_correct
+from dsw_ray.tasks.answers import is_correct
 from dsw_ray.weights import (
     importance_ratios,
     keep_lowest,
@@ -160,15 +161,24 @@ def oracle(candidates: pa.Table, settings: FilterConfig, official: bool) -> Filt
     return Filtered(with_weights(kept), {"no_answer": no_answer, "wrong_answer": candidates.num_rows - kept.num_rows - no_answer})
 
 
-def reward_model(candidates: pa.Table, settings: FilterConfig, official: bool) -> Filtered:
-    """The ``keep_fraction`` of majority candidates with the highest reward; ties by key."""
+def keep_highest(candidates: pa.Table, column: str, keep_fraction: float, method: str) -> Filtered:
+    """The ``keep_fraction`` of majority candidates with the highest ``column``; ties by key."""
     majority, dropped = vote_drops(candidates)
-    C.require(majority, (C.REWARD,), "filter (rm)")
-    if majority[C.REWARD].null_count:
-        raise ValueError(f"filter: {majority[C.REWARD].null_count} majority candidate(s) have no reward.")
-    # Lowest negated reward first is highest reward first; the stable sort breaks ties by key.
-    kept = majority.filter(pa.array(keep_lowest(-majority[C.REWARD].to_numpy(), settings.keep_fraction), pa.bool_()))
-    return Filtered(with_weights(kept), {**dropped, "low_reward": majority.num_rows - kept.num_rows})
+    C.require(majority, (column,), f"filter ({method})")
+    if majority[column].null_count:
+        raise ValueError(f"filter: {majority[column].null_count} majority candidate(s) have no {column}.")
+    # Lowest negated value first is highest first; the stable sort breaks ties by key.
+    kept = majority.filter(pa.array(keep_lowest(-majority[column].to_numpy(), keep_fraction), pa.bool_()))
+    return Filtered(with_weights(kept), {**dropped, f"low_{column}": majority.num_rows - kept.num_rows})
+
+
+def reward_model(candidates: pa.Table, settings: FilterConfig, official: bool) -> Filtered:
+    return keep_highest(candidates, C.REWARD, settings.keep_fraction, "rm")
+
+
+def self_rated(candidates: pa.Table, settings: FilterConfig, official: bool) -> Filtered:
+    """The Self-filter: the majority candidates the generating model rates highest."""
+    return keep_highest(candidates, C.RATING, settings.keep_fraction, "self")
 
 
 def everything(candidates: pa.Table, settings: FilterConfig, official: bool) -> Filtered:
@@ -183,7 +193,7 @@ class Method:
 
     select: Callable[[pa.Table, FilterConfig, bool], Filtered]
     title: str
-    needs: str | None = None  # "score" or "reward"
+    needs: str | None = None  # "score", "reward" or "rate"
     settings: tuple[str, ...] = ()
 
 
@@ -195,6 +205,7 @@ METHODS = {
     "random": Method(random, "random", "score", ("keep_fraction", "seed")),
     "oracle": Method(oracle, "oracle"),
     "rm": Method(reward_model, "RM-filter", "reward", ("keep_fraction",)),
+    "self": Method(self_rated, "Self-filter", "rate", ("keep_fraction",)),
     "none": Method(everything, "none"),
 }
 

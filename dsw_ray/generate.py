@@ -19,7 +19,7 @@ import numpy as np
 
 from dsw_ray import columns as C
 from dsw_ray.models import STOP, load_model, load_tokenizer
-from dsw_ray.tasks import get_task
+from dsw_ray.tasks import Task, task_of
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class TransformersGenerator:
     def __init__(
         self,
         model_path: str,
-        task_name: str,
+        task: Task,
         samples_per_question: int,
         temperature: float | None,
         top_p: float,
@@ -136,7 +136,7 @@ class TransformersGenerator:
 
         if threads:
             torch.set_num_threads(threads)
-        self.task = get_task(task_name)
+        self.task = task
         self.tokenizer = load_tokenizer(model_path, trust_remote_code, padding_side="left")
         self.model = load_model(model_path, dtype, trust_remote_code)
         self.samples = 1 if temperature is None else samples_per_question
@@ -198,7 +198,7 @@ def generate(questions, model_path: str, job, round_index: int, greedy: bool = F
     section = job.evaluate if greedy else job.generate
     constructor = dict(
         model_path=model_path,
-        task_name=job.task.name,
+        task=task_of(job.task),
         samples_per_question=1 if greedy else job.generate.samples_per_question,
         temperature=None if greedy else job.generate.temperature,
         top_p=job.generate.top_p,

@@ -33,9 +33,10 @@ from dsw_ray.generate import generate
 from dsw_ray.models import check_model_dir
 from dsw_ray.rundir import claim_run_dir, fingerprint, run_stage, stage_fingerprint
 from dsw_ray.report import write_report
+from dsw_ray.rate import rate
 from dsw_ray.reward import reward
 from dsw_ray.score import rows_per_call, score_losses, weigh
-from dsw_ray.tasks import Splits, get_task
+from dsw_ray.tasks import Splits, Task, task_of
 from dsw_ray.tasks.rows import question_key
 from dsw_ray.toy import build_toy_model
 from dsw_ray.train import LOSS_HISTORY, fine_tune
@@ -92,9 +93,9 @@ def examples_table(examples) -> pa.Table:
 
 # ---- stages that run in the driver -------------------------------------------------------
 
-def answer_parser(task_name: str, integer: bool):
+def answer_parser(task: Task, official: bool):
     """The task's answer parser, as the vote stage's workers call it (picklable)."""
-    return functools.partial(get_task(task_name).parse_answer, integer=integer)
+    return functools.partial(task.parse_answer, official=official)
 
 
 def accuracy(stage_dir: str) -> float:
@@ -205,10 +206,10 @@ class Candidates:
         return os.path.join(self.dir, name)
 
     def table(self, needs: str | None) -> pa.Table:
-        """Every candidate with its vote, joined with the stage a method needs ("score", "reward")."""
+        """Every candidate with its vote, joined with the stage a method needs ("score", "reward", "rate")."""
         table = read_table(self.stage("vote"))
         if needs is not None:
-            extra = SCORE_COLUMNS if needs == "score" else [C.REWARD]
+            extra = NEEDED_COLUMNS[needs]
             if count_rows(self.stage(needs)) == 0:  # nothing had a majority answer
                 for name in extra:
                     table = table.append_column(name, pa.nulls(table.num_rows, pa.float64()))
@@ -218,6 +219,7 @@ class Candidates:
 
 
 SCORE_COLUMNS = [C.LOSS, C.VALID_LOSS_MEAN, C.DS_WEIGHT]
+NEEDED_COLUMNS = {"score": SCORE_COLUMNS, "reward": [C.REWARD], "rate": [C.RATING]}  # by the stage a method needs
 
 
 def make_candidates(
@@ -251,7 +253,7 @@ def make_candidates(
         stage("vote"),
         fps["vote"],
         lambda out: write_dataset(
-            vote(read_dataset(stage("generate"), 1024), answer_parser(job.task.name, official)), out
+            vote(read_dataset(stage("generate"), 1024), answer_parser(task_of(job.task), official)), out
         ),
         rows_in=generated["rows"],
         force=job.forced("vote"),
@@ -286,6 +288,8 @@ def make_candidates(
             )
 
         run_stage(stage("reward"), fps["reward"], reward_stage, rows_in=generated["rows"], force=job.forced("reward"))
+    if "self" in job.methods:
+        rate_stage(job, fps, stage("rate"), model_path, generated["rows"])
     if scored["rows"] == 0:
         log.warning(
             "round %d: no candidate has a parsable majority answer (see %s); raise generate.max_new_tokens "
@@ -303,6 +307,20 @@ def make_candidates(
         "majority_correct": correct_fraction(voted.filter(pc.field(C.IS_MAJORITY)), official),
     }
     return Candidates(where, fps, {**summary, "valid_loss": scored["valid_loss"]})
+
+
+def rate_stage(job: JobConfig, fps: dict[str, str], where: str, model_path: str, rows_in: int) -> None:
+    """The self method's ratings of the majority candidates by ``model_path``, which generated
+    them; a new keep fraction reuses them (it is part of the filter's fingerprint only)."""
+    vote_dir = os.path.join(os.path.dirname(where), "vote")
+    fps["rate"] = stage_fingerprint("rate", fps["vote"], job.rate, job.train.max_length, job.model.dtype)
+    run_stage(
+        where,
+        fps["rate"],
+        lambda out: write_dataset(rate(read_dataset(vote_dir, job.rate.batch_size * 4, job.rate.actors), model_path, job), out),
+        rows_in=rows_in,
+        force=job.forced("rate"),
+    )
 
 
 def run_method(
@@ -530,7 +548,7 @@ def start_ray(job: JobConfig) -> None:
 
 def run_job(job: JobConfig) -> dict:
     """Run every round of the job and write ``summary.json``; returns the summary."""
-    task = get_task(job.task.name)
+    task = task_of(job.task)
     splits = task.load(
         job.task.data_path, job.task.num_questions, job.task.num_valid, job.task.num_test, job.task.seed,
         bad_rows=job.task.bad_rows,

@@ -34,6 +34,7 @@ STAGE_VERSIONS = {
     "vote": 1,
     "score": 1,
     "reward": 1,
+    "rate": 1,
     "filter": 1,
     "train": 2,  # 2: workers read the kept parquet and shuffle each epoch by seed
     "evaluate": 1,

@@ -26,7 +26,7 @@ import numpy as np
 from dsw_ray.generate import Completion, candidate_rows, requests
 from dsw_ray.models import STOP, load_tokenizer
 from dsw_ray.rundir import display_name
-from dsw_ray.tasks import get_task
+from dsw_ray.tasks import Task
 
 # vllm.LLM arguments that the job's own fields set; engine_kwargs may not repeat them.
 OWNED_ENGINE_ARGS = {
@@ -157,7 +157,7 @@ class VllmGenerator:
     def __init__(
         self,
         model_path: str,
-        task_name: str,
+        task: Task,
         samples_per_question: int,
         temperature: float | None,
         top_p: float,
@@ -172,7 +172,7 @@ class VllmGenerator:
         from vllm import LLM
         from vllm.lora.request import LoRARequest
 
-        self.task = get_task(task_name)
+        self.task = task
         self.tokenizer = load_tokenizer(model_path, trust_remote_code)
         lora = lora_adapter(model_path) if engine["serve_lora"] else None
         self.lora = LoRARequest(lora["name"], lora["id"], lora["path"]) if lora else None

@@ -2,42 +2,68 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
 from dsw_ray.errors import ConfigError
-from dsw_ray.tasks import arith, gsm8k, numeric, svamp
+from dsw_ray.tasks import anli, answers, arith, choice, custom, gsm8k, numeric, openbookqa, strategyqa, svamp
 from dsw_ray.tasks.numeric import Example, Splits
 
 
 @dataclass(frozen=True)
 class Task:
-    """A task as the stages see it. ``load(data_path, num_questions, num_valid, num_test, seed,
-    bad_rows)`` returns its splits; a bad data row raises a DataError naming its file and
-    line (``bad_rows="fail"``) or is left out and listed in ``Splits.rejected`` ("skip")."""
+    """A task as the stages see it (picklable: actors receive it whole). ``load(data_path,
+    num_questions, num_valid, num_test, seed, bad_rows)`` returns its splits; a bad data row
+    raises a DataError naming its file and line (``bad_rows="fail"``) or is left out and
+    listed in ``Splits.rejected`` ("skip"). ``answer_type`` is ``number``, ``choice`` (a
+    letter among ``letters``) or ``text``."""
 
     name: str
     exemplars: list[tuple[str, str]]
     load: Callable[..., Splits]
     needs_data: bool
+    answer_type: str = "number"
+    letters: str = ""
 
     def prompt(self, question: str) -> str:
         return numeric.few_shot_prompt(self.exemplars, question)
 
-    @staticmethod
-    def parse_answer(text: str, integer: bool = False) -> str | None:
-        return numeric.parse_answer(text, integer)
+    def parse_answer(self, text: str, official: bool = False) -> str | None:
+        """The canonical answer of a candidate; ``official``: the authors' parsing (see answers)."""
+        if self.answer_type == "choice":
+            return choice.parse_answer(text, self.letters, official)
+        if self.answer_type == "text":
+            return answers.parse_text(text, official)
+        return numeric.parse_answer(text, official)
 
     @staticmethod
-    def is_correct(predicted: str | None, gold, integer: bool = False) -> bool:
-        return numeric.is_correct(predicted, gold, integer)
+    def is_correct(predicted: str | None, gold, official: bool = False) -> bool:
+        return answers.is_correct(predicted, gold, official)
+
+
+def custom_task(name: str, spec: custom.CustomTask, load=None) -> Task:
+    """A task a ``custom`` section defines; ``load`` replaces reading ``task.data_path`` as its one data file."""
+    load = load or functools.partial(custom.load_spec, spec)
+    return Task(name, spec.exemplar_pairs(), load, needs_data=True, answer_type=spec.answer_type, letters=spec.letters)
 
 
 TASKS = {
     "arith": Task("arith", arith.EXEMPLARS, arith.load, needs_data=False),
     "gsm8k": Task("gsm8k", gsm8k.EXEMPLARS, gsm8k.load, needs_data=True),
     "svamp": Task("svamp", svamp.EXEMPLARS, svamp.load, needs_data=True),
+    "openbookqa": Task(
+        "openbookqa", openbookqa.EXEMPLARS, openbookqa.load, needs_data=True, answer_type="choice", letters=openbookqa.LETTERS
+    ),
+    "strategyqa": custom_task("strategyqa", strategyqa.SPEC, strategyqa.load),
+    "anli_a1": custom_task("anli_a1", anli.SPEC, anli.load),
+    "anli_a2": custom_task("anli_a2", anli.SPEC, anli.load),
 }
+
+
+def task_of(config) -> Task:
+    """The task a job's ``task`` section names, or defines (``task.custom``)."""
+    return get_task(config.name) if config.custom is None else custom_task(config.name, config.custom)
 
 
 def get_task(name: str) -> Task:
@@ -47,4 +73,4 @@ def get_task(name: str) -> Task:
         raise ConfigError(f"unknown task {name!r}; choose one of {sorted(TASKS)}.") from None
 
 
-__all__ = ["Example", "Splits", "Task", "TASKS", "get_task"]
+__all__ = ["Example", "Splits", "Task", "TASKS", "get_task", "task_of"]

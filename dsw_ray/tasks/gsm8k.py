@@ -15,9 +15,10 @@ import os
 import re
 
 from dsw_ray.errors import BadRow, DataError
-from dsw_ray.io import is_uri, read_text
+from dsw_ray.io import is_uri
 from dsw_ray.tasks.numeric import Example, Splits, normalize_number, parse_answer
-from dsw_ray.tasks.rows import BadRows, object_row, parse_json, present, question_key, string_field
+from dsw_ray.tasks.records import Record, read_examples, read_records
+from dsw_ray.tasks.rows import BadRows, present, string_field
 
 # The published train file has 7473 rows, of which the paper labels the last 374 as valid set.
 VALID_SHARE = 374 / 7473
@@ -98,32 +99,16 @@ ROW = 'one JSON object {"question": ..., "answer": "...\\n#### 72"}'
 LAYOUT = f"{ROW} per line"
 
 
-def read_row(line: str, question_id: str) -> Example:
-    row = object_row(parse_json(line, f"each line is {ROW}"), ROW)
-    question = string_field(row, "question", '"Natalia sold clips to 48 of her friends..."')
-    answer = string_field(row, "answer", '"Natalia sold 48/2 = <<48/2=24>>24 clips in May.\\n#### 72"')
-    return Example(question_id, question.strip(), gold_answer(answer), gold_rationale(answer))
-
-
 def read_jsonl(path: str, prefix: str, bad: BadRows) -> list[Example | None]:
     """One entry per non-blank line: its example (id ``<prefix>-<line number - 1>``), or None
     where ``bad`` left the line out. A question may appear once per file."""
-    rows, seen = [], {}
-    # Lines end at "\n" only: a JSON string may hold a raw U+2028, which splitlines() splits at.
-    for lineno, line in enumerate(read_text(path, EXPECTED).split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            example = read_row(line, f"{prefix}-{lineno - 1}")
-            first = seen.setdefault(question_key(example.question), lineno)
-            if first != lineno:
-                raise BadRow(f"the same question as line {first}; a question appears once per file (delete one).")
-            rows.append(example)
-        except BadRow as error:
-            bad.reject(path, lineno, f"{path}, line {lineno}", error, line.rstrip("\r"))
-            rows.append(None)
-    bad.require_rows(path, len(present(rows)), LAYOUT)
-    return rows
+
+    def read_row(row: dict, record: Record) -> Example:
+        question = string_field(row, "question", '"Natalia sold clips to 48 of her friends..."')
+        answer = string_field(row, "answer", '"Natalia sold 48/2 = <<48/2=24>>24 clips in May.\\n#### 72"')
+        return Example(f"{prefix}-{record.line - 1}", question.strip(), gold_answer(answer), gold_rationale(answer))
+
+    return read_examples(path, read_records(path, "jsonl", ROW, EXPECTED), read_row, bad, ROW, layout=LAYOUT)
 
 
 def load(

@@ -275,23 +275,25 @@ def image_path(path: str) -> str | None:
 
 
 def entrypoint_command(entrypoint: str) -> tuple[str, str, str, list[str]]:
-    """(directory, module, job file, overrides) of ``cd DIR && python -m MODULE run JOB [k=v ...]``."""
+    """(directory, module, job or suite file, overrides) of ``cd DIR && python -m MODULE run JOB
+    [k=v ...]`` or ``... table SUITE [k=v ...]``."""
     directory = "/"
     for command in entrypoint.split("&&"):
         words = shlex.split(command)
         if words[0] == "cd":
             directory = words[1]
-        elif words[:2] == ["python", "-m"] and words[3:4] == ["run"]:
+        elif words[:2] == ["python", "-m"] and words[3:4] in (["run"], ["table"]):
             return directory, words[2], words[4], words[5:]
-    raise AssertionError(f"the entrypoint {entrypoint!r} does not run `python -m MODULE run JOB`")
+    raise AssertionError(f"the entrypoint {entrypoint!r} does not run `python -m MODULE run JOB` (or `table SUITE`)")
 
 
 def local_overrides(job_path: str, shared_data: str) -> list[str]:
     """The job reads its dataset from the volume, which is not here: read ../shared/data instead."""
     data_path = (read_yaml(job_path).get("task") or {}).get("data_path") or ""
+    # The reward model is on the volume too; any folder stands in for it (only its existence is checked).
     if not data_path.startswith(DATA_ON_VOLUME + "/"):
-        return []
-    return [f"task.data_path={os.path.join(shared_data, os.path.relpath(data_path, DATA_ON_VOLUME))}"]
+        return [f"reward.model_path={ROOT}"]
+    return [f"task.data_path={os.path.join(shared_data, os.path.relpath(data_path, DATA_ON_VOLUME))}", f"reward.model_path={ROOT}"]
 
 
 def jobs_of(path: str) -> list[tuple[str, list[str]]]:
@@ -302,8 +304,18 @@ def jobs_of(path: str) -> list[tuple[str, list[str]]]:
         directory, _, job, overrides = entrypoint_command(manifest["spec"]["entrypoint"])
         local = image_path(os.path.join(directory, job))
         assert local, f"cluster/Dockerfile copies no {job} into {directory}"
-        return [(local, overrides)]
-    return [(job, []) for job in JOBS if os.path.isabs(read_yaml(job)["run_dir"])]
+        suite = read_yaml(local)
+        if "jobs" not in suite:
+            return [(local, overrides)]
+        # A suite (dsw_ray table): each of its jobs, with the suite's methods and overrides.
+        methods = "methods=[" + ", ".join(suite["methods"]) + "]"
+        runs = []
+        for job_file in suite["jobs"].values():
+            local_job = image_path(os.path.join(directory, job_file))
+            assert local_job, f"cluster/Dockerfile copies no {job_file} into {directory}"
+            runs.append((local_job, [*suite.get("overrides", []), *overrides, methods]))
+        return runs
+    return [(job, []) for job in JOBS if os.path.isabs(read_yaml(job).get("run_dir", ""))]
 
 
 def absolute_paths(value):
@@ -328,6 +340,8 @@ def gpu_demand(job) -> dict[str, tuple[float, float]]:
     demand = {"generate": pool(job.generate), "score": pool(job.score), "evaluate": pool(job.evaluate)}
     if "rm" in job.methods:
         demand["reward"] = pool(job.reward)
+    if "self" in job.methods:
+        demand["rate"] = pool(job.rate)
     demand["train"] = (job.train.num_workers, 1) if job.train.use_gpu else (0, 0)
     return demand
 
@@ -460,7 +474,9 @@ def test_entrypoint_runs_a_job_of_the_image(path, shared_data):
     assert runnable, f"`python -m {module}` finds nothing to run"
     local = image_path(os.path.join(directory, job))
     assert local and os.path.isfile(local), f"cluster/Dockerfile copies no {job} into {directory}"
-    load_job(local, overrides + local_overrides(local, shared_data))  # nothing but the dataset needs the volume
+    for job_path, job_overrides in jobs_of(path):  # a job, or each job of a suite
+        # Nothing but the dataset and the reward model needs the volume.
+        load_job(job_path, job_overrides + local_overrides(job_path, shared_data))
 
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=name)
@@ -473,7 +489,7 @@ def test_cluster_covers_every_stage(path, shared_data):
         for stage, (at_once, per_actor) in gpu_demand(job).items():
             assert at_once <= gpus, f"{name(job_path)}: {stage} asks for {at_once} GPUs, the cluster has {gpus:g}"
             assert per_actor <= largest_pod, f"{name(job_path)}: one {stage} actor needs {per_actor} GPUs on one pod"
-        for stage in ("generate", "score", "reward", "evaluate"):
+        for stage in ("generate", "score", "reward", "rate", "evaluate"):
             section = getattr(job, stage)
             pool_cpus(section.actors, section.cpus_per_actor, cpus, stage)  # raises if Ray Data would starve
         for resource in job.train.resources_per_worker:

@@ -5,6 +5,8 @@ import pytest
 import yaml
 
 from dsw_ray import ConfigError, load_job
+from dsw_ray.filters import METHODS
+from dsw_ray.suite import load_suite
 from dsw_ray.resources import pool_cpus
 from tests.conftest import ROOT
 
@@ -59,26 +61,47 @@ def test_malformed_inputs(tmp_path):
         load_job(write(tmp_path, MINIMAL), ["train.epochs"])
 
 
+def local_data(job_file: str, shared_data: str, reward_model: str) -> list[str]:
+    """Cluster jobs read data and models from the shared volume, /mnt/dsw; here the same data
+    files are in ../shared (and a folder stands in for the reward model)."""
+    with open(job_file) as f:
+        data_path = yaml.safe_load(f)["task"].get("data_path")
+    overrides = [f"reward.model_path={reward_model}"]
+    if data_path and data_path.startswith("/mnt/dsw/data/"):
+        overrides.append(f"task.data_path={os.path.join(shared_data, os.path.relpath(data_path, '/mnt/dsw/data'))}")
+    return overrides
+
+
 @pytest.mark.parametrize("job_file", sorted(glob.glob(os.path.join(ROOT, "jobs", "*.yaml"))))
-def test_every_shipped_job_validates(job_file, shared_data):
+def test_every_shipped_job_validates(job_file, shared_data, tmp_path):
     name = os.path.relpath(job_file, ROOT)
     with open(job_file) as f:
         command = f.readline()
     local = command.startswith(f"# dsw-ray run {name}")
-    cluster = command.startswith("# ray job submit") and command.rstrip().endswith(f"-- python -m dsw_ray run {name}")
+    runs = [f"-- python -m dsw_ray {verb} {name}" for verb in ("run", "table")]
+    cluster = command.startswith("# ray job submit") and command.rstrip().endswith(tuple(runs))
     assert local or cluster, "a job file opens with the command that runs it"
-    # Cluster jobs read data from the shared volume, /mnt/dsw; here the same files are in ../shared.
-    with open(job_file) as f:
-        data_path = yaml.safe_load(f)["task"].get("data_path")
-    overrides = []
-    if data_path and data_path.startswith("/mnt/dsw/data/"):
-        overrides.append(f"task.data_path={os.path.join(shared_data, os.path.basename(data_path))}")
     cwd = os.getcwd()
     os.chdir(ROOT)  # job files give paths relative to the project root
     try:
-        load_job(job_file, overrides)
+        if command.rstrip().endswith(runs[1]):  # a suite: every job it runs, as it runs them
+            suite, jobs = load_suite(job_file, per_job=lambda job: local_data(job, shared_data, str(tmp_path)))
+            assert all(job.methods == suite.methods for job in jobs.values())
+        else:
+            load_job(job_file, local_data(job_file, shared_data, str(tmp_path)))
     finally:
         os.chdir(cwd)
+
+
+def test_table1_suite_runs_every_dataset_and_method():
+    with open(os.path.join(ROOT, "jobs", "table1.yaml")) as f:
+        suite = yaml.safe_load(f)
+    tasks = set()
+    for job_file in suite["jobs"].values():
+        with open(os.path.join(ROOT, job_file)) as f:
+            tasks.add(yaml.safe_load(f)["task"]["name"])
+    assert tasks == {"gsm8k", "svamp", "anli_a1", "anli_a2", "openbookqa", "strategyqa"}
+    assert set(suite["methods"]) == set(METHODS) - {"none"}  # Table 1's eight methods (none is an ablation)
 
 
 def test_pools_leave_cpu_for_ray_data():

@@ -44,6 +44,7 @@ def round_table(rows=ROWS, shuffle=True) -> pa.Table:
             C.VALID_LOSS_MEAN: pa.array([None if r[4] is None else 2.0 for r in rows], pa.float64()),
             C.DS_WEIGHT: pa.array(ds, pa.float64()),
             C.REWARD: pa.array([r[5] for r in rows], pa.float64()),
+            C.RATING: pa.array([None if r[5] is None else 10 * r[5] for r in rows], pa.float64()),  # self: as rm
         }
     )
 
@@ -148,6 +149,12 @@ def test_rm_keeps_highest_rewards():
     result = run("rm", keep_fraction=0.67)
     assert keys(result.kept) == [("q1", 1), ("q2", 0)]
     assert result.dropped == {"no_answer": 4, "not_majority": 2, "low_reward": 1}
+
+
+def test_self_keeps_highest_ratings():
+    result = run("self", keep_fraction=0.67)
+    assert keys(result.kept) == [("q1", 1), ("q2", 0)]
+    assert result.dropped == {"no_answer": 4, "not_majority": 2, "low_rating": 1}
 
 
 def test_none_keeps_every_candidate():

@@ -42,14 +42,14 @@ def test_is_correct_compares_numbers(predicted, gold, expected):
 )
 def test_official_semantics_compare_as_integers(predicted, gold, expected):
     """The authors' code compares int(float(x)): truncation toward zero."""
-    assert get_task("gsm8k").is_correct(predicted, gold, integer=True) is expected
+    assert get_task("gsm8k").is_correct(predicted, gold, official=True) is expected
 
 
 def test_official_parse_truncates_and_votes_agree():
     task = get_task("gsm8k")
-    assert task.parse_answer("The answer is 7.9.", integer=True) == "7"
-    assert task.parse_answer("The answer is -0.5.", integer=True) == "0"
-    assert task.parse_answer("No answer.", integer=True) is None
+    assert task.parse_answer("The answer is 7.9.", official=True) == "7"
+    assert task.parse_answer("The answer is -0.5.", official=True) == "0"
+    assert task.parse_answer("No answer.", official=True) is None
 
 
 def test_prompt_ends_with_the_question_and_exemplars_end_in_the_answer():

@@ -97,7 +97,7 @@ def test_outputs_become_the_transformers_backends_rows(tiny_model):
         C.QUESTION: np.array(["What is 2 + 3?", "What is 4 * 5?"]),
         C.GOLD: np.array(["5", "20"]),
     }
-    common = dict(task_name="arith", top_p=1.0, max_new_tokens=8, seed=0, round_index=1)
+    common = dict(task=get_task("arith"), top_p=1.0, max_new_tokens=8, seed=0, round_index=1)
     reference = TransformersGenerator(tiny_model, samples_per_question=2, temperature=1.0, **common)(batch)
 
     _, _, seeds = requests(batch, get_task("arith"), 2, 0, 1)

@@ -1,0 +1,123 @@
+"""Rate: the Self-filter's ratings. The model that generated a round's candidates rates each
+majority candidate from 0 to 10 (the ``self`` method keeps the highest rated).
+
+The model is asked, after the question and the candidate, to rate the answer; the rating is
+read as the expected value of the model's own distribution over the eleven answers
+``0/10`` .. ``10/10``: each is scored as a continuation of the rating prompt (its summed
+token log-probability), the eleven are normalized, and ``sum p(n) * n`` is the rating. A
+model that would rather write something else than a number still gets a rating (its
+preference among the numbers), so no text can crash the stage or leave a candidate
+unrated, and the rating is a smooth number rather than a tie-prone integer.
+
+>>> float(expected_rating([[0.0] * 11]))  # no preference: the middle
+5.0
+>>> import math; float(expected_rating([[math.log(0.2) if n == 7 else math.log(0.8) if n == 9 else -math.inf for n in range(11)]]))
+8.6
+
+The rating prompt (the candidate's own words, then the instruction, so that a long candidate
+is cut from its start and the instruction always stays)::
+
+    Question: <question>
+    Answer: <candidate>
+
+    Rate the answer above from 0 to 10: 0 if its reasoning is wrong or its final answer is
+    incorrect, 10 if the reasoning is sound and the final answer is correct.
+    Rating:<" 7/10">
+
+Each rating costs eleven scored sequences (one forward pass each, batched), about as much as
+scoring the candidate eleven times; no sampling is involved.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dsw_ray import columns as C
+from dsw_ray.models import load_model, load_tokenizer
+from dsw_ray.sft import IGNORE, batched_losses, pad_batch
+
+RATINGS = np.arange(11)
+INSTRUCTION = (
+    "\n\nRate the answer above from 0 to 10: 0 if its reasoning is wrong or its final answer is incorrect, "
+    "10 if the reasoning is sound and the final answer is correct.\nRating:"
+)
+
+
+def rating_prompt(question: str, answer: str) -> str:
+    return f"Question: {question.strip()}\nAnswer: {answer.strip()}{INSTRUCTION}"
+
+
+def continuation(rating: int) -> str:
+    """What the model would write after ``Rating:``; ``/10`` ends it, so 1 is not a prefix of 10."""
+    return f" {rating}/10"
+
+
+def expected_rating(logprobs) -> np.ndarray:
+    """Per row of eleven log-probabilities (ratings 0..10, unnormalized), the expected rating."""
+    logprobs = np.asarray(logprobs, dtype=np.float64)
+    shifted = np.exp(logprobs - logprobs.max(axis=1, keepdims=True))
+    return (shifted / shifted.sum(axis=1, keepdims=True)) @ RATINGS
+
+
+class Rater:
+    """Ray Data callable class: adds ``rating`` to candidates (``question``, ``text``)."""
+
+    def __init__(
+        self,
+        model_path: str,
+        batch_size: int,
+        max_length: int,
+        dtype: str = "float32",
+        trust_remote_code: bool = False,
+        threads: int | None = None,
+    ):
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.tokenizer = load_tokenizer(model_path, trust_remote_code)
+        self.model = load_model(model_path, dtype, trust_remote_code)
+        self.batch_size, self.max_length = batch_size, max_length
+        self.continuations = [self.tokenizer(continuation(n), add_special_tokens=False)["input_ids"] for n in RATINGS]
+
+    def encode(self, question: str, answer: str) -> list[dict]:
+        """The eleven scored sequences of one candidate: its prompt (cut from the start to fit
+        ``max_length``) followed by each rating, which alone is the target."""
+        prompt = self.tokenizer(rating_prompt(question, answer), add_special_tokens=False)["input_ids"]
+        room = self.max_length - max(map(len, self.continuations))
+        prompt = prompt[-room:] if len(prompt) > room else prompt
+        return [{"input_ids": prompt + ids, "labels": [IGNORE] * len(prompt) + ids} for ids in self.continuations]
+
+    def ratings(self, questions: list[str], answers: list[str]) -> np.ndarray:
+        encoded = [row for q, a in zip(questions, answers) for row in self.encode(q, a)]
+        if not encoded:
+            return np.empty(0)
+        mean_losses = batched_losses(
+            self.model, encoded, self.batch_size, lambda rows: pad_batch(rows, self.tokenizer.pad_token_id)
+        )
+        # A row's mean loss times its target tokens is minus the rating's log-probability.
+        counts = np.array([len(ids) for ids in self.continuations] * len(questions), dtype=np.float64)
+        return expected_rating((-mean_losses * counts).reshape(len(questions), len(RATINGS)))
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        C.require(batch, (C.QUESTION_ID, C.SAMPLE_INDEX, C.QUESTION, C.TEXT), "rate")
+        return {**batch, C.RATING: self.ratings(list(batch[C.QUESTION]), list(batch[C.TEXT]))}
+
+
+def rate(candidates, model_path: str, job):
+    """The rate stage: majority candidates (a Ray Dataset of voted rows) with a ``rating``
+    column from ``model_path``, the model that generated them (lazy)."""
+    from ray.data.expressions import col
+
+    from dsw_ray.resources import pool_map
+
+    constructor = dict(
+        model_path=model_path,
+        batch_size=job.rate.batch_size,
+        max_length=job.train.max_length,
+        dtype=job.model.dtype,
+        trust_remote_code=job.model.trust_remote_code,
+    )
+    majority = candidates.filter(expr=col(C.IS_MAJORITY))
+    # Each candidate is eleven sequences: a call of batch_size candidates is 11 forward batches.
+    return pool_map(majority, Rater, constructor, job.rate, "rate", batch_size=job.rate.batch_size)
