@@ -362,11 +362,12 @@ class Proof:
             from dsw_ray.bench import batched_forward_limit
             from dsw_ray.config import GenerateConfig
             from dsw_ray.generate import TransformersGenerator
+            from dsw_ray.tasks import get_task
 
             stage = GenerateConfig()  # the stage's defaults: questions per call, m, temperature, budget
             max_new_tokens = self.size.max_new_tokens or stage.max_new_tokens
             generator = TransformersGenerator(
-                self.model_path(model), "arith", stage.samples_per_question, stage.temperature, stage.top_p,
+                self.model_path(model), get_task("arith"), stage.samples_per_question, stage.temperature, stage.top_p,
                 max_new_tokens, stage.seed, 1, dtype=self.dtype,
             )
             questions = self.questions

@@ -10,6 +10,7 @@ import pytest
 from dsw_ray import columns as C
 from dsw_ray.generate import OUTPUT_COLUMNS, TransformersGenerator
 from dsw_ray.models import STOP
+from dsw_ray.tasks import get_task
 
 
 def gpu_with_vllm() -> str | None:
@@ -51,14 +52,14 @@ def greedy_engine(toy_model):
     from dsw_ray.vllm_backend import VllmGenerator
 
     return VllmGenerator(
-        toy_model, "arith", 1, None, 1.0, 48, 0, 1, engine=ENGINE, dtype="float32"
+        toy_model, get_task("arith"), 1, None, 1.0, 48, 0, 1, engine=ENGINE, dtype="float32"
     )
 
 
 def test_greedy_rows_match_the_transformers_backend(greedy_engine, toy_model):
     batch = questions(16)
     ours = greedy_engine(batch)
-    reference = TransformersGenerator(toy_model, "arith", 1, None, 1.0, 48, 0, 1)(batch)
+    reference = TransformersGenerator(toy_model, get_task("arith"), 1, None, 1.0, 48, 0, 1)(batch)
     assert list(ours) == list(OUTPUT_COLUMNS)
     assert ours[C.QUESTION_ID] == reference[C.QUESTION_ID]
     assert ours[C.PROMPT_TOKENS] == reference[C.PROMPT_TOKENS]  # the same prompt ids, no BOS added
@@ -71,7 +72,7 @@ def test_greedy_rows_match_the_transformers_backend(greedy_engine, toy_model):
 def test_sampled_candidates_are_reproducible_per_seed(toy_model):
     from dsw_ray.vllm_backend import VllmGenerator
 
-    engine = VllmGenerator(toy_model, "arith", 4, 0.8, 1.0, 48, 0, 1, engine=ENGINE, dtype="float32")
+    engine = VllmGenerator(toy_model, get_task("arith"), 4, 0.8, 1.0, 48, 0, 1, engine=ENGINE, dtype="float32")
     batch = questions(4)
     first, second = engine(batch), engine(batch)
     assert first[C.SEED] == second[C.SEED] and first[C.TEXT] == second[C.TEXT]
