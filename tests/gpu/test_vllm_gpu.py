@@ -37,8 +37,6 @@ ENGINE = {
 
 
 def questions(n: int) -> dict:
-    from dsw_ray.tasks import get_task
-
     splits = get_task("arith").load(None, n, 1, 1, 0)
     return {
         C.QUESTION_ID: np.array([e.question_id for e in splits.questions]),
