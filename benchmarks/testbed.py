@@ -1,0 +1,213 @@
+"""The testbed study behind the quickstart (docs/testbed.md): does self-improvement show on
+the embedded toy model, and with which settings?
+
+One process, no Ray: the toy is built with ``dsw_ray.toy``, candidates come from the
+generate stage's own class (``TransformersGenerator``, same seeds and stop), the vote is
+``vote.majority_vote`` and fine-tuning is a plain PyTorch loop with the train stage's loss,
+optimizer, schedule and sample order. Every number is measured on a development split:
+the arith task with ``task.seed = 1`` (its own unlabeled questions, valid set and test
+set, kept out of the toy's pre-training corpus as the pipeline keeps a job's), never on
+the quickstart's ``task.seed = 0`` test set, which the README's table reports.
+
+    python benchmarks/testbed.py --toy-seeds 1234 --lr 5e-5 1e-4 2e-4 --out docs/testbed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+
+DEV_TASK_SEED = 1
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def build(toy_overrides: dict, seed: int, exclude: set[str], cache: str) -> str:
+    from dsw_ray.rundir import fingerprint
+    from dsw_ray.toy import ToyModelConfig, build_toy_model
+
+    config = ToyModelConfig(**{**toy_overrides, "seed": seed})
+    path = os.path.join(cache, fingerprint("testbed-toy", config.model_dump(), sorted(exclude))[:12])
+    started = time.time()
+    build_toy_model(path, config, exclude)
+    log(f"toy seed {seed}: {path} ({time.time() - started:.0f} s)")
+    return path
+
+
+def generator(path: str, samples: int, temperature: float | None, max_new_tokens: int, seed: int = 0):
+    from dsw_ray.generate import TransformersGenerator
+    from dsw_ray.tasks import get_task
+
+    return TransformersGenerator(path, get_task("arith"), samples, temperature, 1.0, max_new_tokens, seed, 1, threads=2)
+
+
+def run_batches(gen, examples, batch_size: int) -> dict[str, list]:
+    rows: dict[str, list] = {}
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        out = gen({"question_id": [e.question_id for e in chunk], "question": [e.question for e in chunk],
+                   "gold": [e.gold for e in chunk]})
+        for key, values in out.items():
+            rows.setdefault(key, []).extend(values)
+    return rows
+
+
+def greedy_accuracy(path: str, examples, max_new_tokens: int) -> float:
+    from dsw_ray.tasks import get_task
+
+    task = get_task("arith")
+    rows = run_batches(generator(path, 1, None, max_new_tokens), examples, 100)
+    correct = [task.is_correct(task.parse_answer(t), g) for t, g in zip(rows["text"], rows["gold"])]
+    return sum(correct) / len(correct)
+
+
+def candidates(path: str, examples, samples: int, temperature: float, max_new_tokens: int) -> list[dict]:
+    """Every candidate with its parsed answer, whether it is a majority one, and whether it is correct."""
+    from dsw_ray.tasks import get_task
+    from dsw_ray.vote import majority_vote
+
+    task = get_task("arith")
+    rows = run_batches(generator(path, samples, temperature, max_new_tokens), examples, 16)
+    out = []
+    for start in range(0, len(rows["text"]), samples):
+        texts = rows["text"][start : start + samples]
+        answers = [task.parse_answer(t) for t in texts]
+        _, is_majority = majority_vote(answers)
+        for text, answer, majority in zip(texts, answers, is_majority):
+            out.append({
+                "question": rows["question"][start], "text": text, "answer": answer, "is_majority": majority,
+                "correct": task.is_correct(answer, rows["gold"][start]),
+            })
+    return out
+
+
+def fine_tune(path: str, pairs: list[tuple[str, str]], lr: float, epochs: int, micro_batch: int, out: str,
+              schedule: str = "linear", seed: int = 0, lora: dict | None = None, warmup: float = 0.0) -> str:
+    """The train stage's loss, AdamW, clipping, schedule and sample order, in one process."""
+    import torch
+    from dsw_ray import sft
+    from dsw_ray.models import load_tokenizer
+    from dsw_ray.sft import pad_batch, sequence_losses
+    from dsw_ray.train import lr_schedule, micro_batches
+
+    from dsw_ray.train import build_model
+
+    torch.manual_seed(seed)
+    tokenizer = load_tokenizer(path)
+    model = build_model({"model_path": path, "trust_remote_code": False, "lora": lora})
+    model.train()
+    examples = [sft.encode_example(tokenizer, q, a, 512) for q, a in pairs]
+    steps = math.ceil(len(examples) / micro_batch) * epochs
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, betas=(0.9, 0.999), weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_schedule({"warmup_fraction": warmup, "lr_schedule": schedule}, steps)
+    )
+    for epoch in range(epochs):
+        for batch in micro_batches(len(examples), micro_batch, seed, epoch):
+            loss = sequence_losses(model, pad_batch([examples[i] for i in batch], tokenizer.pad_token_id)).mean()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+    model.eval()
+    if lora:
+        model = model.merge_and_unload()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def vote_stats(cands: list[dict]) -> dict:
+    """Accuracy of the majority answer per question, and the correct share of all and of the majority candidates."""
+    per_question: dict[str, list[dict]] = {}
+    for c in cands:
+        per_question.setdefault(c["question"], []).append(c)
+    voted = [next((c for c in cs if c["is_majority"]), None) for cs in per_question.values()]
+    majority = [c for c in cands if c["is_majority"]]
+    return {
+        "vote": sum(bool(c and c["correct"]) for c in voted) / len(voted),
+        "candidates_correct": sum(c["correct"] for c in cands) / len(cands),
+        "majority_correct": sum(c["correct"] for c in majority) / max(1, len(majority)),
+        "majority": len(majority),
+    }
+
+
+def study(args) -> dict:
+    import torch
+
+    from dsw_ray.tasks import get_task
+
+    torch.set_num_threads(2)
+    splits = get_task("arith").load(None, args.questions, args.valid, args.test, DEV_TASK_SEED)
+    exclude = {e.question for e in splits.test + splits.valid}
+    results = []
+    for toy in args.toy:
+        for toy_seed in args.toy_seeds:
+            path = build(json.loads(toy), toy_seed, exclude, args.cache)
+            base = greedy_accuracy(path, splits.test, args.max_new_tokens)
+            greedy_q = greedy_accuracy(path, splits.questions, args.max_new_tokens)
+            record = {"toy": toy, "toy_seed": toy_seed, "base": base, "greedy_on_questions": greedy_q, "sampling": {},
+                      "tuned": {}}
+            log(f"{toy} seed {toy_seed}: base {base:.3f}, greedy on questions {greedy_q:.3f}")
+            for temperature in args.temperature:
+                cands = candidates(path, splits.questions, args.m, temperature, args.max_new_tokens)
+                record["sampling"][str(temperature)] = vote_stats(cands)
+                log(f"  T={temperature} m={args.m}: {record['sampling'][str(temperature)]}")
+            if not args.lr:
+                results.append(record)
+                continue
+            sets = {
+                "oracle": [(c["question"], c["text"]) for c in cands if c["correct"]],
+                "lmsi": [(c["question"], c["text"]) for c in cands if c["is_majority"]],
+                "gold": [(e.question, e.rationale) for e in splits.questions[: args.gold]] if args.gold else None,
+            }
+            for name, rows in sets.items():
+                if not rows:
+                    continue
+                for lr in args.lr:
+                    for epochs in args.epochs:
+                        with tempfile.TemporaryDirectory() as tmp:
+                            tuned = fine_tune(path, rows, lr, epochs, args.micro_batch, tmp)
+                            accuracy = greedy_accuracy(tuned, splits.test, args.max_new_tokens)
+                        record["tuned"][f"{name} lr={lr:g} epochs={epochs}"] = accuracy
+                        log(f"  {name} ({len(rows)} rows) lr {lr:g} epochs {epochs}: {accuracy:.3f} ({accuracy - base:+.3f})")
+            results.append(record)
+    return {"settings": vars(args), "results": results}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--toy", nargs="+", default=["{}"], help="ToyModelConfig overrides as JSON, one per toy")
+    parser.add_argument("--toy-seeds", type=int, nargs="+", default=[1234])
+    parser.add_argument("--questions", type=int, default=96)
+    parser.add_argument("--valid", type=int, default=24)
+    parser.add_argument("--test", type=int, default=500)
+    parser.add_argument("--m", type=int, default=6)
+    parser.add_argument("--temperature", type=float, nargs="+", default=[0.8], help="the last one's candidates are tuned on")
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--lr", type=float, nargs="*", default=[2e-4], help="none: no fine-tuning")
+    parser.add_argument("--epochs", type=int, nargs="+", default=[2])
+    parser.add_argument("--micro-batch", type=int, default=8)
+    parser.add_argument("--gold", type=int, default=0, help="also fine-tune on this many gold rationales")
+    parser.add_argument("--cache", default=".cache/dsw-ray/testbed")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    result = study(args)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
