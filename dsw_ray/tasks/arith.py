@@ -1,10 +1,12 @@
 """arith: synthetic arithmetic word problems that dsw-ray generates itself from a seed.
 
 >>> example = generate_examples(seed=0, count=1, prefix="q")[0]
->>> example.question, example.rationale  # doctest: +SKIP
-('Mia has 12 apples. She gets 7 more. How many apples does Mia have now?',
- '12 + 7 = 19. The answer is 19.')
+>>> example.question
+'Leo buys 5 bags with 4 stamps in each bag and then gives away 16. How many stamps does Leo have now?'
+>>> example.rationale, example.gold
+('5 * 4 = 20. 20 - 16 = 4. The answer is 4.', '4')
 
+The task asks two-step problems; one-step ones exist for the toy's pre-training corpus.
 Questions, valid set and test set come from separate seeded streams, and a question
 text never appears in two of them.
 """
