@@ -39,7 +39,7 @@ from dsw_ray.score import rows_per_call, score_losses, weigh
 from dsw_ray.tasks import Splits, Task, task_of
 from dsw_ray.tasks.rows import question_key
 from dsw_ray.toy import build_toy_model
-from dsw_ray.train import LOSS_HISTORY, fine_tune
+from dsw_ray.train import LOSS_HISTORY, fine_tune, optimizer_steps
 from dsw_ray.vote import vote
 
 log = logging.getLogger(__name__)
@@ -395,10 +395,10 @@ def train_and_evaluate(
     train_fp = stage_fingerprint(
         "train", filter_fp, job.train.model_dump(exclude={"max_failures", "resources_per_worker"}), job.model.dtype
     )
-    trained = run_stage(
-        stage("train"),
-        train_fp,
-        lambda out: fine_tune(
+    def train_stage(out: str) -> dict:
+        # The stage's progress counts optimizer steps, not the kept rows it reads.
+        progress.expect(optimizer_steps(kept_rows // job.train.num_workers, job.train.model_dump()))
+        return fine_tune(
             data_dir(filter_dir),
             model_path,
             job,
@@ -406,10 +406,9 @@ def train_and_evaluate(
             stage("ray_train"),
             run_name=f"train-{train_fp}",  # an interrupted run of these same settings resumes
             heldout=[(e.question, e.rationale) for e in splits.valid],
-        ),
-        rows_in=kept_rows,
-        force=job.forced("train"),
-    )
+        )
+
+    trained = run_stage(stage("train"), train_fp, train_stage, rows_in=kept_rows, force=job.forced("train"))
     write_training_events(
         os.path.join(stage("train"), "model", LOSS_HISTORY),
         os.path.join(run_dir, EVENTS, os.path.relpath(where, run_dir)),
