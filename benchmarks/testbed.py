@@ -18,11 +18,9 @@ import argparse
 import json
 import math
 import os
-import shutil
 import sys
 import tempfile
 import time
-from collections import Counter
 
 DEV_TASK_SEED = 1
 
