@@ -138,6 +138,9 @@ def tracking(name: str, stage: str, total: int | None):
         stop.set()
         thread.join()
         _current = None
+        # The last batches can land between two polls: the bar ends at what was really done.
+        with contextlib.suppress(Exception):
+            tracker.update(ray.get(handle.read.remote(), timeout=10))
         tracker.close()
 
 
@@ -200,4 +203,5 @@ class Tracker:
 
     def close(self) -> None:
         if self.bar is not None:
+            self.bar.refresh()  # its final count, whatever the time since the last redraw
             self.bar.close()

@@ -123,12 +123,13 @@ def test_the_terminal_shows_our_stages_bars_and_table_only(job_runs):
     assert re.search(r"round-1/none/train: done in [\d.]+ s, 24 samples in, 12 optimizer steps, final loss [\d.]+", terminal)
     assert "method  round  kept" in terminal and f"run directory: {job_runs['run_dir']}" in terminal
 
-    # The bars redraw as the work advances, in each stage's own units, with rate and time left.
+    # The bars redraw as the work advances, in each stage's own units, with rate and time left,
+    # and end at the stage's full count.
     train = frames(terminal, "round-1/none/train")
-    assert {total for _, total in train} == {12} and len({n for n, _ in train}) >= 2, train
+    assert {total for _, total in train} == {12} and {0, 12} <= {n for n, _ in train}, train
     assert re.search(r"round-1/none/train: .*(?:steps/s|s/ steps), loss=[\d.]+\]", terminal)
     generate = frames(terminal, "round-1/generate")
-    assert {total for _, total in generate} == {12} and len({n for n, _ in generate}) >= 2, generate
+    assert {total for _, total in generate} == {12} and {0, 12} <= {n for n, _ in generate}, generate
     # tqdm shows a rate under one a second as seconds per unit.
     assert re.search(r"round-1/generate: .*<[\d:?]+, +(?:[\d.?]+ questions/s|[\d.]+s/ questions), candidates=\d+\]", terminal)
 
@@ -138,11 +139,9 @@ def test_a_pipe_gets_plain_progress_lines_and_the_log_gets_everything_else(job_r
     output = piped.stdout + piped.stderr
     assert "\r" not in output and "\x1b[" not in output, "no redraws, no colours"
     assert not [line for line in output.splitlines() if any(foreign in line for foreign in FOREIGN)], output
-    # Both evaluations rerun; whether one shows a line before it is done depends on how its
-    # batches arrive, so either one's line will do.
-    assert re.search(
-        r"(?:base|round-1/none)/evaluate: \d+/10 questions \(\d+%\), [\d.]+ questions/s, about \d+ s left", piped.stderr
-    ), piped.stderr
+    # Whether a stage this small logs a progress line before its done line depends on when its
+    # batches land (tests/unit/test_progress.py checks the lines); its done line it always logs.
+    assert re.search(r"round-1/none/evaluate: done in [\d.]+ s, 10 questions in, 10 answers out", piped.stderr)
     assert "round-1/generate: skipped, done already" in piped.stderr
     assert "method  round  kept" in piped.stdout and "evaluate" not in piped.stdout
 

@@ -28,3 +28,17 @@ def test_a_fine_tune_reports_its_total_steps_and_loss(monkeypatch, caplog):
     tracker.update({"step": 3, "total": 12, "loss": 1.23456})
     (line,) = [record.getMessage() for record in caplog.records]
     assert line.startswith("round-1/iwsi/train: 3/12 steps (25%), loss 1.2346, ")
+
+
+def test_on_a_terminal_the_bar_ends_at_the_stage_full_count(monkeypatch):
+    """The last steps can land after the last redraw (tqdm redraws at most twice a second)."""
+    import io
+
+    monkeypatch.setattr(progress, "QUIET_SECONDS", 0.0)
+    terminal = io.StringIO()
+    tracker = progress.Tracker("round-1/none/train", "steps", None, total=12, terminal=terminal)
+    tracker.update({"step": 1, "loss": 2.0})
+    tracker.update({"step": 12, "loss": 1.0})
+    assert "12/12" not in terminal.getvalue()  # within tqdm's redraw interval
+    tracker.close()
+    assert "12/12" in terminal.getvalue() and "loss=1.0000" in terminal.getvalue()
