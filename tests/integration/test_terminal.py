@@ -143,6 +143,7 @@ def test_a_pipe_gets_plain_progress_lines_and_the_log_gets_everything_else(job_r
     # batches land (tests/unit/test_progress.py checks the lines); its done line it always logs.
     assert re.search(r"round-1/none/evaluate: done in [\d.]+ s, 10 questions in, 10 answers out", piped.stderr)
     assert "round-1/generate: skipped, done already" in piped.stderr
+    assert "base/evaluate: started (rerun as asked (--from))" in piped.stderr and "none/train: skipped" in piped.stderr
     assert "method  round  kept" in piped.stdout and "evaluate" not in piped.stdout
 
     with open(os.path.join(run_dir, "dsw-ray.log")) as f:
