@@ -154,8 +154,8 @@ class GenerateConfig(Decoding):
         return self
 
 
-class ScoreConfig(ActorPool):
-    batch_size: int = Field(16, ge=1, description="Candidates per batched forward pass.")
+class ScoreConfig(Decoding):
+    batch_size: int = Field(16, ge=1, description="Candidates per batched forward pass (transformers).")
     loss_on: Literal["answer", "full"] = Field(
         "answer",
         description="Tokens a sample's loss averages over: the answer and its EOS (what training minimizes), "
@@ -310,12 +310,15 @@ class JobConfig(Section):
 
     @model_validator(mode="after")
     def lora_serving_dtype(self) -> JobConfig:
-        for name in ("generate", "evaluate"):
+        for name in ("generate", "score", "evaluate"):
             section = getattr(self, name)
             if section.backend == "vllm" and section.vllm.serve_lora and self.model.dtype == "float32":
                 raise ValueError(
                     f"{name}.vllm.serve_lora needs model.dtype bfloat16 or float16 (vLLM's LoRA kernels have no float32)"
                 )
+        if self.score.backend == "vllm" and self.semantics == "official":
+            # The authors' text is left-padded with shifted positions, which a vLLM request cannot reproduce.
+            raise ValueError("score.backend vllm scores with semantics: paper only")
         return self
 
     @model_validator(mode="after")

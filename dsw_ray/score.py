@@ -137,7 +137,13 @@ def pool_losses(rows, model_path: str, job):
     """The scoring pool over ``rows`` (``scoring_rows``): keys, ``valid_row`` and ``loss`` (lazy)."""
     from dsw_ray.resources import pool_map
 
-    scored = pool_map(rows, Scorer, scorer_settings(model_path, job), job.score, "score", batch_size=rows_per_call(job))
+    settings, scorer, placement = scorer_settings(model_path, job), Scorer, {}
+    if job.score.backend == "vllm":
+        from dsw_ray import vllm_backend
+
+        settings.update(engine=job.score.vllm.model_dump(), on_gpu=job.score.gpus_per_actor > 0)
+        scorer, placement = vllm_backend.VllmScorer, vllm_backend.placement(job.score)
+    scored = pool_map(rows, scorer, settings, job.score, "score", batch_size=rows_per_call(job), **placement)
     return scored.select_columns([C.QUESTION_ID, C.SAMPLE_INDEX, VALID_ROW, C.LOSS])
 
 

@@ -1,4 +1,5 @@
-"""The vLLM generation backend: the same rows as ``TransformersGenerator``, from vLLM engines.
+"""The vLLM backend: the same rows as ``TransformersGenerator`` and the same losses as
+``score.Scorer``, from vLLM engines.
 
 The only module that imports ``vllm`` (inside the actor, so ``import dsw_ray`` never does).
 It is a Ray Data callable class over ``vllm.LLM``, driven by ``resources.pool_map`` like
@@ -23,8 +24,10 @@ import os
 
 import numpy as np
 
+from dsw_ray import columns as C
 from dsw_ray.generate import Completion, candidate_rows, requests
 from dsw_ray.models import STOP, load_tokenizer
+from dsw_ray.sft import IGNORE, encode_example
 from dsw_ray.rundir import display_name
 from dsw_ray.tasks import Task
 
@@ -199,18 +202,9 @@ class VllmGenerator:
         threads: int | None = None,
         on_gpu: bool = True,
     ):
-        for name, value in (ENGINE_ENV if on_gpu else CPU_ENGINE_ENV).items():
-            os.environ.setdefault(name, value)
-        if not on_gpu:
-            check_cpu_model(model_path, trust_remote_code)
-        from vllm import LLM
-        from vllm.lora.request import LoRARequest
-
         self.task = task
         self.tokenizer = load_tokenizer(model_path, trust_remote_code)
-        lora = lora_adapter(model_path) if engine["serve_lora"] else None
-        self.lora = LoRARequest(lora["name"], lora["id"], lora["path"]) if lora else None
-        self.engine = LLM(**engine_args(model_path, dtype, trust_remote_code, seed, engine, lora, on_gpu))
+        self.engine, self.lora = start_engine(model_path, dtype, trust_remote_code, seed, engine, on_gpu)
         self.samples = 1 if temperature is None else samples_per_question
         self.temperature, self.top_p = temperature, top_p
         self.max_new_tokens, self.seed, self.round_index = max_new_tokens, seed, round_index
@@ -231,3 +225,69 @@ class VllmGenerator:
         return candidate_rows(
             batch, question_ids, self.samples, None if self.temperature is None else seeds, [completion(o) for o in outputs]
         )
+
+
+def start_engine(model_path: str, dtype: str, trust_remote_code: bool, seed: int, engine: dict, on_gpu: bool):
+    """A ``vllm.LLM`` for one actor (the environment it needs set before vLLM is imported),
+    and the LoRA request that serves ``model_path``'s adapter, if it is served as one."""
+    for name, value in (ENGINE_ENV if on_gpu else CPU_ENGINE_ENV).items():
+        os.environ.setdefault(name, value)
+    if not on_gpu:
+        check_cpu_model(model_path, trust_remote_code)
+    from vllm import LLM
+    from vllm.lora.request import LoRARequest
+
+    lora = lora_adapter(model_path) if engine["serve_lora"] else None
+    request = LoRARequest(lora["name"], lora["id"], lora["path"]) if lora else None
+    return LLM(**engine_args(model_path, dtype, trust_remote_code, seed, engine, lora, on_gpu)), request
+
+
+def sequence_loss(token_ids: list[int], labels: list[int], prompt_logprobs: list) -> float:
+    """Mean negative log-probability of the labeled tokens of one encoded sample, from vLLM's
+    ``prompt_logprobs`` (None at position 0, then ``{token_id: Logprob}`` holding each
+    position's own token): the loss ``sft.sequence_losses`` computes from logits."""
+    targets = [t for t in range(1, len(token_ids)) if labels[t] != IGNORE]
+    if not targets:
+        return 0.0  # as the transformers scorer: no target, loss 0 (a weight then flags it)
+    return -sum(prompt_logprobs[t][token_ids[t]].logprob for t in targets) / len(targets)
+
+
+class VllmScorer:
+    """Ray Data callable class with the constructor and output of ``score.Scorer``, plus
+    ``engine`` and ``on_gpu`` (as ``VllmGenerator``): each row's loss from one prompt-logprobs
+    request over exactly the tokens and targets the transformers scorer uses."""
+
+    def __init__(
+        self,
+        model_path: str,
+        batch_size: int,
+        dtype: str = "float32",
+        trust_remote_code: bool = False,
+        max_length: int = 512,
+        loss_on: str = "answer",
+        official: bool = False,
+        threads: int | None = None,
+        engine: dict | None = None,
+        on_gpu: bool = True,
+    ):
+        if official:  # its left padding shifts positions, which a vLLM request cannot
+            raise ValueError("score.backend vllm scores with semantics: paper only")
+        self.tokenizer = load_tokenizer(model_path, trust_remote_code)
+        self.engine, self.lora = start_engine(model_path, dtype, trust_remote_code, 0, engine, on_gpu)
+        self.max_length, self.loss_on = max_length, loss_on
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from vllm import SamplingParams
+
+        C.require(batch, (C.QUESTION_ID, C.QUESTION, C.TEXT), "score")
+        encoded = [
+            encode_example(self.tokenizer, q, a, self.max_length, self.loss_on)
+            for q, a in zip(batch[C.QUESTION], batch[C.TEXT])
+        ]
+        # One token is generated per request (vLLM needs one); only the prompt's log-probs count.
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        outputs = self.engine.generate(
+            [{"prompt_token_ids": e["input_ids"]} for e in encoded], params, use_tqdm=False, lora_request=self.lora
+        )
+        losses = [sequence_loss(e["input_ids"], e["labels"], o.prompt_logprobs) for e, o in zip(encoded, outputs)]
+        return {**batch, C.LOSS: np.asarray(losses, dtype=np.float64)}

@@ -30,6 +30,7 @@ def job(model: str, backend: str, **generate) -> JobConfig:
         "model": {"path": model},
         "generate": {"backend": backend, "samples_per_question": 3, "temperature": 0.8, "max_new_tokens": 40,
                      "batch_size": 8, "vllm": engine, **generate},
+        "score": {"backend": backend, "batch_size": 8, "vllm": engine},
         "evaluate": {"backend": backend, "max_new_tokens": 40, "batch_size": 8, "vllm": engine},
     })  # fmt: skip
 
@@ -89,3 +90,51 @@ def test_a_whole_round_generates_and_evaluates_on_vllm(toy_model, tmp_path, ray_
     on_transformers = generate(test, toy_model, job(toy_model, "transformers"), 1, greedy=True)
     expected = on_transformers.to_pandas().sort_values(C.QUESTION_ID)
     assert base[C.TEXT].tolist() == expected[C.TEXT].tolist()
+
+
+@pytest.mark.parametrize("loss_on", ["answer", "full"])
+def test_losses_from_prompt_logprobs_equal_the_transformers_scorers(toy_model, loss_on):
+    """The engine in this process: the valid set's gold rationales and sampled candidates."""
+    import numpy as np
+
+    from dsw_ray.score import LossModel
+    from dsw_ray.tasks import get_task
+    from dsw_ray.vllm_backend import VllmScorer
+
+    splits = get_task("arith").load(None, 8, 8, 2, 4)
+    questions = [e.question for e in splits.valid] * 2
+    answers = [e.rationale for e in splits.valid] + [e.rationale.replace("=", "+") for e in splits.valid]
+    engine = job(toy_model, "vllm").score.vllm.model_dump()
+    scorer = VllmScorer(toy_model, 8, loss_on=loss_on, engine=engine, on_gpu=False)
+    batch = {C.QUESTION_ID: np.array([f"q{i}" for i in range(16)]), C.QUESTION: np.array(questions), C.TEXT: np.array(answers)}
+    on_vllm = scorer(batch)[C.LOSS]
+    expected = LossModel(toy_model, "float32", False, 512, loss_on).losses(questions, answers, batch_size=4)
+    assert np.abs(on_vllm - expected).max() < 1e-4, (on_vllm, expected)
+    assert on_vllm[8:].mean() > on_vllm[:8].mean(), "damaged rationales cost more"
+
+
+def test_the_score_stage_on_vllm_gives_the_same_weights_and_kept_set(toy_model, questions):
+    """The scoring pool on vLLM engines against the transformers pool, on voted candidates."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import ray
+
+    from dsw_ray.generate import generate
+    from dsw_ray.pipeline import answer_parser
+    from dsw_ray.score import score_losses, weigh
+    from dsw_ray.tasks import get_task
+    from dsw_ray.vote import vote
+    from dsw_ray.weights import keep_lowest
+
+    task = get_task("arith")
+    voted = vote(generate(questions, toy_model, job(toy_model, "transformers"), 1), answer_parser(task, False))
+    voted = ray.data.from_arrow(pa.concat_tables(ray.get(voted.to_arrow_refs())))  # sampled once for both
+    majority = pa.concat_tables(ray.get(voted.to_arrow_refs())).filter(pc.field(C.IS_MAJORITY))
+    valid = task.load(None, 8, 8, 2, 4).valid
+    weights = {}
+    for backend in ("vllm", "transformers"):
+        scored, _, _ = weigh(majority, score_losses(valid, voted, toy_model, job(toy_model, backend)), False)
+        weights[backend] = scored[C.DS_WEIGHT].to_numpy()
+    assert len(weights["vllm"]) > 8 and np.abs(weights["vllm"] - weights["transformers"]).max() < 1e-3
+    assert (keep_lowest(weights["vllm"], 0.8) == keep_lowest(weights["transformers"], 0.8)).all()

@@ -100,6 +100,20 @@ def test_a_model_with_narrow_heads_is_refused_on_cpu(tiny_model):
         check_cpu_model(tiny_model, False)
 
 
+def test_a_loss_from_prompt_logprobs_averages_the_labeled_tokens_only():
+    from dsw_ray.sft import IGNORE
+    from dsw_ray.vllm_backend import sequence_loss
+
+    logprob = lambda value: SimpleNamespace(logprob=value)  # noqa: E731
+    token_ids = [5, 6, 7, 8]
+    prompt_logprobs = [None, {6: logprob(-0.5)}, {7: logprob(-1.0), 1: logprob(-0.1)}, {8: logprob(-2.0)}]
+    # The prompt (5, 6) is not a target; 7 and 8 are: (1.0 + 2.0) / 2.
+    assert sequence_loss(token_ids, [IGNORE, IGNORE, 7, 8], prompt_logprobs) == pytest.approx(1.5)
+    # loss_on: full: every token after the first.
+    assert sequence_loss(token_ids, token_ids, prompt_logprobs) == pytest.approx(3.5 / 3)
+    assert sequence_loss(token_ids, [IGNORE] * 4, prompt_logprobs) == 0.0
+
+
 def test_sampling_params_one_request_per_candidate_with_its_own_seed():
     seeds = [sample_seed(0, 1, "q-0", i) for i in range(3)]
     params = sampling_params(seeds, 1.1, 0.95, 64)
@@ -219,6 +233,7 @@ def test_placement_one_gpu_or_a_tensor_parallel_group():
         ),
         ({"evaluate": {"backend": "vllm", "vllm": {"kv_cache_memory_bytes": 1000}}}, "evaluate.vllm.kv_cache_memory_bytes"),
         ({"generate": {"backend": "vlm"}}, "generate.backend"),
+        ({"semantics": "official", "score": {"backend": "vllm"}}, "score.backend vllm scores with semantics: paper only"),
         ({"generate": {"backend": "vllm", "gpus_per_actor": 1, "temperature": 2.5}}, "temperatures up to 2"),
         (
             {"evaluate": {"backend": "vllm", "gpus_per_actor": 1, "vllm": {"serve_lora": True}}},
