@@ -3,8 +3,8 @@
     python benchmarks/train_engines.py [--rows 256] [--epochs 2] [--workers 2] [--out docs/train_engines.json]
 
 Runs ``fine_tune`` (Ray Train + DeepSpeed) on a local Ray for plain data parallel (ZeRO
-stage 0), ZeRO-2, ZeRO-3, ZeRO-3 with optimizer and parameter offload, LoRA (ZeRO-2) and
-LoRA (ZeRO-3) on the same rows (gold rationales
+stage 0), ZeRO-2, ZeRO-3, ZeRO-3 with optimizer and parameter offload, LoRA (ZeRO-2),
+LoRA (ZeRO-3), and DDP and ZeRO-2 with packed micro batches on the same rows (gold rationales
 of the arith task) and the quickstart's toy model, and prints samples/s of the training
 loop (engine set-up and Ray start-up excluded, reported apart) and the peak memory of the
 largest worker. Writes the numbers, the command and the machine as JSON.
@@ -27,6 +27,9 @@ ENGINES = {
     "zero3_offload": {"zero_stage": 3, "offload_optimizer": True, "offload_params": True},
     "lora_zero2": {"zero_stage": 2, "lora": {"r": 16}},
     "lora_zero3": {"zero_stage": 3, "lora": {"r": 16}},
+    # Each micro batch in one sequence, no padding (train.packing).
+    "ddp_packed": {"zero_stage": 0, "packing": True},
+    "zero2_packed": {"zero_stage": 2, "packing": True},
 }
 
 
@@ -46,12 +49,11 @@ def main() -> None:
     import ray
 
     from dsw_ray import get_task
+    from dsw_ray.bench import build_quickstart_toy
     from dsw_ray.config import JobConfig
-    from dsw_ray.toy import ToyModelConfig, build_toy_model
     from dsw_ray.train import fine_tune
 
-    splits = get_task("arith").load(None, 96, 24, 100, 0)
-    build_toy_model(args.model, ToyModelConfig(), {e.question for e in splits.test + splits.valid})
+    build_quickstart_toy(args.model)
     examples = get_task("arith").load(None, 4, args.rows, 4, 99).valid
     rows = pa.table({"question": [e.question for e in examples], "text": [e.rationale for e in examples]})
     ray.init(include_dashboard=False, num_cpus=os.cpu_count())

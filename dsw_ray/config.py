@@ -223,6 +223,11 @@ class TrainConfig(Section):
     warmup_fraction: float = Field(0.0, ge=0, lt=1, description="Share of optimizer steps spent warming up.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     max_length: int = Field(512, ge=8, description="Longest training text in tokens; longer ones are cut.")
+    packing: bool = Field(
+        False,
+        description="Each micro batch's samples end to end in one sequence, no padding; attention stays within "
+        "each sample (position ids restart) and the loss is the same per-sample mean.",
+    )
     lora: LoraConfig | None = Field(None, description="LoRA adapter settings; None: full fine-tuning.")
     seed: int = Field(0, description="Seed of shuffling and initialization.")
 

@@ -54,6 +54,39 @@ def pad_batch(examples: list[dict], pad_token_id: int):
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
+def pack_batch(examples: list[dict]):
+    """The examples end to end in one row (no padding): ``position_ids`` restart at each
+    example, so that the model attends within each example only (transformers' packed
+    sequences: no attention mask, no cache); each example's first token is no target, as
+    nothing of its own precedes it; ``sample`` is the example each position belongs to."""
+    import torch
+
+    input_ids, labels, position_ids, sample = [], [], [], []
+    for index, example in enumerate(examples):
+        n = len(example["input_ids"])
+        input_ids += example["input_ids"]
+        labels += [IGNORE] + example["labels"][1:n]
+        position_ids += range(n)
+        sample += [index] * n
+    row = lambda values: torch.tensor([values], dtype=torch.long)  # noqa: E731
+    return {"input_ids": row(input_ids), "labels": row(labels), "position_ids": row(position_ids), "sample": row(sample)}
+
+
+def packed_sequence_losses(model, batch: dict, samples: int):
+    """``sequence_losses`` of a ``pack_batch`` row: each example's mean token cross-entropy
+    over its labeled positions (a 1-D tensor of ``samples`` losses)."""
+    import torch
+
+    logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+    targets = batch["labels"][0, 1:]
+    token_losses = torch.nn.functional.cross_entropy(logits[0, :-1].float(), targets, ignore_index=IGNORE, reduction="none")
+    owner = batch["sample"][0, 1:]
+    zeros = torch.zeros(samples, dtype=token_losses.dtype, device=token_losses.device)
+    sums = zeros.index_add(0, owner, token_losses)
+    counts = zeros.index_add(0, owner, (targets != IGNORE).to(token_losses.dtype))
+    return sums / counts.clamp(min=1)
+
+
 def stack(examples: list[dict]):
     """Tensors of examples that already share one length (``encode_official``)."""
     import torch

@@ -38,7 +38,7 @@ from typing import Callable
 from dsw_ray import columns as C
 from dsw_ray.errors import UserError
 from dsw_ray.models import load_tokenizer
-from dsw_ray.sft import batched_losses, encode_example, pad_batch, sequence_losses
+from dsw_ray.sft import batched_losses, encode_example, pack_batch, packed_sequence_losses, pad_batch, sequence_losses
 
 log = logging.getLogger(__name__)
 
@@ -283,10 +283,14 @@ def train_worker(
     for epoch in range(first_epoch, settings["epochs"]):
         engine.train()
         for batch in micro_batches(len(examples), settings["micro_batch_size"], settings["seed"], epoch):
-            padded = pad_batch([examples[i] for i in batch], tokenizer.pad_token_id)
-            tensors = {k: v.to(engine.device) for k, v in padded.items()}
             weights = torch.tensor([loss_weights[i] for i in batch], dtype=torch.float32, device=engine.device)
-            loss = (sequence_losses(engine, tensors) * weights).mean()
+            if settings.get("packing"):
+                tensors = {k: v.to(engine.device) for k, v in pack_batch([examples[i] for i in batch]).items()}
+                losses = packed_sequence_losses(engine, tensors, len(batch))
+            else:
+                padded = pad_batch([examples[i] for i in batch], tokenizer.pad_token_id)
+                losses = sequence_losses(engine, {k: v.to(engine.device) for k, v in padded.items()})
+            loss = (losses * weights).mean()
             engine.backward(loss)
             engine.step()
             micro_batches_run += 1

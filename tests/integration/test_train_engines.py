@@ -1,5 +1,6 @@
 """Real DeepSpeed on two ranks (torchrun, gloo) with the same rows under every engine:
-DDP (ZeRO stage 0), ZeRO-2, ZeRO-3 and LoRA under ZeRO-3 with partitioning forced."""
+DDP (ZeRO stage 0), ZeRO-2, ZeRO-3 and LoRA under ZeRO-3 with partitioning forced, and DDP
+with each micro batch packed into one sequence."""
 
 import json
 import os
@@ -85,6 +86,7 @@ def runs(tiny_model, data, tmp_path_factory):
     base = tmp_path_factory.mktemp("engines")
     configs = {
         "ddp": {"zero_stage": 0},
+        "ddp_packed": {"zero_stage": 0, "packing": True},
         "zero2": {"zero_stage": 2},
         "zero3": {"zero_stage": 3, "deepspeed": {"zero_optimization": {"stage3_param_persistence_threshold": 0}}},
         # ZeRO-Offload: optimizer states and parameters on CPU, DeepSpeed's CPU Adam (built on first use).
@@ -102,7 +104,7 @@ def runs(tiny_model, data, tmp_path_factory):
     }
 
 
-@pytest.mark.parametrize("name", ["ddp", "zero2", "zero3", "zero3_offload", "lora_ddp", "lora_zero3"])
+@pytest.mark.parametrize("name", ["ddp", "ddp_packed", "zero2", "zero3", "zero3_offload", "lora_ddp", "lora_zero3"])
 def test_loss_falls_steps_match_and_ranks_agree(runs, name):
     metrics, history, _ = runs[name]
     means = epoch_means(history)
@@ -118,9 +120,10 @@ def test_loss_falls_steps_match_and_ranks_agree(runs, name):
 
 
 @pytest.mark.parametrize(
-    "name, reference", [("zero2", "ddp"), ("zero3", "ddp"), ("zero3_offload", "ddp"), ("lora_zero3", "lora_ddp")]
+    "name, reference",
+    [("zero2", "ddp"), ("zero3", "ddp"), ("zero3_offload", "ddp"), ("lora_zero3", "lora_ddp"), ("ddp_packed", "ddp")],
 )
-def test_zero_stages_give_the_weights_of_plain_data_parallel(runs, name, reference):
+def test_zero_stages_and_packing_give_the_weights_of_plain_data_parallel(runs, name, reference):
     expected = load_file(os.path.join(runs[reference][2], "model.safetensors"))
     weights = load_file(os.path.join(runs[name][2], "model.safetensors"))
     assert expected.keys() == weights.keys()

@@ -93,3 +93,56 @@ def test_official_loss_is_the_mean_over_real_tokens(tiny_model, tokenizer):
         assert loss == pytest.approx(reference, abs=1e-4)
     paper = LossModel(tiny_model, "float32", False, 512, "full").losses(questions, answers, batch_size=2)
     assert not np.allclose(losses, paper), "the EOS after 'A: ' and the BOS change the loss"
+
+
+def packing_examples(tokenizer, loss_on: str = "answer"):
+    pairs = [("Mia has 3 pens.", "3 + 1 = 4. The answer is 4."), ("q", "The answer is 1."),
+             ("Tom buys 2 bags with 4 cards in each bag. How many cards?", "2 * 4 = 8. The answer is 8.")]  # fmt: skip
+    return [encode_example(tokenizer, q, a, 512, loss_on) for q, a in pairs]
+
+
+@pytest.mark.parametrize("loss_on", ["answer", "full"])
+def test_packed_and_padded_micro_batches_give_the_same_losses_and_gradients(tiny_model, tokenizer, loss_on):
+    """float32: per-sample losses within 1e-5, every parameter's gradient within 1e-5 (absolute)."""
+    from dsw_ray.sft import pack_batch, packed_sequence_losses
+
+    model = load_model(tiny_model, "float32", False)
+    examples = packing_examples(tokenizer, loss_on)
+    weights = torch.tensor([1.0, 0.5, 2.0])
+    results = []
+    for packed in (False, True):
+        model.zero_grad()
+        if packed:
+            losses = packed_sequence_losses(model, pack_batch(examples), len(examples))
+        else:
+            losses = sequence_losses(model, pad_batch(examples, tokenizer.pad_token_id))
+        (losses * weights).mean().backward()
+        results.append((losses.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (padded, padded_grads), (packed, packed_grads) = results
+    assert torch.allclose(packed, padded, atol=1e-5), (packed, padded)
+    assert padded.min() > 0
+    for name, grad in padded_grads.items():
+        assert torch.allclose(packed_grads[name], grad, atol=1e-5), name
+
+
+def test_a_packed_sample_attends_to_nothing_before_it(tiny_model, tokenizer):
+    """Changing the first sample's tokens changes none of the second's logits in the packed row."""
+    from dsw_ray.sft import pack_batch
+
+    model = load_model(tiny_model, "float32", False)
+    first, second, _ = packing_examples(tokenizer)
+    other = {**first, "input_ids": [(t + 7) % tokenizer.vocab_size for t in first["input_ids"]]}
+    with torch.no_grad():
+        logits = [
+            model(**{k: v for k, v in pack_batch([head, second]).items() if k in ("input_ids", "position_ids")},
+                  use_cache=False).logits[0]
+            for head in (first, other)
+        ]  # fmt: skip
+    n = len(first["input_ids"])
+    assert not torch.allclose(logits[0][:n], logits[1][:n]), "the first sample's own logits do change"
+    assert torch.allclose(logits[0][n:], logits[1][n:], atol=1e-6)
+    # Without the restart of position ids the model would attend across: the check can fail.
+    crossed = pack_batch([first, second])
+    with torch.no_grad():
+        plain = [model(input_ids=ids, use_cache=False).logits[0] for ids in (crossed["input_ids"], pack_batch([other, second])["input_ids"])]
+    assert not torch.allclose(plain[0][n:], plain[1][n:], atol=1e-6)
