@@ -27,8 +27,8 @@ import numpy as np
 from dsw_ray import columns as C
 from dsw_ray.generate import Completion, candidate_rows, requests
 from dsw_ray.models import STOP, load_tokenizer
-from dsw_ray.sft import IGNORE, encode_example
 from dsw_ray.rundir import display_name
+from dsw_ray.sft import IGNORE, encode_example
 from dsw_ray.tasks import Task
 
 # vllm.LLM arguments that the job's own fields set; engine_kwargs may not repeat them.
@@ -248,7 +248,7 @@ def sequence_loss(token_ids: list[int], labels: list[int], prompt_logprobs: list
     position's own token): the loss ``sft.sequence_losses`` computes from logits."""
     targets = [t for t in range(1, len(token_ids)) if labels[t] != IGNORE]
     if not targets:
-        return 0.0  # as the transformers scorer: no target, loss 0 (a weight then flags it)
+        return 0.0  # as the transformers scorer
     return -sum(prompt_logprobs[t][token_ids[t]].logprob for t in targets) / len(targets)
 
 
@@ -267,7 +267,8 @@ class VllmScorer:
         loss_on: str = "answer",
         official: bool = False,
         threads: int | None = None,
-        engine: dict | None = None,
+        *,
+        engine: dict,
         on_gpu: bool = True,
     ):
         if official:  # its left padding shifts positions, which a vLLM request cannot
