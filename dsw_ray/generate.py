@@ -212,6 +212,6 @@ def generate(questions, model_path: str, job, round_index: int, greedy: bool = F
     if section.backend == "vllm":
         from dsw_ray import vllm_backend
 
-        constructor.update(engine=section.vllm.model_dump(), on_gpu=section.gpus_per_actor > 0)
-        return pool_map(questions, vllm_backend.VllmGenerator, constructor, section, what, **vllm_backend.placement(section))
+        engine, placement = vllm_backend.pool_settings(section)
+        return pool_map(questions, vllm_backend.VllmGenerator, {**constructor, **engine}, section, what, **placement)
     return pool_map(questions, TransformersGenerator, constructor, section, what)

@@ -122,12 +122,15 @@ def tracking(name: str, stage: str, total: int | None):
     tracker = Tracker(name, *UNITS[stage], total, _display["terminal"])
     stop = threading.Event()
 
+    def read() -> None:
+        try:
+            tracker.update(ray.get(handle.read.remote(), timeout=10))
+        except Exception:  # a slow or restarting actor: the next poll tries again
+            log.debug("progress poll failed", exc_info=True)
+
     def poll():
         while not stop.wait(POLL_SECONDS):
-            try:
-                tracker.update(ray.get(handle.read.remote(), timeout=10))
-            except Exception:  # a slow or restarting actor: the next poll tries again
-                log.debug("progress poll failed", exc_info=True)
+            read()
 
     thread = threading.Thread(target=poll, name="dsw-ray-progress", daemon=True)
     _current = tracker
@@ -138,9 +141,7 @@ def tracking(name: str, stage: str, total: int | None):
         stop.set()
         thread.join()
         _current = None
-        # The last batches can land between two polls: the bar ends at what was really done.
-        with contextlib.suppress(Exception):
-            tracker.update(ray.get(handle.read.remote(), timeout=10))
+        read()  # the last batches can land between two polls: the bar ends at what was really done
         tracker.close()
 
 

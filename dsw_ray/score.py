@@ -141,8 +141,8 @@ def pool_losses(rows, model_path: str, job):
     if job.score.backend == "vllm":
         from dsw_ray import vllm_backend
 
-        settings.update(engine=job.score.vllm.model_dump(), on_gpu=job.score.gpus_per_actor > 0)
-        scorer, placement = vllm_backend.VllmScorer, vllm_backend.placement(job.score)
+        engine, placement = vllm_backend.pool_settings(job.score)
+        settings, scorer = {**settings, **engine}, vllm_backend.VllmScorer
     scored = pool_map(rows, scorer, settings, job.score, "score", batch_size=rows_per_call(job), **placement)
     return scored.select_columns([C.QUESTION_ID, C.SAMPLE_INDEX, VALID_ROW, C.LOSS])
 

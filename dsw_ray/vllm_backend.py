@@ -160,6 +160,13 @@ def check_cpu_model(model_path: str, trust_remote_code: bool) -> None:
         )
 
 
+def pool_settings(section) -> tuple[dict, dict]:
+    """What a pool of vLLM actors adds to its class's constructor arguments (the engine's
+    settings; whether it runs on GPUs, which the pool's request says: a tensor-parallel actor
+    holds no GPU itself) and its ``map_batches`` resources (``placement``)."""
+    return {"engine": section.vllm.model_dump(), "on_gpu": section.gpus_per_actor > 0}, placement(section)
+
+
 def placement(section) -> dict:
     """``map_batches`` resources of one engine per actor. With tensor parallelism the actor
     holds no GPU itself: it runs in a placement group of one GPU bundle per rank, and

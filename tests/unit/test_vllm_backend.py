@@ -22,6 +22,7 @@ from dsw_ray.vllm_backend import (
     engine_args,
     lora_adapter,
     placement,
+    pool_settings,
     sampling_params,
     served_lora_rank,
 )
@@ -86,6 +87,8 @@ def test_on_cpu_the_engine_gets_a_kv_cache_of_a_fixed_size():
     )
     engine = cpu_job.generate.vllm.model_dump()
     assert placement(cpu_job.generate) == {"num_gpus": 0}
+    assert pool_settings(cpu_job.generate) == ({"engine": engine, "on_gpu": False}, {"num_gpus": 0})
+    assert pool_settings(vllm_job().generate)[0]["on_gpu"] is True
     assert engine_args("/m", "float32", False, 0, engine, None, on_gpu=False)["kv_cache_memory_bytes"] == 256 << 20
     assert "kv_cache_memory_bytes" not in engine_args("/m", "float32", False, 0, engine, None, on_gpu=True)
     sized = {**engine, "kv_cache_memory_bytes": 64 << 20}
