@@ -9,7 +9,7 @@ the arith task with ``task.seed = 1`` (its own unlabeled questions, valid set an
 set, kept out of the toy's pre-training corpus as the pipeline keeps a job's), never on
 the quickstart's ``task.seed = 0`` test set, which the README's table reports.
 
-    python benchmarks/testbed.py --toy-seeds 1234 --lr 5e-5 1e-4 2e-4 --out docs/testbed.json
+    python benchmarks/testbed.py --toy '{"two_step_share": 0.3, "steps": 1200}' --toy-seeds 1234 1 2 --out testbed.json
 """
 
 from __future__ import annotations
@@ -187,13 +187,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--toy", nargs="+", default=["{}"], help="ToyModelConfig overrides as JSON, one per toy")
     parser.add_argument("--toy-seeds", type=int, nargs="+", default=[1234])
-    parser.add_argument("--questions", type=int, default=96)
+    parser.add_argument("--questions", type=int, default=400)
     parser.add_argument("--valid", type=int, default=24)
-    parser.add_argument("--test", type=int, default=500)
-    parser.add_argument("--m", type=int, default=6)
-    parser.add_argument("--temperature", type=float, nargs="+", default=[0.8], help="the last one's candidates are tuned on")
+    parser.add_argument("--test", type=int, default=300)
+    parser.add_argument("--m", type=int, default=10)
+    parser.add_argument("--temperature", type=float, nargs="+", default=[0.6], help="the last one's candidates are tuned on")
     parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--lr", type=float, nargs="*", default=[2e-4], help="none: no fine-tuning")
+    parser.add_argument("--lr", type=float, nargs="*", default=[1e-4], help="none: no fine-tuning")
     parser.add_argument("--epochs", type=int, nargs="+", default=[2])
     parser.add_argument("--micro-batch", type=int, default=8)
     parser.add_argument("--gold", type=int, default=0, help="also fine-tune on this many gold rationales")

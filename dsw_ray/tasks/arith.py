@@ -2,17 +2,19 @@
 
 >>> example = generate_examples(seed=0, count=1, prefix="q")[0]
 >>> example.question
-'Leo buys 5 bags with 4 stamps in each bag and then gives away 16. How many stamps does Leo have now?'
+'Leo has 13 stamps. He gets 6 more and then gives away 7. How many stamps does Leo have now?'
 >>> example.rationale, example.gold
-('5 * 4 = 20. 20 - 16 = 4. The answer is 4.', '4')
+('6 + 13 = 19. 19 - 7 = 12. The answer is 12.', '12')
 
-The task asks two-step problems; one-step ones exist for the toy's pre-training corpus.
+The task asks two-step problems, each with several solution paths (the amounts in another
+order); one-step ones exist for the toy's pre-training corpus.
 Questions, valid set and test set come from separate seeded streams, and a question
 text never appears in two of them.
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 
 from dsw_ray.tasks.numeric import Example, Splits
@@ -20,8 +22,8 @@ from dsw_ray.tasks.numeric import Example, Splits
 NAMES = [("Mia", "She"), ("Tom", "He"), ("Ava", "She"), ("Leo", "He"), ("Zoe", "She"), ("Sam", "He")]
 ITEMS = ["apples", "pens", "cards", "books", "coins", "shells", "stamps", "marbles"]
 # The task's questions are two-step problems; the toy's pre-training corpus holds mostly
-# one-step ones (ToyModelConfig.two_step_share), so the base model starts sure of one step
-# and unsure of two: the room self-improvement works in (docs/testbed.md).
+# one-step ones (ToyModelConfig.two_step_share), so the base model starts surer of one step
+# than of two: the room self-improvement works in (docs/testbed.md).
 TWO_STEP_SHARE = 1.0
 
 # Written in the problems' own vocabulary: names, items and numbers that the generator
@@ -41,38 +43,45 @@ EXEMPLARS = [
 ]
 
 
-def one_step(rng: random.Random, name: str, pronoun: str, item: str) -> tuple[str, str, int]:
+def one_step(rng: random.Random, name: str, pronoun: str, item: str) -> tuple[str, list[str], int]:
     kind = rng.choice(["add", "sub", "mul"])
     if kind == "add":
         a, b = rng.randint(2, 19), rng.randint(2, 9)
         question = f"{name} has {a} {item}. {pronoun} gets {b} more. How many {item} does {name} have now?"
-        return question, f"{a} + {b} = {a + b}.", a + b
+        return question, [f"{a} + {b} = {a + b}.", f"{b} + {a} = {a + b}."], a + b
     if kind == "sub":
         a = rng.randint(5, 20)
         b = rng.randint(1, a - 1)
         question = f"{name} has {a} {item}. {pronoun} gives away {b}. How many {item} does {name} have left?"
-        return question, f"{a} - {b} = {a - b}.", a - b
+        return question, [f"{a} - {b} = {a - b}."], a - b
     a, b = rng.randint(2, 5), rng.randint(2, 5)
     question = f"{name} buys {a} bags with {b} {item} in each bag. How many {item} does {name} buy?"
-    return question, f"{a} * {b} = {a * b}.", a * b
+    return question, [f"{a} * {b} = {a * b}.", f"{b} * {a} = {a * b}."], a * b
 
 
-def two_steps(rng: random.Random, name: str, pronoun: str, item: str) -> tuple[str, str, int]:
-    kind = rng.choice(["add_sub", "add_add", "mul_add", "mul_sub"])
-    if kind.startswith("add"):
-        a, b = rng.randint(2, 12), rng.randint(2, 9)
-        first, total, start = f"{name} has {a} {item}. {pronoun} gets {b} more", a + b, f"{a} + {b} = {a + b}."
-    else:
-        a, b = rng.randint(2, 5), rng.randint(2, 5)
-        first, total, start = f"{name} buys {a} bags with {b} {item} in each bag", a * b, f"{a} * {b} = {a * b}."
-    if kind.endswith("add"):
-        c = rng.randint(2, 9)
-        answer, then, step = total + c, f"gets {c} more", f"{total} + {c} = {total + c}."
-    else:
-        c = rng.randint(1, total - 1)
-        answer, then, step = total - c, f"gives away {c}", f"{total} - {c} = {total - c}."
-    question = f"{first} and then {then}. How many {item} does {name} have now?"
-    return question, f"{start} {step}", answer
+def two_steps(rng: random.Random, name: str, pronoun: str, item: str) -> tuple[str, list[str], int]:
+    """A question and every rationale that solves it: the three amounts taken in any order
+    that starts from an amount held and never goes below zero. A problem with several
+    solution paths is what lets a vote over samples beat one greedy answer: the paths make
+    different mistakes, and the right answer is where they meet (docs/testbed.md)."""
+    a = rng.randint(5, 19)
+    moves = [("+" if rng.random() < 0.5 else "-", rng.randint(2, 9)) for _ in range(2)]
+    if moves[0][0] == "-" and moves[0][1] >= a:
+        moves[0] = ("+", moves[0][1])
+    answer = a + sum(n if sign == "+" else -n for sign, n in moves)
+    if answer < 0:
+        moves[1] = ("+", moves[1][1])
+        answer = a + sum(n if sign == "+" else -n for sign, n in moves)
+    words = [f"gets {n} more" if sign == "+" else f"gives away {n}" for sign, n in moves]
+    question = f"{name} has {a} {item}. {pronoun} {words[0]} and then {words[1]}. How many {item} does {name} have now?"
+    rationales = []
+    for (_, x), (op1, y), (op2, z) in itertools.permutations([("+", a), *moves]):
+        if _ == "-":
+            continue
+        middle = x + y if op1 == "+" else x - y
+        if middle >= 0:
+            rationales.append(f"{x} {op1} {y} = {middle}. {middle} {op2} {z} = {answer}.")
+    return question, rationales, answer
 
 
 def problem(rng: random.Random, two_step_share: float = TWO_STEP_SHARE) -> tuple[str, str, int]:
@@ -86,8 +95,8 @@ def problem(rng: random.Random, two_step_share: float = TWO_STEP_SHARE) -> tuple
     """
     (name, pronoun), item = rng.choice(NAMES), rng.choice(ITEMS)
     steps = two_steps if rng.random() < two_step_share else one_step
-    question, equations, answer = steps(rng, name, pronoun, item)
-    return question, f"{equations} The answer is {answer}.", answer
+    question, rationales, answer = steps(rng, name, pronoun, item)
+    return question, f"{rng.choice(rationales)} The answer is {answer}.", answer
 
 
 def generate_examples(

@@ -29,6 +29,14 @@ def test_default_toy_model_is_between_useless_and_perfect(toy_model):
         correct += sum(task.is_correct(task.parse_answer(t.split(STOP)[0]), e.gold) for t, e in zip(texts, batch))
     assert 20 <= correct <= 95, f"greedy accuracy {correct}% leaves no room to improve or nothing to improve on"
 
+    # Every training and scoring text ends its answer with EOS: the toy must expect it there,
+    # or that one token's loss swamps a short answer's mean loss (docs/testbed.md).
+    example = splits.test[0]
+    ids = tokenizer(task.prompt(example.question) + example.rationale, return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        next_token = model(input_ids=ids).logits[0, -1].softmax(-1)
+    assert next_token[tokenizer.eos_token_id] > 0.5, f"P(EOS after the answer) = {next_token[tokenizer.eos_token_id]:.3f}"
+
     # A second build with the same settings reuses the directory; other settings are refused.
     mtime = os.path.getmtime(os.path.join(path, MARKER))
     assert build_toy_model(path, ToyModelConfig()) == path
