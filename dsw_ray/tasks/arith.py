@@ -75,11 +75,9 @@ def two_steps(rng: random.Random, name: str, pronoun: str, item: str) -> tuple[s
     words = [f"gets {n} more" if sign == "+" else f"gives away {n}" for sign, n in moves]
     question = f"{name} has {a} {item}. {pronoun} {words[0]} and then {words[1]}. How many {item} does {name} have now?"
     rationales = []
-    for (_, x), (op1, y), (op2, z) in itertools.permutations([("+", a), *moves]):
-        if _ == "-":
-            continue
+    for (first_sign, x), (op1, y), (op2, z) in itertools.permutations([("+", a), *moves]):
         middle = x + y if op1 == "+" else x - y
-        if middle >= 0:
+        if first_sign == "+" and middle >= 0:
             rationales.append(f"{x} {op1} {y} = {middle}. {middle} {op2} {z} = {answer}.")
     return question, rationales, answer
 
