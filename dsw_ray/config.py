@@ -199,7 +199,10 @@ class LoraConfig(Section):
 
 class TrainConfig(Section):
     num_workers: int = Field(1, ge=1, description="Ray Train workers (one process each).")
-    cpus_per_worker: float | None = Field(None, gt=0, description="CPUs per worker (None: share the cluster).")
+    cpus_per_worker: float | None = Field(
+        None, gt=0, description="CPUs per worker (None: on CPU the most whole CPUs that fit every worker on a node, "
+        "one torch thread each; with GPUs, a share of the cluster).",
+    )
     use_gpu: bool = Field(False, description="One GPU per worker, NCCL; off: CPU and gloo.")
     zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage (0: plain data parallel).")
     offload_optimizer: bool = Field(False, description="ZeRO-Offload: optimizer states on CPU (DeepSpeed's CPU Adam).")

@@ -30,6 +30,15 @@ def pool_cpus(actors: int, cpus_per_actor: float | None, cluster_cpus: float, wh
     return cpus_per_actor
 
 
+def training_cpus(workers: int, node_cpus: list[float]) -> float:
+    """CPUs for each of ``workers`` CPU training workers that share the cluster: the most whole
+    CPUs that still place every worker on some node (a worker cannot span nodes), each one a
+    torch thread. Training reads its rows itself, so unlike a pool it leaves no CPU to Ray
+    Data; with more workers than CPUs they share as pools do."""
+    fits = [c for c in range(1, int(max(node_cpus, default=0)) + 1) if sum(n // c for n in node_cpus) >= workers]
+    return float(max(fits)) if fits else pool_cpus(workers, None, sum(node_cpus), "train")
+
+
 def torch_threads(cpus: float) -> int:
     """Intra-op threads for a worker holding ``cpus`` CPUs (at least one)."""
     return max(1, math.floor(cpus))

@@ -421,7 +421,7 @@ def fine_tune(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from dsw_ray.resources import pool_cpus, torch_threads
+    from dsw_ray.resources import pool_cpus, torch_threads, training_cpus
 
     train = job.train
     kept = os.path.abspath(kept)
@@ -431,7 +431,10 @@ def fine_tune(
             f"train: {num_samples} kept sample(s) cannot feed {train.num_workers} workers; "
             "lower train.num_workers or keep more candidates."
         )
-    cpus = pool_cpus(train.num_workers, train.cpus_per_worker, ray.cluster_resources().get("CPU", 1), "train")
+    if train.cpus_per_worker is None and not train.use_gpu:
+        cpus = training_cpus(train.num_workers, [node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]])
+    else:
+        cpus = pool_cpus(train.num_workers, train.cpus_per_worker, ray.cluster_resources().get("CPU", 1), "train")
     settings = training_settings(job, model_path, torch_threads(cpus), heldout, kept)
     trainer = TorchTrainer(
         ray_train_loop,

@@ -7,7 +7,7 @@ import yaml
 from dsw_ray import ConfigError, load_job
 from dsw_ray.filters import METHODS
 from dsw_ray.suite import load_suite
-from dsw_ray.resources import pool_cpus
+from dsw_ray.resources import pool_cpus, training_cpus
 from tests.conftest import ROOT
 
 MINIMAL = "run_dir: runs/x\ntask: {name: arith}\nmodel: {path: m}\n"
@@ -111,6 +111,19 @@ def test_pools_leave_cpu_for_ray_data():
     assert pool_cpus(2, 0.5, 2, "generate") == 0.5
     with pytest.raises(ConfigError, match="would hang"):
         pool_cpus(2, 0.75, 2, "generate")
+
+
+def test_training_workers_take_whole_cpus_that_fit_on_nodes():
+    # No Ray Data runs beside training: one worker takes the whole machine.
+    assert training_cpus(1, [2.0]) == 2.0
+    assert training_cpus(2, [2.0]) == 1.0
+    assert training_cpus(2, [2.0, 2.0]) == 2.0
+    # Three workers on two 2-CPU nodes: two CPUs each would leave the third nowhere to go.
+    assert training_cpus(3, [2.0, 2.0]) == 1.0
+    assert training_cpus(2, [1.0, 3.0]) == 1.0
+    assert training_cpus(1, [1.0, 3.0]) == 3.0
+    # More workers than CPUs share them as a pool does.
+    assert training_cpus(4, [2.0]) == pool_cpus(4, None, 2, "train")
 
 
 def test_config_errors_are_one_paragraph_and_suggest_misspelt_keys(tmp_path):
