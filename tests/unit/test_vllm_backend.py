@@ -91,6 +91,8 @@ def test_on_cpu_the_engine_gets_a_kv_cache_of_a_fixed_size():
     assert pool_settings(vllm_job().generate)[0]["on_gpu"] is True
     assert engine_args("/m", "float32", False, 0, engine, None, on_gpu=False)["kv_cache_memory_bytes"] == 256 << 20
     assert "kv_cache_memory_bytes" not in engine_args("/m", "float32", False, 0, engine, None, on_gpu=True)
+    assert engine_args("/m", "float32", False, 0, engine, None, on_gpu=False)["enable_chunked_prefill"] is False
+    assert "enable_chunked_prefill" not in engine_args("/m", "float32", False, 0, engine, None, on_gpu=True)
     sized = {**engine, "kv_cache_memory_bytes": 64 << 20}
     assert engine_args("/m", "float32", False, 0, sized, None, on_gpu=False)["kv_cache_memory_bytes"] == 64 << 20
 
