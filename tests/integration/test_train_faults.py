@@ -83,7 +83,9 @@ def metrics_of(tmp_path, process, timeout=400) -> dict:
     process.wait(timeout=timeout)
     output = (tmp_path / "driver.log").read_text()
     assert process.returncode == 0, output[-4000:]
-    return json.loads([line for line in output.splitlines() if line.startswith("METRICS ")][-1][len("METRICS "):])
+    line = [line for line in output.splitlines() if line.startswith("METRICS ")][-1]
+    # Ray's forwarded log lines share the driver's stdout and can land on the same line.
+    return json.JSONDecoder().raw_decode(line[len("METRICS "):])[0]
 
 
 @pytest.mark.timeout(600)
