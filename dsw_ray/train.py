@@ -43,6 +43,7 @@ from dsw_ray.sft import batched_losses, encode_example, pack_batch, packed_seque
 log = logging.getLogger(__name__)
 
 LOSS_HISTORY = "loss_history.json"
+HEALTH_CHECK_INTERVAL_S = 0.2
 
 
 # DeepSpeed keys that the typed training settings own: a raw `deepspeed` dict may repeat
@@ -453,6 +454,11 @@ def fine_tune(
             checkpoint_config=CheckpointConfig(num_to_keep=1),
         ),
     )
+    # Ray Train's controller polls its workers every 2 s by default, and a fine-tune's state
+    # changes (workers up, each report, done) each wait for a poll: about 5 s of every
+    # fine-tune (docs/benchmarks.md). The driver's value reaches the controller; a user's own
+    # is kept.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(HEALTH_CHECK_INTERVAL_S))
     result = trainer.fit()
     with result.checkpoint.as_directory() as exported:
         staging = out_dir + ".partial"
