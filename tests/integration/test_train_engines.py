@@ -55,25 +55,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(settings, data_path, out):
-    os.makedirs(out, exist_ok=True)
-    spec = os.path.join(out, "spec.json")
+def launch(runs: list[tuple[dict, str, str]]) -> list[tuple[list, list]]:
+    """Fine-tunes ``(settings, data_path, out)`` one after the other in one ``torchrun``
+    launch of WORLD ranks; each one's per-rank metrics and loss history."""
+    for _, _, out in runs:
+        os.makedirs(out, exist_ok=True)
+    spec = os.path.join(runs[0][2], "spec.json")
     with open(spec, "w") as f:
-        json.dump({"settings": settings, "data": data_path, "out": str(out)}, f)
+        json.dump([{"settings": settings, "data": data, "out": str(out)} for settings, data, out in runs], f)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD), "--master_port", str(free_port()),
          HARNESS, spec],
-        capture_output=True, text=True, timeout=400, env=env,
+        capture_output=True, text=True, timeout=600, env=env,
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    metrics = []
-    for rank in range(WORLD):
-        with open(os.path.join(out, f"metrics-{rank}.json")) as f:
-            metrics.append(json.load(f))
-    with open(os.path.join(out, "export", "loss_history.json")) as f:
-        history = json.load(f)["history"]
-    return metrics, history
+    results = []
+    for _, _, out in runs:
+        metrics = []
+        for rank in range(WORLD):
+            with open(os.path.join(out, f"metrics-{rank}.json")) as f:
+                metrics.append(json.load(f))
+        with open(os.path.join(out, "export", "loss_history.json")) as f:
+            results.append((metrics, json.load(f)["history"]))
+    return results
 
 
 def epoch_means(history):
@@ -98,10 +103,8 @@ def runs(tiny_model, data, tmp_path_factory):
             "deepspeed": {"zero_optimization": {"stage3_param_persistence_threshold": 0}},
         },
     }
-    return {
-        name: (*launch(settings_for(tiny_model, heldout, **train), data_path, base / name), str(base / name / "export"))
-        for name, train in configs.items()
-    }
+    results = launch([(settings_for(tiny_model, heldout, **train), data_path, base / name) for name, train in configs.items()])
+    return {name: (*result, str(base / name / "export")) for name, result in zip(configs, results)}
 
 
 @pytest.mark.parametrize("name", ["ddp", "ddp_packed", "zero2", "zero3", "zero3_offload", "lora_ddp", "lora_zero3"])
@@ -176,8 +179,8 @@ def test_loss_weights_scale_each_rows_loss(tiny_model, tmp_path, stage):
     common = {"epochs": 3, "micro_batch_size": 16, "gradient_accumulation_steps": 1, "learning_rate": 1e-3}
     if stage == 3:
         common["deepspeed"] = {"zero_optimization": {"stage3_param_persistence_threshold": 0}}
-    for name in ("weighted", "doubled"):
-        launch(settings_for(tiny_model, [], zero_stage=stage, **common), str(tmp_path / f"{name}.parquet"), tmp_path / name)
+    settings = settings_for(tiny_model, [], zero_stage=stage, **common)
+    launch([(settings, str(tmp_path / f"{name}.parquet"), tmp_path / name) for name in ("weighted", "doubled")])
     weighted_model = load_file(tmp_path / "weighted" / "export" / "model.safetensors")
     doubled_model = load_file(tmp_path / "doubled" / "export" / "model.safetensors")
     base = load_file(os.path.join(tiny_model, "model.safetensors"))

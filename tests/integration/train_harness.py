@@ -3,10 +3,12 @@ to give each rank exactly the same rows in the same order under every ZeRO stage
 
     python -m torch.distributed.run --nproc_per_node 2 train_harness.py SPEC.json
 
-SPEC: ``settings`` (as ``training_settings`` makes them), ``data`` (a parquet file of
-``question``/``text`` rows), ``out`` (a folder: ``metrics-<rank>.json`` and ``export/``).
-Rank r trains on rows r, r + world, ... of the file (``train.shard``), in the seeded order
-``train_worker`` gives each epoch, as a Ray Train worker does.
+SPEC: a list of fine-tunes, run one after the other in the same processes (a launch's
+process start and imports cost more than a tiny fine-tune), each with ``settings`` (as
+``training_settings`` makes them), ``data`` (a parquet file of ``question``/``text`` rows)
+and ``out`` (a folder: ``metrics-<rank>.json`` and ``export/``). Rank r trains on rows r,
+r + world, ... of the file (``train.shard``), in the seeded order ``train_worker`` gives
+each epoch, as a Ray Train worker does.
 """
 
 import json
@@ -20,11 +22,7 @@ import torch.distributed as dist
 from dsw_ray.train import shard, train_worker
 
 
-def main(spec_path: str) -> None:
-    with open(spec_path) as f:
-        spec = json.load(f)
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    dist.init_process_group("gloo")
+def fine_tune(spec: dict, rank: int, world: int) -> None:
     rows = shard(pq.read_table(spec["data"]), rank, world)
 
     def report(metrics: dict, directory: str | None) -> None:
@@ -37,6 +35,15 @@ def main(spec_path: str) -> None:
 
     train_worker(spec["settings"], rows, report, rank, world, identity=f"rank-{rank}")
     dist.barrier()
+
+
+def main(spec_path: str) -> None:
+    with open(spec_path) as f:
+        specs = json.load(f)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    dist.init_process_group("gloo")
+    for spec in specs:
+        fine_tune(spec, rank, world)
     # Every file is written. Interpreter teardown with DeepSpeed's shared-memory comm threads
     # alive sometimes aborts ("terminate called without an active exception"): skip it.
     os._exit(0)
