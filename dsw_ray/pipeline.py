@@ -45,6 +45,7 @@ from dsw_ray.vote import vote
 log = logging.getLogger(__name__)
 
 DATA = "data"  # the parquet folder inside a stage's artifact folder
+DRIVER_READ_BYTES = 64 << 20  # stages up to this size on disk are read by the driver (read_dataset)
 VALID_LOSSES = "valid_losses.parquet"  # per-example valid-set losses, in the score stage's folder
 BASE_EVALUATION = os.path.join("base", "evaluate")  # the base model's graded answers, in the run directory
 
@@ -77,12 +78,22 @@ def read_table(stage_dir: str, columns: list[str] | None = None) -> pa.Table:
 
 
 def read_dataset(stage_dir: str, rows_per_block: int, min_blocks: int = 1):
-    """A Ray Dataset of a stage's rows, cut into blocks so that every actor of a pool gets work."""
+    """A Ray Dataset of a stage's rows, cut into blocks so that every actor of a pool gets work.
+
+    A stage of at most ``DRIVER_READ_BYTES`` on disk (questions, test sets, the candidates of
+    most rounds) is read by the driver and cut there, as Ray Data's repartition cuts it: read
+    tasks need worker processes, whose start competed with the pool's actor start and cost
+    3-4 s of each pool stage on 2 cores (docs/benchmarks.md). Larger stages are read by
+    Ray Data's tasks, spread over the cluster."""
     import ray
 
     rows = count_rows(stage_dir)
     blocks = max(min_blocks, min(256, math.ceil(rows / rows_per_block)))
-    return ray.data.read_parquet(data_dir(stage_dir)).repartition(blocks)
+    if rows == 0 or sum(os.path.getsize(f) for f in pads.dataset(data_dir(stage_dir)).files) > DRIVER_READ_BYTES:
+        return ray.data.read_parquet(data_dir(stage_dir)).repartition(blocks)
+    table = read_table(stage_dir)
+    bounds = [i * rows // blocks for i in range(blocks + 1)]
+    return ray.data.from_arrow([table.slice(start, end - start) for start, end in zip(bounds, bounds[1:])])
 
 
 def examples_table(examples) -> pa.Table:

@@ -282,6 +282,28 @@ def test_same_seed_same_candidates_whatever_the_batching(tiny_model, tmp_path, r
     assert third[C.SEED].tolist() != one[C.SEED].tolist(), "each round samples afresh"
 
 
+def test_a_small_stage_read_by_the_driver_has_the_blocks_ray_data_reads(tmp_path, ray_session, monkeypatch):
+    """``read_dataset`` reads a small stage in the driver: the same rows, in the same order and
+    the same blocks as Ray Data's read and repartition of the files give."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray
+
+    from dsw_ray import pipeline
+
+    os.makedirs(tmp_path / "stage" / "data")
+    for part, rows in enumerate((range(0, 6), range(6, 10))):
+        pq.write_table(pa.table({"n": list(rows)}), tmp_path / "stage" / "data" / f"part-{part}.parquet")
+
+    def blocks(min_blocks):
+        return [t["n"].to_pylist() for t in ray.get(pipeline.read_dataset(str(tmp_path / "stage"), 4, min_blocks).to_arrow_refs())]
+
+    by_driver = blocks(1), blocks(5)
+    monkeypatch.setattr(pipeline, "DRIVER_READ_BYTES", -1)
+    assert by_driver == (blocks(1), blocks(5))
+    assert by_driver[0] == [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]
+
+
 def test_cli_reports_user_errors_without_traceback(tmp_path):
     job = tmp_path / "job.yaml"
     job.write_text("run_dir: r\ntask: {name: arith}\nmodel: {path: m}\nfilter: {keep_fraction: 2}\n")
@@ -305,6 +327,7 @@ def test_two_default_actors_on_two_cpus_do_not_starve_ray_data(tiny_model, tmp_p
     and the job waits forever. With default CPUs a two-actor pool on two CPUs must finish."""
     script = f"""
 import ray
+from dsw_ray import pipeline
 from dsw_ray.config import JobConfig
 from dsw_ray.pipeline import read_dataset, write_inputs, examples_table, write_table
 from dsw_ray.generate import generate
@@ -313,6 +336,7 @@ job = JobConfig.model_validate({{"run_dir": "{tmp_path}", "task": {{"name": "ari
     "generate": {{"actors": 2, "samples_per_question": 2, "max_new_tokens": 8, "batch_size": 2}}}})
 ray.init(num_cpus=2, include_dashboard=False)
 write_table(examples_table(get_task("arith").load(None, 8, 2, 2, 0).questions), "{tmp_path}/q")
+pipeline.DRIVER_READ_BYTES = -1  # Ray Data's read tasks, not the driver, read the questions
 rows = generate(read_dataset("{tmp_path}/q", 2, 2), "{tiny_model}", job, 1).count()
 print("ROWS", rows)
 """
