@@ -16,7 +16,7 @@ Each part runs on its own (an error or an exhausted time budget fails its checks
 still runs) and the JSON is rewritten after every part, so a run cut short keeps what it
 measured. Checks: training's held-out loss falls, the optimizer makes the steps promised,
 the exported model's held-out loss equals the worker's; bf16 scoring losses are close to
-float32. Measures: tokens/s, model FLOPs utilisation (MFU, ``dsw_ray.gpu_cost``) against
+float32. Measures: tokens/s, model FLOPs utilisation (MFU, ``dsw_ray.bench.gpu_cost``) against
 the GPU's dense bf16 peak, peak GPU memory, candidates/s and new tokens/s, the batched
 forward limit of the device, scoring tokens/s as a fraction of it. Prints markdown tables
 and the round projection these rates imply; exits 1 when a check fails. docs/gpu_proof.md
@@ -167,7 +167,7 @@ def build_realistic_model(path: str, shape: dict, toy_path: str, device: str, dt
 def toy_model(size: ProofSize, path: str | None, work: str) -> str:
     """The toy: the quickstart's (built once, where the quickstart keeps it, unless ``path``
     names another build) or, at the tiny size, a smaller one built for this run."""
-    from dsw_ray.bench import build_quickstart_toy
+    from dsw_ray.bench.sections import build_quickstart_toy
     from dsw_ray.toy import ToyModelConfig, build_toy_model
 
     if size.toy is not None:
@@ -207,7 +207,7 @@ class Proof:
         """``toy`` or ``realistic``, built (and described in ``self.models``) on first use."""
         import torch
 
-        from dsw_ray import gpu_cost
+        from dsw_ray.bench import gpu_cost
 
         if model not in self.models:
             started = time.time()
@@ -293,7 +293,7 @@ class Proof:
         def part() -> dict:
             import pyarrow as pa
 
-            from dsw_ray import gpu_cost
+            from dsw_ray.bench import gpu_cost
             from dsw_ray.models import load_tokenizer
             from dsw_ray.sft import encode_example
             from dsw_ray.train import train_worker
@@ -358,8 +358,8 @@ class Proof:
             import numpy as np
             import torch
 
-            from dsw_ray import gpu_cost
-            from dsw_ray.bench import batched_forward_limit
+            from dsw_ray.bench import gpu_cost
+            from dsw_ray.bench.sections import batched_forward_limit
             from dsw_ray.config import GenerateConfig
             from dsw_ray.generate import TransformersGenerator
             from dsw_ray.tasks import get_task
@@ -419,8 +419,8 @@ class Proof:
             import numpy as np
             import torch
 
-            from dsw_ray import gpu_cost
-            from dsw_ray.bench import batched_forward_limit
+            from dsw_ray.bench import gpu_cost
+            from dsw_ray.bench.sections import batched_forward_limit
             from dsw_ray.config import ScoreConfig, TrainConfig
             from dsw_ray.score import CALL_BATCHES, LossModel, Scorer
             from dsw_ray.weights import ds_weights, keep_lowest
@@ -587,14 +587,14 @@ def main() -> int:
     parser.add_argument("--toy", help=f"the toy model (default: {QUICKSTART_TOY}, built if missing; tiny: its own)")
     parser.add_argument("--parts", help="comma-separated part names to run (default: all)")
     parser.add_argument("--skip", help="comma-separated part names not to run")
-    parser.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak, for a GPU not in dsw_ray.gpu_cost")
+    parser.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak, for a GPU not in dsw_ray.bench.gpu_cost")
     parser.add_argument("--budget-s", type=float, help="start no part after this many seconds (default: per size)")
     parser.add_argument("--cpu", action="store_true", help="stay on the CPU even where there is a GPU")
     args = parser.parse_args()
 
     import torch
 
-    from dsw_ray import gpu_cost
+    from dsw_ray.bench import gpu_cost
 
     size = SIZES[args.size]
     cuda = torch.cuda.is_available() and not args.cpu
@@ -605,7 +605,7 @@ def main() -> int:
         peak = {"value": args.peak_tflops, "source": "--peak-tflops"}
     elif cuda:
         value = gpu_cost.peak_tflops(torch.cuda.get_device_name(0))
-        peak = {"value": value, "source": "dense bf16 by GPU name, dsw_ray.gpu_cost" if value else "unknown GPU: no MFU"}
+        peak = {"value": value, "source": "dense bf16 by GPU name, dsw_ray.bench.gpu_cost" if value else "unknown GPU: no MFU"}
     else:
         peak = {"value": None, "source": "CPU: no MFU"}
     proof.peak = peak["value"]

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     if args.command == "bench":
-        from dsw_ray.bench import main as bench
+        from dsw_ray.bench.sections import main as bench
 
         return bench(args)
     if args.command == "table":

@@ -32,7 +32,7 @@ def tiny_model(tmp_path_factory) -> str:
 def toy_model() -> str:
     """The quickstart's base model (about 100 s to build): good enough to give parsable answers.
     Built where the quickstart builds it, so that either reuses the other's build."""
-    from dsw_ray.bench import TOY_MODEL, build_quickstart_toy
+    from dsw_ray.bench.sections import TOY_MODEL, build_quickstart_toy
 
     return build_quickstart_toy(os.path.join(ROOT, TOY_MODEL))
 

@@ -23,7 +23,7 @@ prompts. It runs the real stage functions on real parquet and measures, in order
   then a cost model from these numbers, and a projection of a paper-sized round onto N
   GPU nodes, on the per-GPU rates a GPU proof run measured (``--gpu-proof``, default
   ``docs/gpu_proof.json``; ``benchmarks/gpu_proof.py`` writes it) or, without one, on
-  stated assumptions (``dsw_ray.gpu_cost``).
+  stated assumptions (``dsw_ray.bench.gpu_cost``).
 
 Every rate counts real tokens: new tokens for generation, unpadded tokens for scoring.
 """
@@ -122,7 +122,7 @@ def load_splits(job):
     return get_task(t.name).load(t.data_path, t.num_questions, t.num_valid, t.num_test, t.seed)
 
 
-QUICKSTART_JOB = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "jobs", "quickstart.yaml")
+QUICKSTART_JOB = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "jobs", "quickstart.yaml")
 
 
 def build_quickstart_toy(path: str = TOY_MODEL) -> str:
@@ -786,7 +786,7 @@ def markdown_table(r: dict) -> str:
         f"{f(sc['fit_generate_score_vs_questions']['slope'])} s/question (m = {r['settings']['samples']}).",
     ]
     if "gpu_nodes" in r["cost_model"]:
-        from dsw_ray.gpu_cost import projection_table
+        from dsw_ray.bench.gpu_cost import projection_table
 
         lines += ["", "GPU nodes: a paper-sized round (Llama-3-8B, gsm8k, m = 15, LoRA), T = F + W / (8 N r):", "",
                   projection_table(r["cost_model"]["gpu_nodes"])]
@@ -826,7 +826,7 @@ def run_bench(
     ``gpu_proof``: a GPU proof run's JSON, whose rates the GPU projection uses if it exists."""
     import ray
 
-    from dsw_ray.gpu_cost import gpu_projection, load_proof
+    from dsw_ray.bench.gpu_cost import gpu_projection, load_proof
     from dsw_ray.pipeline import base_model, start_ray
 
     size = SIZES[size_name]
