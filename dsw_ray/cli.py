@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         "--gpu-proof", default="docs/gpu_proof.json",
         help="a GPU proof run's JSON (benchmarks/gpu_proof.py): the GPU projection uses its rates if the file exists",
     )
+    bench.add_argument(
+        "--only-round", action="store_true", help="only the quickstart's round, split into work and fixed costs"
+    )
     bench.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     table = commands.add_parser("table", help="run every job of a suite file and print one table across datasets")
     table.add_argument("suite", help="suite YAML file, e.g. jobs/table1.yaml")

@@ -1,16 +1,20 @@
 """Progress of the stage running now, in its own units: a bar on a terminal, a few plain lines
-elsewhere.
+elsewhere; and how long its actors computed, for its manifest.
 
 The work happens in Ray actors (generation, scoring and evaluation pools, training workers),
 so they report to ``Tally``, a small named actor of the driver's job, and a thread of the
 driver reads it twice a second. ``pool_map`` wraps a pool's class in ``counted`` while a
-stage is tracked; rank 0 of a fine-tune reports its optimizer steps. Without ``show`` (a
-library caller, a test calling ``run_job``) nothing is tracked and nothing reports.
+stage is tracked, and each call reports its rows and when it ran; rank 0 of a fine-tune
+reports its optimizer steps. Without ``show`` (a library caller, a test calling ``run_job``)
+nothing is displayed, but pool stages still report their calls' times: the wall time in
+which some actor computed is the stage's ``busy_seconds``, and the rest of the stage's wall
+time is its fixed cost (actor start, model loads, Ray Data's planning and reading).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -29,6 +33,7 @@ UNITS = {
     "evaluate": ("questions", None),
     "score": ("candidates", None),
     "reward": ("candidates", None),
+    "rate": ("candidates", None),
     "train": ("steps", None),
 }
 
@@ -43,15 +48,18 @@ def show(terminal: TextIO | None, on: bool = True) -> None:
 
 
 class Tally:
-    """Counts the actors add up, and values the last report sets (a fine-tune's step and loss)."""
+    """Counts the actors add up, values the last report sets (a fine-tune's step and loss), and
+    the start and end of every call the pool's actors made."""
 
     def __init__(self):
         self.counts: dict = {}
+        self.calls: list[tuple[float, float]] = []
 
     def reset(self) -> None:
-        self.counts = {}
+        self.counts, self.calls = {}, []
 
-    def add(self, **counts) -> None:
+    def add(self, started: float, ended: float, **counts) -> None:
+        self.calls.append((started, ended))
         for key, value in counts.items():
             self.counts[key] = self.counts.get(key, 0) + value
 
@@ -60,6 +68,20 @@ class Tally:
 
     def read(self) -> dict:
         return self.counts
+
+    def read_calls(self) -> list[tuple[float, float]]:
+        return self.calls
+
+
+def busy_seconds(calls: list[tuple[float, float]]) -> float:
+    """The length of the union of ``(start, end)`` intervals: the wall time in which at least one
+    actor was inside a call (two actors computing side by side count once)."""
+    total, reached = 0.0, float("-inf")
+    for start, end in sorted(calls):
+        if end > reached:
+            total += end - max(start, reached)
+            reached = end
+    return total
 
 
 def tally():
@@ -73,7 +95,7 @@ def tally():
 
 
 def counted(actor_class):
-    """``actor_class`` reporting the rows each call reads (``done``) and writes (``out``)."""
+    """``actor_class`` reporting when each call ran and the rows it read (``done``) and wrote (``out``)."""
 
     class Counted(actor_class):
         def __init__(self, **kwargs):
@@ -81,9 +103,14 @@ def counted(actor_class):
             self.tally = tally()
 
         def __call__(self, batch):
+            started, loaded = time.time(), getattr(self, "load_seconds", 0.0)
             out = super().__call__(batch)
             if self.tally is not None:
-                self.tally.add.remote(done=len(next(iter(batch.values()))), out=len(next(iter(out.values()))))
+                # A model the call loaded (an evaluation pool's next model) is a fixed cost, not work.
+                started += getattr(self, "load_seconds", 0.0) - loaded
+                self.tally.add.remote(
+                    started, time.time(), done=len(next(iter(batch.values()))), out=len(next(iter(out.values())))
+                )
             return out
 
     Counted.__name__ = Counted.__qualname__ = actor_class.__name__  # Ray Data names the operator after it
@@ -95,6 +122,14 @@ def tracking_pools() -> bool:
     return _current is not None
 
 
+@dataclasses.dataclass
+class Measured:
+    """What a tracked stage's actors reported, once it ends: the wall time in which some actor
+    computed (None for a stage whose actors report no calls, such as a fine-tune)."""
+
+    busy_seconds: float | None = None
+
+
 def expect(total: int) -> None:
     """The current stage's total, where it is not the stage's rows in (scoring reads the valid set
     and the majority candidates only)."""
@@ -104,15 +139,14 @@ def expect(total: int) -> None:
 
 @contextlib.contextmanager
 def tracking(name: str, stage: str, total: int | None):
-    """Show the progress of stage ``stage`` (display name ``name``) while the block runs."""
+    """Track stage ``stage`` (display name ``name``) while the block runs: its actors report, and
+    its progress shows if ``show`` asked for it. Yields a ``Measured``, filled in at the end."""
     global _current
-    if not _display["on"] or stage not in UNITS:
-        yield
-        return
+    measured = Measured()
     import ray
 
-    if not ray.is_initialized():
-        yield
+    if stage not in UNITS or not ray.is_initialized():
+        yield measured
         return
     handle = tally()
     if handle is None:
@@ -134,15 +168,23 @@ def tracking(name: str, stage: str, total: int | None):
 
     thread = threading.Thread(target=poll, name="dsw-ray-progress", daemon=True)
     _current = tracker
-    thread.start()
+    if _display["on"]:
+        thread.start()
     try:
-        yield
+        yield measured
     finally:
         stop.set()
-        thread.join()
+        if thread.is_alive():
+            thread.join()
         _current = None
-        read()  # the last batches can land between two polls: the bar ends at what was really done
-        tracker.close()
+        if _display["on"]:
+            read()  # the last batches can land between two polls: the bar ends at what was really done
+            tracker.close()
+        try:
+            calls = ray.get(handle.read_calls.remote(), timeout=10)
+            measured.busy_seconds = round(busy_seconds(calls), 2) if calls else None
+        except Exception:  # the measurement is a report, never a reason to fail a stage
+            log.debug("reading the stage's call times failed", exc_info=True)
 
 
 class Tracker:

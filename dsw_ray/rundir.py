@@ -75,31 +75,46 @@ def run_stage(
     (or ``force``). ``rows_in``: the rows the stage reads, for the manifest.
 
     Returns the manifest: ``stage``, ``version``, ``fingerprint``, ``rows_in``, ``started``,
-    ``finished``, ``seconds``, and what ``produce`` returned (``rows`` out, among others).
+    ``finished``, ``seconds``, ``busy_seconds`` (a pool stage's: ``progress``), and what
+    ``produce`` returned (``rows`` out, among others).
     """
-    manifest = read_manifest(path)
-    name = display_name(path)
-    partial = path + ".partial"
-    if manifest is not None and manifest.get("fingerprint") == stage_fp and not force:
-        log.info("%s: skipped, done already with these settings and inputs (%s)", name, manifest.get("finished", "?"))
-        manifest["skipped"] = True
-        return manifest
-    if force:
-        why = "rerun as asked (--from)"
-    elif manifest is not None:
-        why = "its settings, its inputs or its code changed since it ran"
-    elif os.path.isdir(partial):
-        why = "an earlier run stopped before it finished"
-    else:
-        why = "not run yet"
-    stage = os.path.basename(path)
-    log.info("%s: started (%s)%s", name, why, "" if rows_in is None else f", {rows_in} {units(stage)[0]} in")
-    shutil.rmtree(partial, ignore_errors=True)
-    os.makedirs(partial)
+    return run_stages([path], [stage_fp], lambda partials: [produce(partials[0])], rows_in, force)[0]
+
+
+def run_stages(
+    paths: list[str], stage_fps: list[str], produce: Callable[[list[str]], list[dict]], rows_in: int | None = None,
+    force: bool = False,
+) -> list[dict]:
+    """``run_stage`` for stages of one kind that one pass computes (the models one evaluation pool
+    answers for): ``produce(partial_dirs) -> infos`` runs once, for the stages not done already
+    with their fingerprints; each of their manifests has the pass's times. ``rows_in``: per stage."""
+    manifests = [read_manifest(path) for path in paths]
+    done = [m is not None and m.get("fingerprint") == fp and not force for m, fp in zip(manifests, stage_fps)]
+    for path, manifest, skip in zip(paths, manifests, done):
+        if skip:
+            log.info("%s: skipped, done already with these settings and inputs (%s)", display_name(path), manifest.get("finished", "?"))
+            manifest["skipped"] = True
+    pending = [i for i, skip in enumerate(done) if not skip]
+    if not pending:
+        return manifests
+    stage = os.path.basename(paths[pending[0]])
+    for i in pending:
+        if force:
+            why = "rerun as asked (--from)"
+        elif manifests[i] is not None:
+            why = "its settings, its inputs or its code changed since it ran"
+        elif os.path.isdir(paths[i] + ".partial"):
+            why = "an earlier run stopped before it finished"
+        else:
+            why = "not run yet"
+        log.info("%s: started (%s)%s", display_name(paths[i]), why, "" if rows_in is None else f", {rows_in} {units(stage)[0]} in")
+        shutil.rmtree(paths[i] + ".partial", ignore_errors=True)
+        os.makedirs(paths[i] + ".partial")
+    name = display_name(paths[pending[0]]) + (f" and {len(pending) - 1} more" if len(pending) > 1 else "")
     started = time.time()
     try:
-        with progress.tracking(name, stage, rows_in):
-            info = produce(partial)
+        with progress.tracking(name, stage, None if rows_in is None else rows_in * len(pending)) as measured:
+            infos = produce([paths[i] + ".partial" for i in pending])
     except Exception as error:
         import ray.exceptions
 
@@ -109,23 +124,28 @@ def run_stage(
             raise
         raise StageFailed(name) from error
     finished = time.time()
-    manifest = {
-        "stage": stage,
-        "version": STAGE_VERSIONS[stage],
-        "fingerprint": stage_fp,
-        "rows_in": rows_in,
-        "started": timestamp(started),
-        "finished": timestamp(finished),
-        "seconds": round(finished - started, 2),
-        **info,
-    }
-    with open(os.path.join(partial, MANIFEST), "w") as f:
-        json.dump(manifest, f, indent=1)
-    shutil.rmtree(path, ignore_errors=True)
-    os.rename(partial, path)
-    log.info("%s: done in %.1f s%s", name, manifest["seconds"], outcome(manifest))
-    manifest["skipped"] = False
-    return manifest
+    for i, info in zip(pending, infos):
+        manifest = {
+            "stage": stage,
+            "version": STAGE_VERSIONS[stage],
+            "fingerprint": stage_fps[i],
+            "rows_in": rows_in,
+            "started": timestamp(started),
+            "finished": timestamp(finished),
+            "seconds": round(finished - started, 2),
+            **({"busy_seconds": measured.busy_seconds} if measured.busy_seconds is not None else {}),
+            **({"computed_with": len(pending)} if len(pending) > 1 else {}),
+            **info,
+        }
+        partial = paths[i] + ".partial"
+        with open(os.path.join(partial, MANIFEST), "w") as f:
+            json.dump(manifest, f, indent=1)
+        shutil.rmtree(paths[i], ignore_errors=True)
+        os.rename(partial, paths[i])
+        together = f" (one pass for {len(pending)} stages)" if len(pending) > 1 else ""
+        log.info("%s: done in %.1f s%s%s", display_name(paths[i]), manifest["seconds"], together, outcome(manifest))
+        manifests[i] = {**manifest, "skipped": False}
+    return manifests
 
 
 # What a stage reads and writes a row of, for its start and done lines.

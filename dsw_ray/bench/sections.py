@@ -6,6 +6,9 @@
 One process, one local Ray, the quickstart's toy model and the arith task's few-shot
 prompts. It runs the real stage functions on real parquet and measures, in order:
 
+- **the quickstart's round**: ``jobs/quickstart.yaml`` as it is (``--size tiny``: on a few
+  rows), its wall time split into the work its actors did and fixed costs (``split``);
+  ``--only-round`` measures this section alone;
 - **end to end**: one quickstart-like round (``run_job``, method iwsi), its wall time split
   by stage, beside Ray's start-up and one actor's start-up (process, imports, model load);
 - **generate**: our stage (that round's generate stage, and the same actor's loop in this
@@ -137,6 +140,26 @@ def build_quickstart_toy(path: str = TOY_MODEL) -> str:
     task = job.task
     splits = get_task(task.name).load(None, task.num_questions, task.num_valid, task.num_test, task.seed)
     return build_toy_model(path, job.model.toy, {e.question for e in splits.test + splits.valid})
+
+
+# --size tiny runs the quickstart's job on a few rows.
+TINY_QUICKSTART = ["task.num_questions=8", "task.num_valid=6", "task.num_test=6", "generate.samples_per_question=2",
+                   "generate.max_new_tokens=24", "evaluate.max_new_tokens=24"]
+
+
+def quickstart_round(size_name: str, work: str, model_path: str, ray_start_s: float) -> dict:
+    """``jobs/quickstart.yaml`` on this Ray and ``model_path``, split into work and fixed costs."""
+    from dsw_ray.bench.split import round_split
+    from dsw_ray.config import load_job
+    from dsw_ray.pipeline import run_job
+
+    overrides = [f"run_dir={os.path.join(work, 'quickstart')}", f"model.path={model_path}"]
+    job = load_job(QUICKSTART_JOB, overrides + (TINY_QUICKSTART if size_name == "tiny" else []))
+    started = time.perf_counter()
+    summary = run_job(job)
+    split = round_split(job.run_dir, ray_start_s, time.perf_counter() - started)
+    return {**split, "methods": list(job.methods), "questions": summary["questions"], "test": summary["test"],
+            "generated": summary["rounds"][0]["methods"][job.methods[0]]["candidates"]["generated"]}
 
 
 def stage_seconds(run_dir: str) -> dict[str, float]:
@@ -744,10 +767,21 @@ def cost_model(result: dict) -> dict:
 # ---- report -------------------------------------------------------------------------------
 
 def markdown_table(r: dict) -> str:
-    """The table docs/benchmarks.md shows, from a result."""
+    """The tables docs/benchmarks.md shows, from a result."""
+    from dsw_ray.bench.split import split_table
+
+    round_table = ""
+    if "quickstart_round" in r:  # (results written before it was a section have none)
+        q = r["quickstart_round"]
+        round_table = (f"The quickstart's round ({q['questions']} questions, {q['generated']} candidates, "
+                       f"{len(q['methods'])} methods, {q['test']} test questions), work and fixed costs:\n\n"
+                       f"{split_table(q)}\n")
+    if "generate" not in r:  # --only-round
+        return round_table
     g, s, t, e, sc = r["generate"], r["score"], r["train"], r["end_to_end"], r["scaling"]
     f = lambda value, digits=3: f"{value:.{digits}g}" if isinstance(value, float) else str(value)  # noqa: E731
     lines = [
+        round_table,
         "| section | measure | ours | authors' way | limit | ours / authors | ours / limit |",
         "| --- | --- | --- | --- | --- | --- | --- |",
         f"| generate, stage (incl. start-up) | candidates/s; new tokens/s | {f(g['stage']['candidates_per_s'])}; "
@@ -820,13 +854,14 @@ def machine() -> dict:
 
 
 def run_bench(
-    size_name: str, out: str, plot: str, model: str = TOY_MODEL, command: str = "", gpu_proof: str | None = GPU_PROOF
+    size_name: str, out: str, plot: str, model: str = TOY_MODEL, command: str = "", gpu_proof: str | None = GPU_PROOF,
+    only_round: bool = False,
 ) -> dict:
-    """Every section in order; writes ``out`` (JSON) and ``plot`` (PNG), returns the result.
-    ``gpu_proof``: a GPU proof run's JSON, whose rates the GPU projection uses if it exists."""
+    """Every section in order (``only_round``: the quickstart's round alone); writes ``out``
+    (JSON) and ``plot`` (PNG), returns the result. ``gpu_proof``: a GPU proof run's JSON, whose
+    rates the GPU projection uses if it exists."""
     import ray
 
-    from dsw_ray.bench.gpu_cost import gpu_projection, load_proof
     from dsw_ray.pipeline import base_model, start_ray
 
     size = SIZES[size_name]
@@ -841,23 +876,10 @@ def run_bench(
         ray_start_s = time.perf_counter() - ray_started
         result = {"command": command, "size": size_name, "settings": asdict(size),
                   "date": datetime.date.today().isoformat(), "machine": machine()}
-        log.info("bench: one actor's start-up")
-        actor = actor_startup(model_path)
-        log.info("bench: end to end (one round)")
-        result["end_to_end"], round_times = end_to_end(job, ray_start_s, actor)
-        result["end_to_end"]["actor_start"] = actor
-        threads = pool_threads(1)
-        log.info("bench: generate")
-        result["generate"] = generate_section(job, job.run_dir, round_times["round-1/generate"], model_path, size, threads)
-        log.info("bench: score")
-        result["score"] = score_section(job, job.run_dir, round_times["round-1/score"], model_path, size, work, threads)
-        log.info("bench: train")
-        result["train"] = train_section(job, job.run_dir, round_times["round-1/iwsi/train"], model_path)
-        log.info("bench: scaling")
-        result["scaling"] = scaling(size, work, model_path, round_point(job, round_times))
-        result["cost_model"] = cost_model(result)
-        proof = load_proof(gpu_proof)
-        result["cost_model"]["gpu_nodes"] = {"gpu_proof": gpu_proof if proof else None, **gpu_projection(proof)}
+        log.info("bench: the quickstart's round")
+        result["quickstart_round"] = quickstart_round(size_name, work, model_path, ray_start_s)
+        if not only_round:
+            other_sections(result, size, job, model_path, ray_start_s, work, gpu_proof)
         result["bench_seconds"] = time.perf_counter() - started
     finally:
         if ray.is_initialized():
@@ -868,8 +890,32 @@ def run_bench(
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
         json.dump(result, f, indent=1)
-    plot_scaling(result, plot)
+    if not only_round:
+        plot_scaling(result, plot)
     return result
+
+
+def other_sections(result: dict, size: BenchSize, job, model_path: str, ray_start_s: float, work: str, gpu_proof) -> None:
+    """Every section after the quickstart's round, into ``result``."""
+    from dsw_ray.bench.gpu_cost import gpu_projection, load_proof
+
+    log.info("bench: one actor's start-up")
+    actor = actor_startup(model_path)
+    log.info("bench: end to end (one round)")
+    result["end_to_end"], round_times = end_to_end(job, ray_start_s, actor)
+    result["end_to_end"]["actor_start"] = actor
+    threads = pool_threads(1)
+    log.info("bench: generate")
+    result["generate"] = generate_section(job, job.run_dir, round_times["round-1/generate"], model_path, size, threads)
+    log.info("bench: score")
+    result["score"] = score_section(job, job.run_dir, round_times["round-1/score"], model_path, size, work, threads)
+    log.info("bench: train")
+    result["train"] = train_section(job, job.run_dir, round_times["round-1/iwsi/train"], model_path)
+    log.info("bench: scaling")
+    result["scaling"] = scaling(size, work, model_path, round_point(job, round_times))
+    result["cost_model"] = cost_model(result)
+    proof = load_proof(gpu_proof)
+    result["cost_model"]["gpu_nodes"] = {"gpu_proof": gpu_proof if proof else None, **gpu_projection(proof)}
 
 
 def default_paths(size_name: str) -> tuple[str, str]:
@@ -882,9 +928,12 @@ def main(args) -> int:
     """The ``bench`` subcommand: run, print the table, say where the files are."""
     out, plot = default_paths(args.size)
     out, plot = args.out or out, args.plot or plot
-    result = run_bench(args.size, out, plot, args.model, "dsw-ray " + " ".join(sys.argv[1:]), args.gpu_proof)
+    result = run_bench(
+        args.size, out, plot, args.model, "dsw-ray " + " ".join(sys.argv[1:]), args.gpu_proof, args.only_round
+    )
     print()
     print(result["table_markdown"])
+    written = out if args.only_round else f"{out} and {plot}"
     print(f"\n{result['machine']['cpus']} CPUs, {result['machine']['platform']}; {result['bench_seconds']:.0f} s; "
-          f"written to {out} and {plot}")
+          f"written to {written}")
     return 0

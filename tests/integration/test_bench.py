@@ -56,7 +56,7 @@ def test_tiny_bench_writes_every_section(toy_model, tmp_path):
     assert completed.returncode == 0, completed.stderr[-3000:]
     result = json.loads(out.read_text())
 
-    for section in ("machine", "generate", "score", "train", "end_to_end", "scaling", "cost_model"):
+    for section in ("machine", "quickstart_round", "generate", "score", "train", "end_to_end", "scaling", "cost_model"):
         assert result[section], section
     assert result["size"] == "tiny" and result["command"].startswith("dsw-ray bench --size tiny")
     assert result["machine"]["cpus"] >= 1 and result["machine"]["torch"] and result["machine"]["ray"]
@@ -76,6 +76,20 @@ def test_tiny_bench_writes_every_section(toy_model, tmp_path):
     assert scaling["fit_generate_score_vs_questions"]["slope"] == pytest.approx(
         (points[1]["generate_score_s"] - points[0]["generate_score_s"]) / 4, rel=0.01, abs=0.01
     )  # the JSON keeps 4 significant digits
+
+    # The quickstart's job on a few rows: every stage's wall time is its work plus fixed cost,
+    # the pools' work is measured (not zero) and never more than the stage's wall time.
+    split = result["quickstart_round"]
+    assert split["methods"] == ["lmsi", "iwsi", "random", "oracle"] and split["questions"] == 8
+    stages = {s["stage"]: s for s in split["stages"]}
+    assert {"base/evaluate", "round-1/generate", "round-1/score", "round-1/iwsi/train"} <= set(stages)
+    for s in split["stages"]:
+        assert 0 <= s["work_s"] <= s["seconds"] and s["fixed_s"] == pytest.approx(s["seconds"] - s["work_s"], abs=2e-3)
+    for name in ("base/evaluate", "round-1/generate", "round-1/score", "round-1/iwsi/train"):
+        assert stages[name]["work_s"] > 0, name
+    assert split["total_s"] == pytest.approx(split["work_s"] + split["fixed_s"], rel=1e-3)
+    assert 0 < split["fixed_share"] < 1
+    assert "| **round** |" in result["table_markdown"] and "| round-1/generate |" in completed.stdout
 
     assert "| generate, stage" in result["table_markdown"] and "| score, pool" in result["table_markdown"]
     assert "| generate, stage" in completed.stdout

@@ -42,3 +42,11 @@ def test_on_a_terminal_the_bar_ends_at_the_stage_full_count(monkeypatch):
     assert "12/12" not in terminal.getvalue()  # within tqdm's redraw interval
     tracker.close()
     assert "12/12" in terminal.getvalue() and "loss=1.0000" in terminal.getvalue()
+
+
+def test_busy_seconds_counts_actors_computing_side_by_side_once():
+    # Two actors: one computes 0-4 and 6-7, the other 1-3 and 3.5-5; nothing runs 5-6.
+    calls = [(6.0, 7.0), (1.0, 3.0), (0.0, 4.0), (3.5, 5.0)]
+    assert progress.busy_seconds(calls) == 6.0
+    assert progress.busy_seconds([(2.0, 2.5)]) == 0.5
+    assert progress.busy_seconds([]) == 0.0
