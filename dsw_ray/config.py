@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dsw_ray.errors import ConfigError
-from dsw_ray.filters import METHODS
+from dsw_ray.filters import METHODS, FilterConfig
 from dsw_ray.tasks import TASKS, custom_task
 from dsw_ray.tasks.custom import CustomTask, check_exemplars
 from dsw_ray.toy import ToyModelConfig
@@ -161,17 +161,6 @@ class ScoreConfig(Decoding):
         description="Tokens a sample's loss averages over: the answer and its EOS (what training minimizes), "
         "or the whole 'Q: ...\\nA: ...' text. semantics: official replaces both with the authors' text.",
     )
-
-
-class FilterConfig(Section):
-    keep_fraction: float = Field(
-        0.8, gt=0, le=1, description="k: fraction of majority candidates iwsi and rm keep (random keeps as many as iwsi)."
-    )
-    weight_clip: float = Field(2.0, gt=0, description="C: iwsi_w weights each sample's loss by clip(w', 0, C).")
-    entropy_threshold: float = Field(
-        0.5, ge=0, le=1, description="entropy drops questions whose answer entropy / log m is above this."
-    )
-    seed: int = Field(0, description="Seed of the random method's draw.")
 
 
 class RewardConfig(ActorPool):

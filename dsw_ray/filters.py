@@ -25,11 +25,12 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import BaseModel, ConfigDict, Field
 
 from dsw_ray import columns as C
 from dsw_ray.tasks.answers import is_correct
@@ -40,8 +41,20 @@ from dsw_ray.weights import (
     official_ratios,
 )
 
-if TYPE_CHECKING:
-    from dsw_ray.config import FilterConfig
+
+class FilterConfig(BaseModel):
+    """The job's ``filter`` section: the settings the methods read."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    keep_fraction: float = Field(
+        0.8, gt=0, le=1, description="k: fraction of majority candidates iwsi and rm keep (random keeps as many as iwsi)."
+    )
+    weight_clip: float = Field(2.0, gt=0, description="C: iwsi_w weights each sample's loss by clip(w', 0, C).")
+    entropy_threshold: float = Field(
+        0.5, ge=0, le=1, description="entropy drops questions whose answer entropy / log m is above this."
+    )
+    seed: int = Field(0, description="Seed of the random method's draw.")
 
 
 @dataclass

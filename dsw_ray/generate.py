@@ -11,34 +11,15 @@ actor produced it, and a retried batch reproduces its rows.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 
-from dsw_ray import columns as C
+from dsw_ray.decoding import Completion, candidate_rows, cut_at_stop, requests
 from dsw_ray.models import STOP, load_model, load_tokenizer
 from dsw_ray.tasks import Task, task_of
 
 log = logging.getLogger(__name__)
-
-OUTPUT_COLUMNS = (
-    C.QUESTION_ID, C.SAMPLE_INDEX, C.QUESTION, C.GOLD, C.TEXT, C.SEED,
-    C.PROMPT_TOKENS, C.COMPLETION_TOKENS, C.FINISH_REASON,
-)
-
-
-def sample_seed(job_seed: int, round_index: int, question_id: str, sample_index: int) -> int:
-    """A 63-bit seed that is a pure function of the candidate's identity."""
-    digest = hashlib.blake2b(f"{job_seed}/{round_index}/{question_id}/{sample_index}".encode(), digest_size=8)
-    return int.from_bytes(digest.digest(), "little") >> 1
-
-
-def cut_at_stop(text: str, stopped_by_eos: bool) -> tuple[str, str]:
-    """The candidate before ``\\nQ:``, and why it ended: ``stop`` or ``length``."""
-    head, found, _ = text.partition(STOP)
-    return head.strip(), "stop" if found or stopped_by_eos else "length"
 
 
 class GumbelSampler:
@@ -68,48 +49,6 @@ class GumbelSampler:
         uniform = torch.stack([torch.rand(scores.shape[-1], generator=g) for g in self.generators])
         uniform = uniform.clamp_(min=1e-20, max=1 - 1e-7).to(scores.device)
         return scores - torch.log(-torch.log(uniform))
-
-
-@dataclass(frozen=True)
-class Completion:
-    """One decoded candidate, whichever engine produced it."""
-
-    text: str  # cut before the next "\nQ:"
-    prompt_tokens: int
-    completion_tokens: int  # tokens the model generated, stop string included
-    finish_reason: str  # "stop" (stop string or EOS) or "length"
-
-
-def requests(batch, task, samples: int, job_seed: int, round_index: int) -> tuple[list[str], list[str], list[int]]:
-    """The question ids and prompts of a batch, and the seed of each of its ``samples`` candidates
-    per question, prompt-major (q0 s0..s(m-1), q1 ...)."""
-    C.require(batch, (C.QUESTION_ID, C.QUESTION), "generate")
-    question_ids = [str(q) for q in batch[C.QUESTION_ID]]
-    prompts = [task.prompt(str(q)) for q in batch[C.QUESTION]]
-    seeds = [sample_seed(job_seed, round_index, q, i) for q in question_ids for i in range(samples)]
-    return question_ids, prompts, seeds
-
-
-def candidate_rows(
-    batch, question_ids: list[str], samples: int, seeds: list[int] | None, completions: list[Completion]
-) -> dict[str, list]:
-    """The stage's output columns for prompt-major completions (``seeds`` None when greedy)."""
-    if len(completions) != len(question_ids) * samples:
-        raise RuntimeError(f"generate: {len(completions)} completions for {len(question_ids)} x {samples} requests")
-    golds = batch.get(C.GOLD)
-    rows = {name: [] for name in OUTPUT_COLUMNS}
-    for row, completion in enumerate(completions):
-        question = row // samples
-        rows[C.QUESTION_ID].append(question_ids[question])
-        rows[C.SAMPLE_INDEX].append(row % samples)
-        rows[C.QUESTION].append(str(batch[C.QUESTION][question]))
-        rows[C.GOLD].append(None if golds is None else golds[question])
-        rows[C.TEXT].append(completion.text)
-        rows[C.SEED].append(None if seeds is None else seeds[row])
-        rows[C.PROMPT_TOKENS].append(completion.prompt_tokens)
-        rows[C.COMPLETION_TOKENS].append(completion.completion_tokens)
-        rows[C.FINISH_REASON].append(completion.finish_reason)
-    return rows
 
 
 class TransformersGenerator:

@@ -25,7 +25,7 @@ import os
 import numpy as np
 
 from dsw_ray import columns as C
-from dsw_ray.generate import Completion, candidate_rows, requests
+from dsw_ray.decoding import Completion, candidate_rows, requests
 from dsw_ray.models import STOP, load_tokenizer
 from dsw_ray.rundir import display_name
 from dsw_ray.sft import IGNORE, encode_example

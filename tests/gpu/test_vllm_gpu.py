@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from dsw_ray import columns as C
-from dsw_ray.generate import OUTPUT_COLUMNS, TransformersGenerator
+from dsw_ray.decoding import OUTPUT_COLUMNS
+from dsw_ray.generate import TransformersGenerator
 from dsw_ray.models import STOP
 from dsw_ray.tasks import get_task
 

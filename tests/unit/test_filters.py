@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from dsw_ray import columns as C
-from dsw_ray.config import FilterConfig
+from dsw_ray.filters import FilterConfig
 from dsw_ray.filters import METHODS, answer_entropy, apply
 
 # q1: answers 3, 3, 4 -> majority 3.  q2: 5, None, 6 -> a tie, 5 seen first wins.

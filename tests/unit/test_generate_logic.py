@@ -2,7 +2,8 @@
 
 import torch
 
-from dsw_ray.generate import GumbelSampler, cut_at_stop, sample_seed
+from dsw_ray.decoding import cut_at_stop, sample_seed
+from dsw_ray.generate import GumbelSampler
 
 
 def test_sample_seed_is_a_pure_function_of_identity():

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dsw_ray import columns as C
-from dsw_ray.config import FilterConfig
+from dsw_ray.filters import FilterConfig
 from dsw_ray.filters import apply
 from dsw_ray.rate import Rater, continuation, expected_rating, rating_prompt
 

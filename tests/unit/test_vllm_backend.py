@@ -14,7 +14,8 @@ import yaml
 
 from dsw_ray.config import JobConfig, load_job
 from dsw_ray.errors import ConfigError
-from dsw_ray.generate import OUTPUT_COLUMNS, TransformersGenerator, requests, sample_seed
+from dsw_ray.decoding import OUTPUT_COLUMNS, requests, sample_seed
+from dsw_ray.generate import TransformersGenerator
 from dsw_ray.models import STOP
 from dsw_ray.tasks import get_task
 from dsw_ray.vllm_backend import (
@@ -140,7 +141,7 @@ def test_outputs_become_the_transformers_backends_rows(tiny_model):
     reference = TransformersGenerator(tiny_model, samples_per_question=2, temperature=1.0, **common)(batch)
 
     _, _, seeds = requests(batch, get_task("arith"), 2, 0, 1)
-    from dsw_ray.generate import candidate_rows
+    from dsw_ray.decoding import candidate_rows
 
     outputs = [request_output(f" 2 + 3 = 5. The answer is {i}. ", 40, 9, "stop") for i in range(3)]
     outputs.append(request_output("4 * 5 =", 41, 8, "length"))
@@ -161,7 +162,7 @@ def test_outputs_become_the_transformers_backends_rows(tiny_model):
 def test_an_aborted_request_or_a_missing_output_is_an_error():
     with pytest.raises(RuntimeError, match="abort"):
         completion(request_output("x", 3, 1, "abort"))
-    from dsw_ray.generate import candidate_rows
+    from dsw_ray.decoding import candidate_rows
 
     batch = {C.QUESTION_ID: np.array(["q"]), C.QUESTION: np.array(["What is 1 + 1?"])}
     with pytest.raises(RuntimeError, match="1 completions for 1 x 2"):
