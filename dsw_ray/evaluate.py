@@ -1,12 +1,22 @@
-"""Evaluate: greedy decoding with the few-shot prompt, graded against the test set's gold answers."""
+"""Evaluate: greedy decoding with the few-shot prompt, graded against the test set's gold answers.
+
+The models of a round (each method's export, and the base model in round 1) are evaluated in
+one pass of one pool: starting a pool (a process, its imports) cost more than answering the
+test set on this machine, and it was paid once per method.
+"""
 
 from __future__ import annotations
 
+import time
+
+import numpy as np
 import pandas as pd
 
 from dsw_ray import columns as C
-from dsw_ray.generate import generate
+from dsw_ray.generate import generator
 from dsw_ray.tasks import Task, task_of
+
+MODEL = "model_path"  # in an evaluation pass: the model a test row is answered by
 
 
 def grade(answers: pd.DataFrame, task: Task, official: bool = False) -> pd.DataFrame:
@@ -17,8 +27,47 @@ def grade(answers: pd.DataFrame, task: Task, official: bool = False) -> pd.DataF
     return answers.assign(**{C.ANSWER: pd.array(parsed, dtype="string"), C.CORRECT: correct})
 
 
-def evaluate(test_questions, model_path: str, job):
-    """The evaluate stage: one greedy answer per test question, graded (a lazy Ray Dataset)."""
-    return generate(test_questions, model_path, job, round_index=0, greedy=True).map_batches(
-        grade, fn_kwargs={"task": task_of(job.task), "official": job.semantics == "official"}, batch_format="pandas"
-    )
+class Evaluator:
+    """Ray Data callable class: greedy answers of several models, one pool for them all. Each
+    row names the model that answers it (``MODEL``); an actor keeps the model it answered
+    with last and loads another when a row asks for it. Rows come in model order, so an actor
+    loads each model at most once."""
+
+    def __init__(self, generator_class: type, threads: int, **settings):
+        self.generator_class, self.settings = generator_class, {**settings, "threads": threads}
+        self.model_path, self.generator = None, None
+        self.load_seconds = 0.0  # spent loading models in calls (``progress.counted`` leaves it out of work)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        out: dict[str, list] = {}
+        for path in dict.fromkeys(batch[MODEL].tolist()):
+            if path != self.model_path:
+                started = time.time()
+                self.generator = None  # the last model's memory is freed before the next loads
+                self.generator = self.generator_class(model_path=path, **self.settings)
+                self.model_path = path
+                self.load_seconds += time.time() - started
+            rows = batch[MODEL] == path
+            answers = self.generator({name: column[rows] for name, column in batch.items()})
+            answers[MODEL] = [path] * int(rows.sum())
+            for name, column in answers.items():
+                out.setdefault(name, []).extend(column)
+        return out
+
+
+def models_per_pass(job) -> int | None:
+    """How many models one pool may answer for (None: all of them). A vLLM engine holds its
+    model, and its accelerator memory, for the life of its process: one pool per model."""
+    return 1 if job.evaluate.backend == "vllm" else None
+
+
+def evaluate(test_rows, job):
+    """The evaluate stage: one greedy answer per test question by the model each row names
+    (``MODEL``), graded (a lazy Ray Dataset; rows of one model together)."""
+    from dsw_ray.resources import pool_map
+
+    generator_class, settings, placement = generator(None, job, round_index=0, greedy=True)
+    settings.pop("model_path")
+    return pool_map(
+        test_rows, Evaluator, {"generator_class": generator_class, **settings}, job.evaluate, "evaluate", **placement
+    ).map_batches(grade, fn_kwargs={"task": task_of(job.task), "official": job.semantics == "official"}, batch_format="pandas")

@@ -127,13 +127,10 @@ class TransformersGenerator:
         return len(tokens), False
 
 
-def generate(questions, model_path: str, job, round_index: int, greedy: bool = False):
-    """The generate stage: a Ray Dataset of questions to one of candidates (lazy).
-
-    ``greedy`` decodes one answer per question with the evaluate section's settings.
-    """
-    from dsw_ray.resources import pool_map
-
+def generator(model_path: str, job, round_index: int, greedy: bool = False) -> tuple[type, dict, dict]:
+    """The pool's actor class for the section's backend, its constructor's settings and its
+    placement (``pool_map``'s); ``greedy`` decodes one answer per question with the evaluate
+    section's settings."""
     section = job.evaluate if greedy else job.generate
     constructor = dict(
         model_path=model_path,
@@ -147,10 +144,17 @@ def generate(questions, model_path: str, job, round_index: int, greedy: bool = F
         dtype=job.model.dtype,
         trust_remote_code=job.model.trust_remote_code,
     )
-    what = "evaluate" if greedy else "generate"
     if section.backend == "vllm":
         from dsw_ray import vllm_backend
 
         engine, placement = vllm_backend.pool_settings(section)
-        return pool_map(questions, vllm_backend.VllmGenerator, {**constructor, **engine}, section, what, **placement)
-    return pool_map(questions, TransformersGenerator, constructor, section, what)
+        return vllm_backend.VllmGenerator, {**constructor, **engine}, placement
+    return TransformersGenerator, constructor, {}
+
+
+def generate(questions, model_path: str, job, round_index: int):
+    """The generate stage: a Ray Dataset of questions to one of candidates (lazy)."""
+    from dsw_ray.resources import pool_map
+
+    actor_class, constructor, placement = generator(model_path, job, round_index)
+    return pool_map(questions, actor_class, constructor, job.generate, "generate", **placement)

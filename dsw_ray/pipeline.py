@@ -25,14 +25,15 @@ from dsw_ray import progress, stats
 from dsw_ray.config import JobConfig, TaskConfig
 from dsw_ray.console import attach_run_log
 from dsw_ray.errors import UserError
-from dsw_ray.evaluate import evaluate
+from dsw_ray.evaluate import MODEL, evaluate, models_per_pass
 from dsw_ray.events import EVENTS, write_training_events
 from dsw_ray.filters import METHODS, answers_correct
 from dsw_ray.filters import apply as apply_filter
 from dsw_ray.generate import generate
 from dsw_ray.models import check_model_dir
-from dsw_ray.rundir import claim_run_dir, fingerprint, run_stage, stage_fingerprint
+from dsw_ray.rundir import claim_run_dir, fingerprint, run_stage, run_stages, stage_fingerprint
 from dsw_ray.report import write_report
+from dsw_ray.resources import pool_input
 from dsw_ray.rate import rate
 from dsw_ray.reward import reward
 from dsw_ray.score import rows_per_call, score_losses, weigh
@@ -88,12 +89,9 @@ def read_dataset(stage_dir: str, rows_per_block: int, min_blocks: int = 1):
     import ray
 
     rows = count_rows(stage_dir)
-    blocks = max(min_blocks, min(256, math.ceil(rows / rows_per_block)))
     if rows == 0 or sum(os.path.getsize(f) for f in pads.dataset(data_dir(stage_dir)).files) > DRIVER_READ_BYTES:
-        return ray.data.read_parquet(data_dir(stage_dir)).repartition(blocks)
-    table = read_table(stage_dir)
-    bounds = [i * rows // blocks for i in range(blocks + 1)]
-    return ray.data.from_arrow([table.slice(start, end - start) for start, end in zip(bounds, bounds[1:])])
+        return ray.data.read_parquet(data_dir(stage_dir)).repartition(max(min_blocks, min(256, math.ceil(rows / rows_per_block))))
+    return pool_input(read_table(stage_dir), rows_per_block, min_blocks)
 
 
 def examples_table(examples) -> pa.Table:
@@ -372,32 +370,29 @@ def run_method(
         return {**result, "accuracy": None, "model": model_path, "model_fingerprint": filter_fp}
 
     # Repeat r fine-tunes the same kept set with seed train.seed + r; the first repeat's stages
-    # sit where a single run's do, and its model is the one the next round starts from.
+    # sit where a single run's do, and its model is the one the next round starts from. The
+    # round evaluates every model at once (``evaluate_round``).
     repeats = []
     for repeat in range(job.repeats):
         seeded = job.model_copy(update={"train": job.train.model_copy(update={"seed": job.train.seed + repeat})})
         seed_dir = where if repeat == 0 else os.path.join(where, f"seed-{seeded.train.seed}")
-        repeats.append(
-            train_and_evaluate(seeded, run_dir, method, stage("filter"), seed_dir, filter_fp, kept["rows"], model_path, splits)
-        )
-    accuracies = [r["accuracy"] for r in repeats]
+        repeats.append(train(seeded, run_dir, method, stage("filter"), seed_dir, filter_fp, kept["rows"], model_path, splits))
     return {
         **result,
-        "accuracy": sum(accuracies) / len(accuracies),
-        "evaluations": [r["evaluate"] for r in repeats],
-        "seeds": [{"seed": r["seed"], "accuracy": r["accuracy"]} for r in repeats],
+        "evaluations": [r["evaluation"] for r in repeats],
+        "seeds": [{"seed": r["seed"]} for r in repeats],
         "train": repeats[0]["train"],
         "model": repeats[0]["model"],
         "model_fingerprint": repeats[0]["model_fingerprint"],
     }
 
 
-def train_and_evaluate(
+def train(
     job: JobConfig, run_dir: str, method: str, filter_dir: str, where: str, filter_fp: str, kept_rows: int,
     model_path: str, splits: Splits,
 ) -> dict:
-    """Fine-tune on a method's kept set with ``job.train.seed`` into ``where/train``, then
-    evaluate into ``where/evaluate``."""
+    """Fine-tune on a method's kept set with ``job.train.seed`` into ``where/train``; its
+    evaluation goes to ``where/evaluate``."""
 
     def stage(name: str) -> str:
         return os.path.join(where, name)
@@ -435,8 +430,7 @@ def train_and_evaluate(
     model_dir = os.path.join(stage("train"), "model")
     return {
         "seed": job.train.seed,
-        "accuracy": run_evaluation(job, run_dir, stage("evaluate"), model_dir, train_fp, splits),
-        "evaluate": os.path.relpath(stage("evaluate"), run_dir),
+        "evaluation": Evaluation(os.path.relpath(stage("evaluate"), run_dir), model_dir, train_fp),
         "train": {
             k: trained[k] for k in ("optimizer_steps", "final_loss", "heldout_loss", "resumed_from_epoch") if k in trained
         },
@@ -445,10 +439,15 @@ def train_and_evaluate(
     }
 
 
-def run_round(job: JobConfig, run_dir: str, round_index: int, lineages: dict[str, tuple[str, str]], splits: Splits) -> dict:
+def run_round(
+    job: JobConfig, run_dir: str, round_index: int, lineages: dict[str, tuple[str, str]], splits: Splits,
+    evaluations: list[Evaluation] = (),
+) -> dict:
     """One round of METHOD.md for every method. ``lineages`` maps a method to the model it
     starts from (path, fingerprint): in round 1 all share the base model, and so share one
-    set of candidates; later each method generates from its own fine-tuned model."""
+    set of candidates; later each method generates from its own fine-tuned model. The
+    round's fine-tuned models are evaluated together, with ``evaluations`` (the base model's,
+    in round 1)."""
     round_dir = os.path.join(run_dir, f"round-{round_index}")
     shared: dict[str, Candidates] = {}  # model fingerprint -> candidates
     methods = {}
@@ -460,24 +459,58 @@ def run_round(job: JobConfig, run_dir: str, round_index: int, lineages: dict[str
         candidates = shared[model_fp]
         result = run_method(job, run_dir, method, candidates, os.path.join(round_dir, method), model_path, splits)
         methods[method] = {**result, "candidates": candidates.summary}
+    trained = [e for result in methods.values() for e in result.get("evaluations", [])]
+    accuracy_of = evaluate_round(job, run_dir, list(evaluations) + trained, splits)
+    for result in methods.values():
+        if result.get("evaluations"):
+            for seed, evaluation in zip(result["seeds"], result["evaluations"]):
+                seed["accuracy"] = accuracy_of[evaluation.stage_dir]
+            result["accuracy"] = sum(s["accuracy"] for s in result["seeds"]) / len(result["seeds"])
+            result["evaluations"] = [e.stage_dir for e in result["evaluations"]]
     return {"round": round_index, "methods": methods}
 
 
-def run_evaluation(
-    job: JobConfig, run_dir: str, stage_dir: str, model_path: str, model_fp: str, splits: Splits
-) -> float:
-    """Greedy accuracy of ``model_path`` on the test set, cached in ``stage_dir``."""
+@dataclass(frozen=True)
+class Evaluation:
+    """A model to evaluate: its stage folder (relative to the run directory), path and fingerprint."""
+
+    stage_dir: str
+    model_path: str
+    model_fp: str
+
+
+def evaluate_round(job: JobConfig, run_dir: str, evaluations: list[Evaluation], splits: Splits) -> dict[str, float]:
+    """Greedy accuracy on the test set of each model, by stage folder. Each model's answers are
+    cached in its own stage folder; the models not answered yet are answered in one pass of
+    one pool (``evaluate.models_per_pass``)."""
+    import ray
+
     test = os.path.join(run_dir, "inputs", "test")
-    run_stage(
-        stage_dir,
-        stage_fingerprint("evaluate", split_fingerprint(splits, "test"), job.task, job.evaluate, job.semantics, model_fp),
-        lambda out: write_dataset(
-            evaluate(read_dataset(test, job.evaluate.batch_size, job.evaluate.actors), model_path, job), out
-        ),
-        rows_in=len(splits.test),
-        force=job.forced("evaluate"),
-    )
-    return accuracy(stage_dir)
+    fps = [
+        stage_fingerprint("evaluate", split_fingerprint(splits, "test"), job.task, job.evaluate, job.semantics, e.model_fp)
+        for e in evaluations
+    ]
+    paths = [os.path.join(run_dir, e.stage_dir) for e in evaluations]
+    model_of = dict(zip(paths, (e.model_path for e in evaluations)))
+
+    def answer(outs: list[str]) -> list[dict]:
+        models = [model_of[out.removesuffix(".partial")] for out in outs]
+        questions = read_table(test)
+        rows = pa.concat_tables(
+            [questions.append_column(MODEL, pa.array([model] * questions.num_rows, pa.string())) for model in models]
+        )
+        answered = evaluate(pool_input(rows, job.evaluate.batch_size, job.evaluate.actors), job)
+        answers = pa.concat_tables(ray.get(answered.to_arrow_refs()), promote_options="default")
+        return [
+            write_table(answers.filter(pc.field(MODEL) == model).drop_columns([MODEL]).sort_by(C.QUESTION_ID), out)
+            for model, out in zip(models, outs)
+        ]
+
+    step = models_per_pass(job) or max(1, len(paths))
+    for start in range(0, len(paths), step):
+        run_stages(paths[start : start + step], fps[start : start + step], answer, rows_in=len(splits.test),
+                   force=job.forced("evaluate"))  # fmt: skip
+    return {e.stage_dir: accuracy(path) for e, path in zip(evaluations, paths)}
 
 
 QUARANTINE = "quarantine.jsonl"  # in inputs/: the data rows task.bad_rows=skip left out
@@ -588,15 +621,16 @@ def run_job(job: JobConfig) -> dict:
         "valid": len(splits.valid),
         "test": len(splits.test),
         "quarantined": len(splits.rejected),
-        "base_accuracy": run_evaluation(job, run_dir, os.path.join(run_dir, BASE_EVALUATION), model_path, model_fp, splits),
         "repeats": job.repeats,
         "rounds": [],
     }
     lineages = {method: (model_path, model_fp) for method in job.methods}
+    base = [Evaluation(BASE_EVALUATION, model_path, model_fp)]  # evaluated with round 1's models
     for round_index in range(1, job.rounds + 1):
-        result = run_round(job, run_dir, round_index, lineages, splits)
+        result = run_round(job, run_dir, round_index, lineages, splits, base if round_index == 1 else [])
         summary["rounds"].append(result)
         lineages = {m: (r["model"], r["model_fingerprint"]) for m, r in result["methods"].items()}
+    summary["base_accuracy"] = accuracy(os.path.join(run_dir, BASE_EVALUATION))
     summary["methods"] = summary["rounds"][-1]["methods"]
     add_statistics(summary, run_dir)
     with open(os.path.join(run_dir, "summary.json"), "w") as f:

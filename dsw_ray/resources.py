@@ -44,13 +44,24 @@ def torch_threads(cpus: float) -> int:
     return max(1, math.floor(cpus))
 
 
+def pool_input(table, rows_per_block: int, min_blocks: int = 1):
+    """A Ray Dataset of a pyarrow table's rows, in order, cut as Ray Data's repartition cuts:
+    into blocks of about ``rows_per_block`` rows, at least ``min_blocks`` of them (at most
+    256), so that every actor of a pool gets work."""
+    import ray
+
+    blocks = max(min_blocks, min(256, math.ceil(table.num_rows / rows_per_block)))
+    bounds = [i * table.num_rows // blocks for i in range(blocks + 1)]
+    return ray.data.from_arrow([table.slice(start, end - start) for start, end in zip(bounds, bounds[1:])])
+
+
 def pool_map(
     dataset, actor_class, constructor_kwargs: dict, section, what: str, batch_size: int | None = None, **placement
 ):
     """``dataset.map_batches`` through a pool of ``section.actors`` stateful actors of
     ``actor_class`` (model loaded once in ``__init__``, which takes ``threads``), sized here.
-    ``placement`` replaces the GPU request (``num_gpus``, ``ray_remote_args_fn``). While the CLI
-    shows a stage's progress the actors report each call's rows (``progress.counted``)."""
+    ``placement`` replaces the GPU request (``num_gpus``, ``ray_remote_args_fn``). While a stage is
+    tracked the actors report each call's rows and times (``progress.counted``)."""
     import ray
     from ray.data import ActorPoolStrategy
 

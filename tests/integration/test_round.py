@@ -119,6 +119,28 @@ def test_whole_round_with_two_methods(toy_model, tmp_path, ray_session):
     assert written["methods"]["oracle"]["kept_correct"] == 1.0
     assert iwsi["accuracy"] == pytest.approx(table(run_dir, "round-1/iwsi/evaluate")[C.CORRECT].mean())
     assert written["base_accuracy"] == pytest.approx(table(run_dir, "base/evaluate")[C.CORRECT].mean())
+    # The base model and both exports were answered in one pass of one pool, each model's
+    # answers what that model alone answers greedily to the same batches of test questions.
+    from dsw_ray.generate import TransformersGenerator
+
+    evaluations = {"base/evaluate": toy_model}
+    evaluations.update({f"round-1/{m}/evaluate": os.path.join(run_dir, "round-1", m, "train", "model") for m in ("iwsi", "oracle")})
+    passes = set()
+    test = pads.dataset(os.path.join(run_dir, "inputs", "test", "data")).to_table().to_pydict()
+    for stage, model in evaluations.items():
+        with open(os.path.join(run_dir, stage, "manifest.json")) as f:
+            done = json.load(f)
+        passes.add((done["started"], done["computed_with"]))
+        assert 0 < done["busy_seconds"] <= done["seconds"]
+        alone = TransformersGenerator(model, task, 1, None, 1.0, 24, 0, 0)
+        texts = [text for start in (0, 5) for text in alone({k: v[start : start + 5] for k, v in test.items()})[C.TEXT]]
+        answered = table(run_dir, stage).set_index(C.QUESTION_ID).loc[test[C.QUESTION_ID]]
+        assert answered[C.TEXT].tolist() == texts, stage
+    assert len(passes) == 1 and passes.pop()[1] == 3
+    for stage in ("round-1/generate", "round-1/score"):
+        with open(os.path.join(run_dir, stage, "manifest.json")) as f:
+            done = json.load(f)
+        assert 0 < done["busy_seconds"] <= done["seconds"], stage
     candidates = iwsi["candidates"]
     assert candidates["generated"] == len(generated) and candidates["majority"] == len(scored)
     assert candidates["valid_loss"]["n"] == 6 and candidates["valid_loss"]["mean"] == scored[C.VALID_LOSS_MEAN][0]

@@ -49,11 +49,19 @@ def rows(dataset):
     return dataset.to_pandas().sort_values(KEY).reset_index(drop=True)
 
 
-def test_greedy_rows_equal_the_transformers_backends(toy_model, questions):
-    from dsw_ray.generate import generate
+def greedy(questions, model: str, job):
+    """The evaluate stage's answers of ``model`` to ``questions`` (a Ray Dataset)."""
+    import pyarrow as pa
 
-    on_vllm = rows(generate(questions, toy_model, job(toy_model, "vllm"), 1, greedy=True))
-    on_transformers = rows(generate(questions, toy_model, job(toy_model, "transformers"), 1, greedy=True))
+    from dsw_ray.evaluate import MODEL, evaluate
+
+    named = questions.add_column(MODEL, lambda batch: pa.array([model] * len(batch), pa.string()), batch_format="pyarrow")
+    return evaluate(named, job)
+
+
+def test_greedy_rows_equal_the_transformers_backends(toy_model, questions):
+    on_vllm = rows(greedy(questions, toy_model, job(toy_model, "vllm")))
+    on_transformers = rows(greedy(questions, toy_model, job(toy_model, "transformers")))
     assert len(on_vllm) == 16
     for column in (C.QUESTION_ID, C.TEXT, C.PROMPT_TOKENS, C.COMPLETION_TOKENS, C.FINISH_REASON):
         assert on_vllm[column].tolist() == on_transformers[column].tolist(), column
@@ -78,7 +86,6 @@ def test_a_whole_round_generates_and_evaluates_on_vllm(toy_model, tmp_path, ray_
     engines; the base evaluation's answers equal the greedy rows of the transformers backend."""
     import pyarrow.parquet as pq
 
-    from dsw_ray.generate import generate
     from dsw_ray.pipeline import read_dataset, run_job
     from tests.conftest import small_round
 
@@ -92,7 +99,7 @@ def test_a_whole_round_generates_and_evaluates_on_vllm(toy_model, tmp_path, ray_
 
     base = pq.read_table(tmp_path / "run" / "base" / "evaluate" / "data").to_pandas().sort_values(C.QUESTION_ID)
     test = read_dataset(str(tmp_path / "run" / "inputs" / "test"), 10)
-    on_transformers = generate(test, toy_model, job(toy_model, "transformers"), 1, greedy=True)
+    on_transformers = greedy(test, toy_model, job(toy_model, "transformers"))
     expected = on_transformers.to_pandas().sort_values(C.QUESTION_ID)
     assert base[C.TEXT].tolist() == expected[C.TEXT].tolist()
 
