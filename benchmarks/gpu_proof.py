@@ -278,7 +278,7 @@ class Proof:
             train["lora"] = {**engine["lora"]}
         job = JobConfig.model_validate({"run_dir": "unused", "task": {"name": "arith"},
                                         "model": {"path": path, "dtype": self.dtype}, "train": train})
-        return training_settings(job, path, threads=torch.get_num_threads(), heldout=self.heldout)
+        return training_settings(job.train, job.model, path, threads=torch.get_num_threads(), heldout=self.heldout)
 
     def heldout_loss(self, path: str) -> float:
         """Mean held-out loss of a model directory, as the scorer computes it, in the batches the worker uses."""

@@ -72,7 +72,7 @@ def main() -> None:
             started = time.time()
             pq.write_table(rows, os.path.join(scratch, "kept.parquet"))
             metrics = fine_tune(
-                os.path.join(scratch, "kept.parquet"), os.path.abspath(args.model), job,
+                os.path.join(scratch, "kept.parquet"), job.train, job.model, os.path.abspath(args.model),
                 os.path.join(scratch, "model"), os.path.join(scratch, "ray_train"),
             )
             wall = time.time() - started

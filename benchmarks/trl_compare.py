@@ -57,7 +57,7 @@ def run_dsw(spec: dict) -> dict:
                       "lr_schedule": "constant", "packing": spec["packing"]},
         }
     )
-    settings = training_settings(job, spec["model"], THREADS)
+    settings = training_settings(job.train, job.model, spec["model"], THREADS)
     # A one-rank group, set up as torchrun would (DeepSpeed reads LOCAL_RANK).
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(spec["port"]))
     dist.init_process_group("gloo")

@@ -13,8 +13,9 @@ import numpy as np
 import pandas as pd
 
 from dsw_ray import columns as C
+from dsw_ray.config import EvaluateConfig, ModelConfig
 from dsw_ray.generate import generator
-from dsw_ray.tasks import Task, task_of
+from dsw_ray.tasks import Task
 
 MODEL = "model_path"  # in an evaluation pass: the model a test row is answered by
 
@@ -55,19 +56,20 @@ class Evaluator:
         return out
 
 
-def models_per_pass(job) -> int | None:
+def models_per_pass(section: EvaluateConfig) -> int | None:
     """How many models one pool may answer for (None: all of them). A vLLM engine holds its
     model, and its accelerator memory, for the life of its process: one pool per model."""
-    return 1 if job.evaluate.backend == "vllm" else None
+    return 1 if section.backend == "vllm" else None
 
 
-def evaluate(test_rows, job):
+def evaluate(test_rows, section: EvaluateConfig, model: ModelConfig, task: Task, official: bool):
     """The evaluate stage: one greedy answer per test question by the model each row names
-    (``MODEL``), graded (a lazy Ray Dataset; rows of one model together)."""
+    (``MODEL``; ``model``: the dtype and trust setting they load with), graded (a lazy Ray
+    Dataset; rows of one model together)."""
     from dsw_ray.resources import pool_map
 
-    generator_class, settings, placement = generator(None, job, round_index=0, greedy=True)
+    generator_class, settings, placement = generator(section, model, task)
     settings.pop("model_path")
     return pool_map(
-        test_rows, Evaluator, {"generator_class": generator_class, **settings}, job.evaluate, "evaluate", **placement
-    ).map_batches(grade, fn_kwargs={"task": task_of(job.task), "official": job.semantics == "official"}, batch_format="pandas")
+        test_rows, Evaluator, {"generator_class": generator_class, **settings}, section, "evaluate", **placement
+    ).map_batches(grade, fn_kwargs={"task": task, "official": official}, batch_format="pandas")

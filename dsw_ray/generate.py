@@ -17,7 +17,8 @@ import numpy as np
 
 from dsw_ray.decoding import Completion, candidate_rows, cut_at_stop, requests
 from dsw_ray.models import STOP, load_model, load_tokenizer
-from dsw_ray.tasks import Task, task_of
+from dsw_ray.config import EvaluateConfig, GenerateConfig, ModelConfig
+from dsw_ray.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -127,22 +128,25 @@ class TransformersGenerator:
         return len(tokens), False
 
 
-def generator(model_path: str, job, round_index: int, greedy: bool = False) -> tuple[type, dict, dict]:
+def generator(
+    section: GenerateConfig | EvaluateConfig, model: ModelConfig, task: Task, model_path: str | None = None,
+    round_index: int = 0,
+) -> tuple[type, dict, dict]:
     """The pool's actor class for the section's backend, its constructor's settings and its
-    placement (``pool_map``'s); ``greedy`` decodes one answer per question with the evaluate
-    section's settings."""
-    section = job.evaluate if greedy else job.generate
+    placement (``pool_map``'s). The generate section samples its m candidates per question;
+    the evaluate section decodes one greedy answer (no seed, round or top-p matters then)."""
+    greedy = isinstance(section, EvaluateConfig)
     constructor = dict(
         model_path=model_path,
-        task=task_of(job.task),
-        samples_per_question=1 if greedy else job.generate.samples_per_question,
-        temperature=None if greedy else job.generate.temperature,
-        top_p=job.generate.top_p,
+        task=task,
+        samples_per_question=1 if greedy else section.samples_per_question,
+        temperature=None if greedy else section.temperature,
+        top_p=1.0 if greedy else section.top_p,
         max_new_tokens=section.max_new_tokens,
-        seed=job.generate.seed,
+        seed=0 if greedy else section.seed,
         round_index=round_index,
-        dtype=job.model.dtype,
-        trust_remote_code=job.model.trust_remote_code,
+        dtype=model.dtype,
+        trust_remote_code=model.trust_remote_code,
     )
     if section.backend == "vllm":
         from dsw_ray import vllm_backend
@@ -152,9 +156,10 @@ def generator(model_path: str, job, round_index: int, greedy: bool = False) -> t
     return TransformersGenerator, constructor, {}
 
 
-def generate(questions, model_path: str, job, round_index: int):
-    """The generate stage: a Ray Dataset of questions to one of candidates (lazy)."""
+def generate(questions, section: GenerateConfig, model: ModelConfig, task: Task, model_path: str, round_index: int):
+    """The generate stage: a Ray Dataset of questions to one of candidates of ``model_path``
+    (``model``: its dtype and whether to trust its code), lazy."""
     from dsw_ray.resources import pool_map
 
-    actor_class, constructor, placement = generator(model_path, job, round_index)
-    return pool_map(questions, actor_class, constructor, job.generate, "generate", **placement)
+    actor_class, constructor, placement = generator(section, model, task, model_path, round_index)
+    return pool_map(questions, actor_class, constructor, section, "generate", **placement)

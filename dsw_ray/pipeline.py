@@ -249,7 +249,10 @@ def make_candidates(
         stage("generate"),
         fps["generate"],
         lambda out: write_dataset(
-            generate(read_dataset(questions, job.generate.batch_size, job.generate.actors), model_path, job, round_index),
+            generate(
+                read_dataset(questions, job.generate.batch_size, job.generate.actors), job.generate, job.model,
+                task_of(job.task), model_path, round_index,
+            ),
             out,
         ),
         rows_in=len(splits.questions),
@@ -277,10 +280,10 @@ def make_candidates(
         # One pass of the scoring pool over the valid set and the majority candidates (each actor
         # loads the model once), then Lv and the DS weights in the driver from keys and losses.
         # The valid set's per-example losses are kept beside the scores.
-        voted = read_dataset(stage("vote"), rows_per_call(job), job.score.actors)
+        voted = read_dataset(stage("vote"), rows_per_call(job.score), job.score.actors)
         majority = read_table(stage("vote")).filter(pc.field(C.IS_MAJORITY))
         progress.expect(len(splits.valid) + majority.num_rows)
-        losses = score_losses(splits.valid, voted, model_path, job)
+        losses = score_losses(splits.valid, voted, job.score, job.model, model_path, job.train.max_length, official)
         scored, valid, valid_loss = weigh(majority, losses, official)
         pq.write_table(valid, os.path.join(out, VALID_LOSSES))
         log.info("round %d: Lv = %.4f +- %.4f (n = %d)", round_index, valid_loss["mean"], valid_loss["stderr"], valid_loss["n"])
@@ -293,7 +296,11 @@ def make_candidates(
         def reward_stage(out: str) -> dict:
             progress.expect(scored["rows"])  # the reward model reads the majority candidates only
             return write_dataset(
-                reward(read_dataset(stage("vote"), job.reward.batch_size * 4, job.reward.actors), job), out
+                reward(
+                    read_dataset(stage("vote"), job.reward.batch_size * 4, job.reward.actors), job.reward, job.model,
+                    job.train.max_length,
+                ),
+                out,
             )
 
         run_stage(stage("reward"), fps["reward"], reward_stage, rows_in=generated["rows"], force=job.forced("reward"))
@@ -326,7 +333,11 @@ def rate_stage(job: JobConfig, fps: dict[str, str], where: str, model_path: str,
     run_stage(
         where,
         fps["rate"],
-        lambda out: write_dataset(rate(read_dataset(vote_dir, job.rate.batch_size * 4, job.rate.actors), model_path, job), out),
+        lambda out: write_dataset(
+            rate(read_dataset(vote_dir, job.rate.batch_size * 4, job.rate.actors), job.rate, job.model, model_path,
+                 job.train.max_length),
+            out,
+        ),
         rows_in=rows_in,
         force=job.forced("rate"),
     )
@@ -406,8 +417,9 @@ def train(
         progress.expect(optimizer_steps(kept_rows // job.train.num_workers, job.train.model_dump()))
         return fine_tune(
             data_dir(filter_dir),
+            job.train,
+            job.model,
             model_path,
-            job,
             os.path.join(out, "model"),
             stage("ray_train"),
             run_name=f"train-{train_fp}",  # an interrupted run of these same settings resumes
@@ -499,14 +511,17 @@ def evaluate_round(job: JobConfig, run_dir: str, evaluations: list[Evaluation], 
         rows = pa.concat_tables(
             [questions.append_column(MODEL, pa.array([model] * questions.num_rows, pa.string())) for model in models]
         )
-        answered = evaluate(pool_input(rows, job.evaluate.batch_size, job.evaluate.actors), job)
+        answered = evaluate(
+            pool_input(rows, job.evaluate.batch_size, job.evaluate.actors), job.evaluate, job.model, task_of(job.task),
+            job.semantics == "official",
+        )
         answers = pa.concat_tables(ray.get(answered.to_arrow_refs()), promote_options="default")
         return [
             write_table(answers.filter(pc.field(MODEL) == model).drop_columns([MODEL]).sort_by(C.QUESTION_ID), out)
             for model, out in zip(models, outs)
         ]
 
-    step = models_per_pass(job) or max(1, len(paths))
+    step = models_per_pass(job.evaluate) or max(1, len(paths))
     for start in range(0, len(paths), step):
         run_stages(paths[start : start + step], fps[start : start + step], answer, rows_in=len(splits.test),
                    force=job.forced("evaluate"))  # fmt: skip

@@ -33,6 +33,7 @@ from __future__ import annotations
 import numpy as np
 
 from dsw_ray import columns as C
+from dsw_ray.config import ModelConfig, RateConfig
 from dsw_ray.models import load_model, load_tokenizer
 from dsw_ray.sft import IGNORE, batched_losses, pad_batch
 
@@ -104,7 +105,7 @@ class Rater:
         return {**batch, C.RATING: self.ratings(list(batch[C.QUESTION]), list(batch[C.TEXT]))}
 
 
-def rate(candidates, model_path: str, job):
+def rate(candidates, section: RateConfig, model: ModelConfig, model_path: str, max_length: int):
     """The rate stage: majority candidates (a Ray Dataset of voted rows) with a ``rating``
     column from ``model_path``, the model that generated them (lazy)."""
     from ray.data.expressions import col
@@ -113,11 +114,11 @@ def rate(candidates, model_path: str, job):
 
     constructor = dict(
         model_path=model_path,
-        batch_size=job.rate.batch_size,
-        max_length=job.train.max_length,
-        dtype=job.model.dtype,
-        trust_remote_code=job.model.trust_remote_code,
+        batch_size=section.batch_size,
+        max_length=max_length,
+        dtype=model.dtype,
+        trust_remote_code=model.trust_remote_code,
     )
     majority = candidates.filter(expr=col(C.IS_MAJORITY))
     # Each candidate is eleven sequences: a call of batch_size candidates is 11 forward batches.
-    return pool_map(majority, Rater, constructor, job.rate, "rate", batch_size=job.rate.batch_size)
+    return pool_map(majority, Rater, constructor, section, "rate", batch_size=section.batch_size)

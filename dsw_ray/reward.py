@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from dsw_ray import columns as C
+from dsw_ray.config import ModelConfig, RewardConfig
 from dsw_ray.models import load_model, load_tokenizer
 from dsw_ray.tasks.numeric import training_prompt
 
@@ -59,18 +60,19 @@ class RewardScorer:
         return {**batch, C.REWARD: self.rewards(list(batch[C.QUESTION]), list(batch[C.TEXT]))}
 
 
-def reward(candidates, job):
-    """The reward stage: majority candidates (a Ray Dataset) with a ``reward`` column (lazy)."""
+def reward(candidates, section: RewardConfig, model: ModelConfig, max_length: int):
+    """The reward stage: majority candidates (a Ray Dataset) with a ``reward`` column from the
+    section's reward model (loaded with ``model``'s dtype and trust setting), lazy."""
     from ray.data.expressions import col
 
     from dsw_ray.resources import pool_map
 
     constructor = dict(
-        model_path=job.reward.model_path,
-        batch_size=job.reward.batch_size,
-        max_length=job.train.max_length,
-        dtype=job.model.dtype,
-        trust_remote_code=job.model.trust_remote_code,
+        model_path=section.model_path,
+        batch_size=section.batch_size,
+        max_length=max_length,
+        dtype=model.dtype,
+        trust_remote_code=model.trust_remote_code,
     )
     majority = candidates.filter(expr=col(C.IS_MAJORITY))
-    return pool_map(majority, RewardScorer, constructor, job.reward, "reward", batch_size=job.reward.batch_size * 4)
+    return pool_map(majority, RewardScorer, constructor, section, "reward", batch_size=section.batch_size * 4)

@@ -18,6 +18,7 @@ import math
 import numpy as np
 
 from dsw_ray import columns as C
+from dsw_ray.config import ModelConfig, ScoreConfig
 from dsw_ray.models import load_model, load_tokenizer
 from dsw_ray.sft import batched_losses, encode_example, encode_official, pad_batch, stack
 from dsw_ray.weights import UnusableLoss, ds_weights, official_ds_weights
@@ -84,15 +85,17 @@ class Scorer:
         return {**batch, C.LOSS: self.model.losses(list(batch[C.QUESTION]), list(batch[C.TEXT]), self.batch_size)}
 
 
-def scorer_settings(model_path: str, job) -> dict:
+def scorer_settings(section: ScoreConfig, model: ModelConfig, model_path: str, max_length: int, official: bool) -> dict:
+    """A scoring actor's constructor arguments. ``max_length``: the fine-tune's, so that a
+    candidate's loss is over the tokens training would see."""
     return dict(
         model_path=model_path,
-        batch_size=job.score.batch_size,
-        dtype=job.model.dtype,
-        trust_remote_code=job.model.trust_remote_code,
-        max_length=job.train.max_length,
-        loss_on=job.score.loss_on,
-        official=job.semantics == "official",
+        batch_size=section.batch_size,
+        dtype=model.dtype,
+        trust_remote_code=model.trust_remote_code,
+        max_length=max_length,
+        loss_on=section.loss_on,
+        official=official,
     )
 
 
@@ -100,10 +103,10 @@ VALID_ROW = "valid_row"  # True for the valid set's rows in the scoring pool's i
 CALL_BATCHES = 16  # forward passes per actor call
 
 
-def rows_per_call(job) -> int:
+def rows_per_call(section: ScoreConfig) -> int:
     """Rows one scoring actor call gets: several forward passes' worth, sorted by length inside
     the call, so that padding stays small and Ray Data's per-call cost is spread."""
-    return job.score.batch_size * CALL_BATCHES
+    return section.batch_size * CALL_BATCHES
 SCORED_COLUMNS = [C.QUESTION_ID, C.SAMPLE_INDEX, C.QUESTION, C.TEXT, VALID_ROW]
 
 
@@ -133,27 +136,30 @@ def scoring_rows(valid, candidates):
     return ray.data.from_arrow(valid_rows).union(majority)
 
 
-def pool_losses(rows, model_path: str, job):
+def pool_losses(rows, section: ScoreConfig, model: ModelConfig, model_path: str, max_length: int, official: bool):
     """The scoring pool over ``rows`` (``scoring_rows``): keys, ``valid_row`` and ``loss`` (lazy)."""
     from dsw_ray.resources import pool_map
 
-    settings, scorer, placement = scorer_settings(model_path, job), Scorer, {}
-    if job.score.backend == "vllm":
+    settings, scorer, placement = scorer_settings(section, model, model_path, max_length, official), Scorer, {}
+    if section.backend == "vllm":
         from dsw_ray import vllm_backend
 
-        engine, placement = vllm_backend.pool_settings(job.score)
+        engine, placement = vllm_backend.pool_settings(section)
         settings, scorer = {**settings, **engine}, vllm_backend.VllmScorer
-    scored = pool_map(rows, scorer, settings, job.score, "score", batch_size=rows_per_call(job), **placement)
+    scored = pool_map(rows, scorer, settings, section, "score", batch_size=rows_per_call(section), **placement)
     return scored.select_columns([C.QUESTION_ID, C.SAMPLE_INDEX, VALID_ROW, C.LOSS])
 
 
-def score_losses(valid, candidates, model_path: str, job):
-    """Losses of the valid set and of the majority candidates, in one pass of the scoring pool:
-    a pyarrow table of ``question_id``, ``sample_index``, ``valid_row`` and ``loss``."""
+def score_losses(
+    valid, candidates, section: ScoreConfig, model: ModelConfig, model_path: str, max_length: int, official: bool
+):
+    """Losses of the valid set and of the majority candidates by ``model_path``, in one pass of
+    the scoring pool: a pyarrow table of ``question_id``, ``sample_index``, ``valid_row`` and
+    ``loss``."""
     import pyarrow as pa
     import ray
 
-    refs = pool_losses(scoring_rows(valid, candidates), model_path, job).to_arrow_refs()
+    refs = pool_losses(scoring_rows(valid, candidates), section, model, model_path, max_length, official).to_arrow_refs()
     return pa.concat_tables(ray.get(refs))
 
 

@@ -36,6 +36,7 @@ import time
 from typing import Callable
 
 from dsw_ray import columns as C
+from dsw_ray.config import ModelConfig, TrainConfig
 from dsw_ray.errors import UserError
 from dsw_ray.models import load_tokenizer
 from dsw_ray.sft import batched_losses, encode_example, pack_batch, packed_sequence_losses, pad_batch, sequence_losses
@@ -390,25 +391,27 @@ def step_reporter(every_seconds: float = 0.5) -> Callable[[int, int, float], Non
     return on_step
 
 
-def training_settings(job, model_path: str, threads: int, heldout=(), data: str | None = None) -> dict:
+def training_settings(
+    train: TrainConfig, model: ModelConfig, model_path: str, threads: int, heldout=(), data: str | None = None
+) -> dict:
     """Everything a worker needs, as plain data (it travels to the workers). ``heldout``:
     ``(question, answer)`` pairs whose loss the workers report after training; ``data``: the
     kept samples' parquet (a file or a folder), which the Ray workers read."""
-    train = job.train
     return {
         **train.model_dump(exclude={"num_workers", "cpus_per_worker", "resources_per_worker", "max_failures"}),
         "lora": train.lora.model_dump() if train.lora else None,
         "heldout": [list(pair) for pair in heldout],
         "model_path": model_path,
-        "dtype": job.model.dtype,
-        "trust_remote_code": job.model.trust_remote_code,
+        "dtype": model.dtype,
+        "trust_remote_code": model.trust_remote_code,
         "data": data,
         "threads": threads,
     }
 
 
 def fine_tune(
-    kept: str, model_path: str, job, out_dir: str, storage_dir: str, run_name: str = "train", heldout=()
+    kept: str, train: TrainConfig, model: ModelConfig, model_path: str, out_dir: str, storage_dir: str,
+    run_name: str = "train", heldout=(),
 ) -> dict:
     """The train stage: fine-tune on the kept samples (``kept``: a parquet file or folder on a
     filesystem every node sees), export to ``out_dir``.
@@ -424,7 +427,6 @@ def fine_tune(
 
     from dsw_ray.resources import pool_cpus, torch_threads, training_cpus
 
-    train = job.train
     kept = os.path.abspath(kept)
     num_samples = pads.dataset(kept, format="parquet").count_rows()
     if num_samples < train.num_workers:
@@ -436,7 +438,7 @@ def fine_tune(
         cpus = training_cpus(train.num_workers, [node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]])
     else:
         cpus = pool_cpus(train.num_workers, train.cpus_per_worker, ray.cluster_resources().get("CPU", 1), "train")
-    settings = training_settings(job, model_path, torch_threads(cpus), heldout, kept)
+    settings = training_settings(train, model, model_path, torch_threads(cpus), heldout, kept)
     trainer = TorchTrainer(
         ray_train_loop,
         train_loop_config=settings,

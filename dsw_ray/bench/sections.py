@@ -395,8 +395,9 @@ def pool_run(rows_dir: str, model_path: str, job, tokens_of: dict[str, int]) -> 
 
     started_wall, started = time.time(), time.perf_counter()
     scored = pool_map(
-        read_dataset(rows_dir, rows_per_call(job), job.score.actors), timed_scorer(),
-        scorer_settings(model_path, job), job.score, "score", batch_size=rows_per_call(job),
+        read_dataset(rows_dir, rows_per_call(job.score), job.score.actors), timed_scorer(),
+        scorer_settings(job.score, job.model, model_path, job.train.max_length, False), job.score, "score",
+        batch_size=rows_per_call(job.score),
     ).select_columns(["question_id", "call_started", "call_ended"])
     blocks, first = [], None
     for block in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -419,7 +420,6 @@ def score_section(job, run_dir: str, stage_seconds: float, model_path: str, size
     """The scoring pool's steady rate on fixed gold rationales, the same work in this process,
     the authors' way, the limit; and the round's score stage as run."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from dsw_ray import columns as C
     from dsw_ray.pipeline import read_table, write_table
@@ -458,7 +458,7 @@ def score_section(job, run_dir: str, stage_seconds: float, model_path: str, size
         pool_wide = {**pool_run(rows_dir, model_path, wide_job, tokens_of), "threads": pool_threads(cores), "actors": cores}
 
     # The actor's own work on the same rows, without Ray, in calls of the same size.
-    call = rows_per_call(job)
+    call = rows_per_call(job.score)
     with num_threads(threads):
         started = time.perf_counter()
         for start in range(0, len(examples), call):
@@ -616,17 +616,19 @@ def candidates_point(size: BenchSize, work: str, name: str, model_path: str, **o
 
     started = time.perf_counter()
     questions = pipeline.read_dataset(os.path.join(run_dir, "inputs", "questions"), job.generate.batch_size, job.generate.actors)
-    pipeline.write_dataset(generate(questions, model_path, job, 1), stage("generate"))
+    task = get_task(job.task.name)
+    pipeline.write_dataset(generate(questions, job.generate, job.model, task, model_path, 1), stage("generate"))
     times["round-1/generate"] = time.perf_counter() - started
 
     started = time.perf_counter()
     candidates = pipeline.read_dataset(stage("generate"), 1024)
-    voted = pipeline.write_dataset(vote(candidates, pipeline.answer_parser(get_task(job.task.name), False)), stage("vote"))
+    voted = pipeline.write_dataset(vote(candidates, pipeline.answer_parser(task, False)), stage("vote"))
     times["round-1/vote"] = time.perf_counter() - started
 
     # As the score stage runs: one pool pass, then the weights in this process.
     started = time.perf_counter()
-    losses = score_losses(splits.valid, pipeline.read_dataset(stage("vote"), rows_per_call(job), job.score.actors), model_path, job)
+    voted_rows = pipeline.read_dataset(stage("vote"), rows_per_call(job.score), job.score.actors)
+    losses = score_losses(splits.valid, voted_rows, job.score, job.model, model_path, job.train.max_length, False)
     scored, _, _ = weigh(pipeline.read_table(stage("vote")).filter(pc.field(C.IS_MAJORITY)), losses, False)
     pipeline.write_table(scored, stage("score"))
     times["round-1/score"] = time.perf_counter() - started

@@ -8,7 +8,6 @@ import json
 import os
 
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pytest
 import yaml
 
@@ -97,7 +96,7 @@ def test_yaml_only_choice_task_round_with_the_self_filter(tiny_model, tmp_path):
             C.QUESTION: [QUESTIONS[0][0]] * 2 + [QUESTIONS[1][0]] * 2, C.TEXT: texts,
             C.IS_MAJORITY: [True, False, True, True],
         }), str(voted_dir))  # fmt: skip
-        write_dataset(rate(read_dataset(str(voted_dir), 2, 1), tiny_model, job), str(tmp_path / "rated"))
+        write_dataset(rate(read_dataset(str(voted_dir), 2, 1), job.rate, job.model, tiny_model, job.train.max_length), str(tmp_path / "rated"))
         rated = read_table(str(tmp_path / "rated")).sort_by(C.BY_KEY)
         assert list(zip(rated[C.QUESTION_ID].to_pylist(), rated[C.SAMPLE_INDEX].to_pylist())) == [("q0", 0), ("q1", 0), ("q1", 1)]
         ratings = rated[C.RATING].to_numpy()

@@ -200,6 +200,7 @@ def test_a_killed_generation_actor_is_restarted_and_its_candidates_are_reproduce
     from dsw_ray.config import JobConfig
     from dsw_ray.generate import generate
     from dsw_ray.pipeline import read_dataset, start_ray, write_dataset
+    from dsw_ray.tasks import get_task
 
     job = JobConfig.model_validate(job_spec(toy_model, tmp_path / "run"))
     questions = os.path.join(reference["run_dir"], "inputs", "questions")
@@ -212,7 +213,8 @@ def test_a_killed_generation_actor_is_restarted_and_its_candidates_are_reproduce
         def stage():
             try:
                 dataset = read_dataset(questions, job.generate.batch_size, job.generate.actors)
-                outcome["manifest"] = write_dataset(generate(dataset, toy_model, job, round_index=1), out)
+                candidates = generate(dataset, job.generate, job.model, get_task("arith"), toy_model, round_index=1)
+                outcome["manifest"] = write_dataset(candidates, out)
             except BaseException as error:  # noqa: BLE001 (reported by the test thread)
                 outcome["error"] = error
 

@@ -293,14 +293,15 @@ def test_same_seed_same_candidates_whatever_the_batching(tiny_model, tmp_path, r
     job = tiny_job(tiny_model, tmp_path / "a")
     questions = get_task("arith").load(None, 6, 2, 2, 5).questions
     dataset = ray.data.from_arrow(examples_table(questions))
-    one = generate(dataset, tiny_model, job, round_index=1).to_pandas()
+    arith = get_task("arith")
+    one = generate(dataset, job.generate, job.model, arith, tiny_model, round_index=1).to_pandas()
     other_job = tiny_job(tiny_model, tmp_path / "b", generate={**job.generate.model_dump(), "batch_size": 1, "actors": 2})
-    two = generate(dataset.repartition(6), tiny_model, other_job, round_index=1).to_pandas()
+    two = generate(dataset.repartition(6), other_job.generate, job.model, arith, tiny_model, round_index=1).to_pandas()
     key = [C.QUESTION_ID, C.SAMPLE_INDEX]
     one, two = one.sort_values(key).reset_index(drop=True), two.sort_values(key).reset_index(drop=True)
     assert one[C.TEXT].tolist() == two[C.TEXT].tolist()
     assert one[C.SEED].tolist() == two[C.SEED].tolist()
-    third = generate(dataset, tiny_model, job, round_index=2).to_pandas().sort_values(key)
+    third = generate(dataset, job.generate, job.model, arith, tiny_model, round_index=2).to_pandas().sort_values(key)
     assert third[C.SEED].tolist() != one[C.SEED].tolist(), "each round samples afresh"
 
 
@@ -364,7 +365,7 @@ job = JobConfig.model_validate({{"run_dir": "{tmp_path}", "task": {{"name": "ari
 ray.init(num_cpus=2, include_dashboard=False)
 write_table(examples_table(get_task("arith").load(None, 8, 2, 2, 0).questions), "{tmp_path}/q")
 pipeline.DRIVER_READ_BYTES = -1  # Ray Data's read tasks, not the driver, read the questions
-rows = generate(read_dataset("{tmp_path}/q", 2, 2), "{tiny_model}", job, 1).count()
+rows = generate(read_dataset("{tmp_path}/q", 2, 2), job.generate, job.model, get_task("arith"), "{tiny_model}", 1).count()
 print("ROWS", rows)
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)

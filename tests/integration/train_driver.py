@@ -21,7 +21,7 @@ def main(spec_path: str) -> None:
         spec = json.load(f)
     ray.init(num_cpus=spec["num_cpus"], include_dashboard=False)
     job = JobConfig.model_validate(spec["job"])
-    metrics = fine_tune(spec["data"], spec["model"], job, spec["out"], spec["storage"], spec["run_name"])
+    metrics = fine_tune(spec["data"], job.train, job.model, spec["model"], spec["out"], spec["storage"], spec["run_name"])
     print("METRICS " + json.dumps(metrics), flush=True)
 
 

@@ -24,7 +24,7 @@ from dsw_ray.pipeline import check_splits, write_inputs
 from dsw_ray.tasks import gsm8k, svamp
 from dsw_ray.tasks.numeric import Example, Splits, is_correct, normalize_number, parse_answer
 from dsw_ray.tasks.rows import RAW_CHARS, array_items
-from tests.conftest import ROOT, SHARED_DATA
+from tests.conftest import ROOT
 
 GSM8K_TRAIN_ROWS = 40  # the last round(40 * 374 / 7473) = 2 are the valid set
 FIX = "task.bad_rows=skip"

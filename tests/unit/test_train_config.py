@@ -14,7 +14,7 @@ def settings(tmp_path, **train):
     job = JobConfig.model_validate(
         {"run_dir": str(tmp_path), "task": {"name": "arith"}, "model": {"path": "m"}, "train": train}
     )
-    return training_settings(job, "m", threads=1)
+    return training_settings(job.train, job.model, "m", threads=1)
 
 
 def test_deepspeed_config_follows_the_settings(tmp_path):
