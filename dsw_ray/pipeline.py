@@ -40,7 +40,7 @@ from dsw_ray.score import rows_per_call, score_losses, weigh
 from dsw_ray.tasks import Splits, Task, task_of
 from dsw_ray.tasks.rows import question_key
 from dsw_ray.toy import build_toy_model
-from dsw_ray.train import LOSS_HISTORY, fine_tune, optimizer_steps
+from dsw_ray.train import LOSS_HISTORY, FineTune, fine_tune_all, optimizer_steps
 from dsw_ray.vote import vote
 
 log = logging.getLogger(__name__)
@@ -344,9 +344,10 @@ def rate_stage(job: JobConfig, fps: dict[str, str], where: str, model_path: str,
 
 
 def run_method(
-    job: JobConfig, run_dir: str, method: str, candidates: Candidates, where: str, model_path: str, splits: Splits
-) -> dict:
-    """Filter, fine-tune and evaluate one method on a round's shared candidates."""
+    job: JobConfig, method: str, candidates: Candidates, where: str, model_path: str
+) -> tuple[dict, list[Tune]]:
+    """One method's filter on a round's shared candidates, and the fine-tunes it asks for (one per
+    seed of ``repeats``; none when it keeps nothing)."""
     spec = METHODS[method]
     official = job.semantics == "official"
 
@@ -378,77 +379,85 @@ def run_method(
     result = {"kept": kept["rows"], "dropped": kept["dropped"], "kept_correct": kept["kept_correct"]}
     if kept["rows"] == 0:
         log.warning("method %s kept no candidate: it is not fine-tuned or evaluated.", method)
-        return {**result, "accuracy": None, "model": model_path, "model_fingerprint": filter_fp}
+        return {**result, "accuracy": None, "model": model_path, "model_fingerprint": filter_fp}, []
 
     # Repeat r fine-tunes the same kept set with seed train.seed + r; the first repeat's stages
-    # sit where a single run's do, and its model is the one the next round starts from. The
-    # round evaluates every model at once (``evaluate_round``).
-    repeats = []
+    # sit where a single run's do, and its model is the one the next round starts from.
+    tunes = []
     for repeat in range(job.repeats):
-        seeded = job.model_copy(update={"train": job.train.model_copy(update={"seed": job.train.seed + repeat})})
-        seed_dir = where if repeat == 0 else os.path.join(where, f"seed-{seeded.train.seed}")
-        repeats.append(train(seeded, run_dir, method, stage("filter"), seed_dir, filter_fp, kept["rows"], model_path, splits))
-    return {
-        **result,
-        "evaluations": [r["evaluation"] for r in repeats],
-        "seeds": [{"seed": r["seed"]} for r in repeats],
-        "train": repeats[0]["train"],
-        "model": repeats[0]["model"],
-        "model_fingerprint": repeats[0]["model_fingerprint"],
-    }
+        seed = job.train.seed + repeat
+        # How many failures to survive and where workers go do not change the fine-tuned model.
+        settings = {**job.train.model_dump(exclude={"max_failures", "resources_per_worker"}), "seed": seed}
+        tunes.append(Tune(
+            method, where if repeat == 0 else os.path.join(where, f"seed-{seed}"), stage("filter"), model_path, seed,
+            stage_fingerprint("train", filter_fp, settings, job.model.dtype), kept["rows"],
+        ))  # fmt: skip
+    return result, tunes
 
 
-def train(
-    job: JobConfig, run_dir: str, method: str, filter_dir: str, where: str, filter_fp: str, kept_rows: int,
-    model_path: str, splits: Splits,
-) -> dict:
-    """Fine-tune on a method's kept set with ``job.train.seed`` into ``where/train``; its
-    evaluation goes to ``where/evaluate``."""
+@dataclass(frozen=True)
+class Tune:
+    """A fine-tune of the round: a method's kept set, trained from ``model_path`` with ``seed``
+    into ``where/train``, evaluated in ``where/evaluate``."""
 
-    def stage(name: str) -> str:
-        return os.path.join(where, name)
+    method: str
+    where: str
+    filter_dir: str
+    model_path: str
+    seed: int
+    fingerprint: str  # the train stage's
+    kept_rows: int
 
-    # How many failures to survive and where workers go do not change the fine-tuned model.
-    train_fp = stage_fingerprint(
-        "train", filter_fp, job.train.model_dump(exclude={"max_failures", "resources_per_worker"}), job.model.dtype
-    )
-    def train_stage(out: str) -> dict:
+
+def train_round(job: JobConfig, run_dir: str, round_dir: str, tunes: list[Tune], splits: Splits) -> list[dict]:
+    """Every fine-tune of the round not done already, in one Ray Train run: its workers start
+    once (``train.fine_tune_all``), each fine-tune's stage folder gets its model and manifest.
+    Per tune: its seed, train metrics, model and evaluation."""
+    paths = [os.path.join(t.where, "train") for t in tunes]
+
+    def produce(outs: list[str]) -> list[dict]:
+        pending = [tunes[paths.index(out.removesuffix(".partial"))] for out in outs]
         # The stage's progress counts optimizer steps, not the kept rows it reads.
-        progress.expect(optimizer_steps(kept_rows // job.train.num_workers, job.train.model_dump()))
-        return fine_tune(
-            data_dir(filter_dir),
+        settings = job.train.model_dump()
+        progress.expect(sum(optimizer_steps(t.kept_rows // job.train.num_workers, settings) for t in pending))
+        return fine_tune_all(
+            [FineTune(data_dir(t.filter_dir), t.model_path, os.path.join(out, "model"), t.seed) for t, out in zip(pending, outs)],
             job.train,
             job.model,
-            model_path,
-            os.path.join(out, "model"),
-            stage("ray_train"),
-            run_name=f"train-{train_fp}",  # an interrupted run of these same settings resumes
+            os.path.join(round_dir, "ray_train"),
+            # An interrupted run of these same fine-tunes resumes from its last epoch checkpoint.
+            run_name="train-" + fingerprint("train", [t.fingerprint for t in pending]),
             heldout=[(e.question, e.rationale) for e in splits.valid],
         )
 
-    trained = run_stage(stage("train"), train_fp, train_stage, rows_in=kept_rows, force=job.forced("train"))
-    write_training_events(
-        os.path.join(stage("train"), "model", LOSS_HISTORY),
-        os.path.join(run_dir, EVENTS, os.path.relpath(where, run_dir)),
-        job.train.gradient_accumulation_steps,
-        rewrite=not trained["skipped"],
+    manifests = run_stages(
+        paths, [t.fingerprint for t in tunes], produce, rows_in=[t.kept_rows for t in tunes], force=job.forced("train")
     )
-    if trained.get("resumed_from_epoch") and not trained["skipped"]:
-        log.warning(
-            "method %s: a training worker failed; Ray Train restarted the workers from the epoch %d checkpoint "
-            "and the fine-tune finished (see %s).",
-            method, trained["resumed_from_epoch"], os.path.join(stage("train"), "manifest.json"),
-        )  # fmt: skip
-    model_dir = os.path.join(stage("train"), "model")
-    return {
-        "seed": job.train.seed,
-        "evaluation": Evaluation(os.path.relpath(stage("evaluate"), run_dir), model_dir, train_fp),
-        "train": {
-            k: trained[k] for k in ("optimizer_steps", "final_loss", "heldout_loss", "resumed_from_epoch") if k in trained
-        },
-        "model": model_dir,
-        "model_fingerprint": train_fp,
-    }
+    results = []
+    for tune, path, trained in zip(tunes, paths, manifests):
+        write_training_events(
+            os.path.join(path, "model", LOSS_HISTORY),
+            os.path.join(run_dir, EVENTS, os.path.relpath(tune.where, run_dir)),
+            job.train.gradient_accumulation_steps,
+            rewrite=not trained["skipped"],
+        )
+        if trained.get("resumed_from_epoch") and not trained["skipped"]:
+            log.warning(
+                "method %s: a training worker failed; Ray Train restarted the workers from the epoch %d checkpoint "
+                "and the fine-tune finished (see %s).",
+                tune.method, trained["resumed_from_epoch"], os.path.join(path, "manifest.json"),
+            )  # fmt: skip
+        model_dir = os.path.join(path, "model")
+        results.append({
+            "seed": tune.seed,
+            "evaluation": Evaluation(os.path.relpath(os.path.join(tune.where, "evaluate"), run_dir), model_dir, tune.fingerprint),
+            "train": {
+                k: trained[k] for k in ("optimizer_steps", "final_loss", "heldout_loss", "resumed_from_epoch") if k in trained
+            },
+            "model": model_dir,
+            "model_fingerprint": tune.fingerprint,
+        })  # fmt: skip
+    return results
 
 
 def run_round(
@@ -462,15 +471,24 @@ def run_round(
     in round 1)."""
     round_dir = os.path.join(run_dir, f"round-{round_index}")
     shared: dict[str, Candidates] = {}  # model fingerprint -> candidates
-    methods = {}
+    methods, tunes = {}, []
     for method in job.methods:
         model_path, model_fp = lineages[method]
         if model_fp not in shared:
             where = round_dir if round_index == 1 else os.path.join(round_dir, method)
             shared[model_fp] = make_candidates(job, run_dir, where, round_index, model_path, model_fp, splits)
         candidates = shared[model_fp]
-        result = run_method(job, run_dir, method, candidates, os.path.join(round_dir, method), model_path, splits)
+        result, method_tunes = run_method(job, method, candidates, os.path.join(round_dir, method), model_path)
         methods[method] = {**result, "candidates": candidates.summary}
+        tunes += method_tunes
+    # The round's fine-tunes train in one Ray Train run, its models are evaluated in one pass.
+    for tune, tuned in zip(tunes, train_round(job, run_dir, round_dir, tunes, splits) if tunes else []):
+        result = methods[tune.method]
+        if "evaluations" not in result:  # the first seed's model is the one the next round starts from
+            result.update(evaluations=[], seeds=[], train=tuned["train"], model=tuned["model"],
+                          model_fingerprint=tuned["model_fingerprint"])  # fmt: skip
+        result["evaluations"].append(tuned["evaluation"])
+        result["seeds"].append({"seed": tuned["seed"]})
     trained = [e for result in methods.values() for e in result.get("evaluations", [])]
     accuracy_of = evaluate_round(job, run_dir, list(evaluations) + trained, splits)
     for result in methods.values():

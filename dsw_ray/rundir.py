@@ -82,12 +82,14 @@ def run_stage(
 
 
 def run_stages(
-    paths: list[str], stage_fps: list[str], produce: Callable[[list[str]], list[dict]], rows_in: int | None = None,
-    force: bool = False,
+    paths: list[str], stage_fps: list[str], produce: Callable[[list[str]], list[dict]],
+    rows_in: int | list[int] | None = None, force: bool = False,
 ) -> list[dict]:
     """``run_stage`` for stages of one kind that one pass computes (the models one evaluation pool
-    answers for): ``produce(partial_dirs) -> infos`` runs once, for the stages not done already
-    with their fingerprints; each of their manifests has the pass's times. ``rows_in``: per stage."""
+    answers for, the fine-tunes one Ray Train run holds): ``produce(partial_dirs) -> infos``
+    runs once, for the stages not done already with their fingerprints; each of their
+    manifests has the pass's times. ``rows_in``: each stage's (one number: the same for all)."""
+    rows = rows_in if isinstance(rows_in, list) else [rows_in] * len(paths)
     manifests = [read_manifest(path) for path in paths]
     done = [m is not None and m.get("fingerprint") == fp and not force for m, fp in zip(manifests, stage_fps)]
     for path, manifest, skip in zip(paths, manifests, done):
@@ -107,13 +109,14 @@ def run_stages(
             why = "an earlier run stopped before it finished"
         else:
             why = "not run yet"
-        log.info("%s: started (%s)%s", display_name(paths[i]), why, "" if rows_in is None else f", {rows_in} {units(stage)[0]} in")
+        log.info("%s: started (%s)%s", display_name(paths[i]), why, "" if rows[i] is None else f", {rows[i]} {units(stage)[0]} in")
         shutil.rmtree(paths[i] + ".partial", ignore_errors=True)
         os.makedirs(paths[i] + ".partial")
     name = display_name(paths[pending[0]]) + (f" and {len(pending) - 1} more" if len(pending) > 1 else "")
     started = time.time()
     try:
-        with progress.tracking(name, stage, None if rows_in is None else rows_in * len(pending)) as measured:
+        total = None if any(rows[i] is None for i in pending) else sum(rows[i] for i in pending)
+        with progress.tracking(name, stage, total) as measured:
             infos = produce([paths[i] + ".partial" for i in pending])
     except Exception as error:
         import ray.exceptions
@@ -129,7 +132,7 @@ def run_stages(
             "stage": stage,
             "version": STAGE_VERSIONS[stage],
             "fingerprint": stage_fps[i],
-            "rows_in": rows_in,
+            "rows_in": rows[i],
             "started": timestamp(started),
             "finished": timestamp(finished),
             "seconds": round(finished - started, 2),

@@ -12,7 +12,14 @@ DS weight is computed from, weighted by the filter (1 unless the method weights)
 epoch ends in a DeepSpeed checkpoint reported to Ray Train, from which a restarted worker
 group or a rerun resumes. At the end every rank takes part in gathering the parameters (a
 no-op below ZeRO-3) and rank 0 exports a Hugging Face model directory (LoRA merged into
-the weights, the adapter beside it) as the run's last checkpoint.
+the weights, the adapter beside it).
+
+One Ray Train run can hold several fine-tunes (``fine_tune_all``: a round's methods and
+seeds): the workers start, import and join their process group once, then train each in
+turn. Rank 0 writes each export straight to its folder (the run directory is on storage
+every node sees); a restarted worker group skips the fine-tunes already exported and
+resumes the one its last epoch checkpoint belongs to. Starting Ray Train's workers cost
+more than the quickstart's whole training loop (docs/benchmarks.md).
 
 ``train_worker`` needs no Ray: give it its rows and a report function and it runs as a
 single process at world size 1.
@@ -33,6 +40,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 from dsw_ray import columns as C
@@ -44,6 +52,7 @@ from dsw_ray.sft import batched_losses, encode_example, pack_batch, packed_seque
 log = logging.getLogger(__name__)
 
 LOSS_HISTORY = "loss_history.json"
+FINE_TUNE_OF = "fine_tune.json"  # in an epoch checkpoint: the export folder of the fine-tune it belongs to
 HEALTH_CHECK_INTERVAL_S = 0.2
 
 
@@ -251,11 +260,6 @@ def train_worker(
     import deepspeed
     import torch
 
-    if restore and os.path.exists(os.path.join(restore, LOSS_HISTORY)):
-        # The earlier attempt finished and exported: hand the export back.
-        with open(os.path.join(restore, LOSS_HISTORY)) as f:
-            report(json.load(f)["metrics"], restore if rank == 0 else None)
-        return
     torch.manual_seed(settings["seed"])
     if settings.get("threads"):
         torch.set_num_threads(settings["threads"])
@@ -344,32 +348,60 @@ def train_worker(
 
 
 def ray_train_loop(settings: dict) -> None:
-    """``train_loop_per_worker`` of the TorchTrainer: each worker reads its shard of the kept
-    samples; Ray supplies the rank, the report and the checkpoint to resume from."""
+    """``train_loop_per_worker`` of the TorchTrainer: the fine-tunes of ``settings["runs"]`` in
+    turn (each run's own kept samples, base model, seed and export folder). Each worker reads its
+    shard of a run's kept samples; Ray supplies the rank, the report and the checkpoint to
+    resume from."""
     import pyarrow.dataset as pads
     import ray.train
 
     context = ray.train.get_context()
-
-    def report(metrics: dict, out_dir: str | None) -> None:
-        checkpoint = ray.train.Checkpoint.from_directory(out_dir) if out_dir else None
-        ray.train.report(metrics, checkpoint=checkpoint)
-
     world, rank = context.get_world_size(), context.get_world_rank()
-    columns = [C.QUESTION, C.TEXT]
-    dataset = pads.dataset(settings["data"], format="parquet")
-    if C.LOSS_WEIGHT in dataset.schema.names:
-        columns.append(C.LOSS_WEIGHT)
-    rows = shard(dataset.to_table(columns=columns), rank, world)
     identity = f"{ray.get_runtime_context().get_node_id()}/{os.getpid()}"
-    on_step = step_reporter() if rank == 0 else None
+    reporter = step_reporter() if rank == 0 else None
     checkpoint = ray.train.get_checkpoint()  # set when Ray restarts the workers, or the run resumes
-    if checkpoint is None:
-        train_worker(settings, rows, report, rank, world, identity=identity, on_step=on_step)
-        return
-    with checkpoint.as_directory() as restore:
-        log.info("rank %d: resuming from %s", rank, restore)
-        train_worker(settings, rows, report, rank, world, restore, identity, on_step)
+    resumes = None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            with open(os.path.join(folder, FINE_TUNE_OF)) as f:
+                resumes = json.load(f)["export"]
+    steps_before = 0
+    for run in settings["runs"]:
+        run_settings = {**settings, **run}
+        if os.path.exists(os.path.join(run["export"], LOSS_HISTORY)):  # an earlier attempt finished it
+            steps_before += run["steps"]
+            continue
+
+        def report(metrics: dict, out_dir: str | None, export: str = run["export"]) -> None:
+            saved = None
+            if out_dir and os.path.exists(os.path.join(out_dir, LOSS_HISTORY)):  # rank 0's export
+                staging = export + ".staging"
+                shutil.rmtree(staging, ignore_errors=True)
+                shutil.copytree(out_dir, staging)
+                shutil.rmtree(export, ignore_errors=True)
+                os.rename(staging, export)
+            elif out_dir:  # an epoch checkpoint: it says which fine-tune it resumes
+                with open(os.path.join(out_dir, FINE_TUNE_OF), "w") as f:
+                    json.dump({"export": export}, f)
+                saved = ray.train.Checkpoint.from_directory(out_dir)
+            ray.train.report(metrics, checkpoint=saved)
+
+        columns = [C.QUESTION, C.TEXT]
+        dataset = pads.dataset(run["data"], format="parquet")
+        if C.LOSS_WEIGHT in dataset.schema.names:
+            columns.append(C.LOSS_WEIGHT)
+        rows = shard(dataset.to_table(columns=columns), rank, world)
+        on_step = None if reporter is None else (
+            lambda step, steps, loss, before=steps_before: reporter(before + step, settings["total_steps"], loss)
+        )
+        if resumes == run["export"]:
+            with checkpoint.as_directory() as restore:
+                log.info("rank %d: resuming from %s", rank, restore)
+                train_worker(run_settings, rows, report, rank, world, restore, identity, on_step)
+        else:
+            train_worker(run_settings, rows, report, rank, world, identity=identity, on_step=on_step)
+        # Only the first fine-tune this attempt runs may resume: any other has replaced the checkpoint.
+        resumes, steps_before = None, steps_before + run["steps"]
 
 
 def step_reporter(every_seconds: float = 0.5) -> Callable[[int, int, float], None] | None:
@@ -409,16 +441,39 @@ def training_settings(
     }
 
 
+@dataclass(frozen=True)
+class FineTune:
+    """One fine-tune of a Ray Train run: its kept samples (a parquet file or folder on storage
+    every node sees), the model it starts from, its seed and the folder its export goes to."""
+
+    kept: str
+    model_path: str
+    out_dir: str
+    seed: int
+
+
 def fine_tune(
     kept: str, train: TrainConfig, model: ModelConfig, model_path: str, out_dir: str, storage_dir: str,
     run_name: str = "train", heldout=(),
 ) -> dict:
     """The train stage: fine-tune on the kept samples (``kept``: a parquet file or folder on a
-    filesystem every node sees), export to ``out_dir``.
+    filesystem every node sees), export to ``out_dir``; its metrics (``fine_tune_all``)."""
+    (metrics,) = fine_tune_all(
+        [FineTune(kept, model_path, out_dir, train.seed)], train, model, storage_dir, run_name, heldout
+    )
+    return metrics
+
+
+def fine_tune_all(
+    runs: list[FineTune], train: TrainConfig, model: ModelConfig, storage_dir: str, run_name: str = "train", heldout=()
+) -> list[dict]:
+    """Several fine-tunes with ``train``'s settings in one Ray Train run (its workers started
+    once), each exported to its ``out_dir``; each one's metrics, in order. ``heldout``:
+    ``(question, answer)`` pairs whose loss the workers report after every epoch.
 
     Ray Train keeps the run's checkpoints under ``storage_dir/run_name``: when a worker dies
     it restarts the workers from the last one (up to ``train.max_failures`` times), and a
-    later call with the same name (the same stage fingerprint) resumes an interrupted run.
+    later call with the same name resumes an interrupted run.
     """
     import pyarrow.dataset as pads
     import ray
@@ -427,18 +482,25 @@ def fine_tune(
 
     from dsw_ray.resources import pool_cpus, torch_threads, training_cpus
 
-    kept = os.path.abspath(kept)
-    num_samples = pads.dataset(kept, format="parquet").count_rows()
-    if num_samples < train.num_workers:
-        raise UserError(
-            f"train: {num_samples} kept sample(s) cannot feed {train.num_workers} workers; "
-            "lower train.num_workers or keep more candidates."
-        )
     if train.cpus_per_worker is None and not train.use_gpu:
         cpus = training_cpus(train.num_workers, [node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]])
     else:
         cpus = pool_cpus(train.num_workers, train.cpus_per_worker, ray.cluster_resources().get("CPU", 1), "train")
-    settings = training_settings(train, model, model_path, torch_threads(cpus), heldout, kept)
+    settings = training_settings(train, model, runs[0].model_path, torch_threads(cpus), heldout)
+    settings["runs"] = []
+    for run in runs:
+        num_samples = pads.dataset(os.path.abspath(run.kept), format="parquet").count_rows()
+        if num_samples < train.num_workers:
+            raise UserError(
+                f"train: {num_samples} kept sample(s) cannot feed {train.num_workers} workers; "
+                "lower train.num_workers or keep more candidates."
+            )
+        settings["runs"].append({
+            "data": os.path.abspath(run.kept), "model_path": run.model_path, "seed": run.seed,
+            "export": os.path.abspath(run.out_dir), "steps": optimizer_steps(num_samples // train.num_workers, settings),
+        })  # fmt: skip
+        shutil.rmtree(run.out_dir, ignore_errors=True)
+    settings["total_steps"] = sum(run["steps"] for run in settings["runs"])
     trainer = TorchTrainer(
         ray_train_loop,
         train_loop_config=settings,
@@ -461,14 +523,11 @@ def fine_tune(
     # fine-tune (docs/benchmarks.md). The driver's value reaches the controller; a user's own
     # is kept.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(HEALTH_CHECK_INTERVAL_S))
-    result = trainer.fit()
-    with result.checkpoint.as_directory() as exported:
-        staging = out_dir + ".partial"
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(exported, staging)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.rename(staging, out_dir)
-    # The export is in place: the run's own copy and checkpoints would only double the disk used.
+    trainer.fit()
+    # The exports are in place: the run's checkpoints would only take disk space.
     shutil.rmtree(os.path.join(storage_dir, run_name), ignore_errors=True)
-    with open(os.path.join(out_dir, LOSS_HISTORY)) as f:
-        return json.load(f)["metrics"]
+    metrics = []
+    for run in runs:
+        with open(os.path.join(run.out_dir, LOSS_HISTORY)) as f:
+            metrics.append(json.load(f)["metrics"])
+    return metrics

@@ -262,7 +262,7 @@ def test_a_killed_generation_actor_is_restarted_and_its_candidates_are_reproduce
 
 # ---- the driver killed mid-scoring, then run again ----------------------------------------
 
-DONE_BEFORE_SCORING = ["inputs/questions", "inputs/test", "base/evaluate", "round-1/generate", "round-1/vote"]
+DONE_BEFORE_SCORING = ["inputs/questions", "inputs/test", "round-1/generate", "round-1/vote"]
 
 
 def wait_for(path: str, driver: subprocess.Popen, job_file: str, timeout: float = RUN_TIMEOUT) -> None:
@@ -328,7 +328,7 @@ def test_a_driver_killed_while_scoring_resumes_to_the_uninterrupted_result(refer
 
 def committed_epochs(run_dir: str) -> list[int]:
     """Epochs whose checkpoint Ray Train has registered, from its snapshot in the run directory."""
-    for path in glob.glob(os.path.join(run_dir, "round-1", "iwsi", "ray_train", "*", "checkpoint_manager_snapshot.json")):
+    for path in glob.glob(os.path.join(run_dir, "round-1", "ray_train", "*", "checkpoint_manager_snapshot.json")):
         try:
             with open(path) as f:
                 return [r["metrics"]["epoch"] for r in json.load(f)["checkpoint_results"] if "epoch" in r["metrics"]]

@@ -95,12 +95,24 @@ def test_whole_round_with_two_methods(toy_model, tmp_path, ray_session):
 
     from transformers import AutoModelForCausalLM
 
+    trained = {}
     for method in ("iwsi", "oracle"):
         assert AutoModelForCausalLM.from_pretrained(os.path.join(run_dir, "round-1", method, "train", "model"))
         with open(os.path.join(run_dir, "round-1", method, "train", "manifest.json")) as f:
-            trained = json.load(f)
-        assert trained["optimizer_steps"] == trained["expected_optimizer_steps"] > 0
+            trained[method] = json.load(f)
+        assert trained[method]["optimizer_steps"] == trained[method]["expected_optimizer_steps"] > 0
         assert len(table(run_dir, f"round-1/{method}/evaluate")) == 10
+    # Both fine-tunes ran in one Ray Train run, and the second gives the weights it gives alone.
+    assert trained["iwsi"]["started"] == trained["oracle"]["started"] and trained["oracle"]["computed_with"] == 2
+    from dsw_ray.train import fine_tune
+
+    valid = get_task("arith").load(None, 12, 6, 10, 1).valid
+    alone = fine_tune(
+        os.path.join(run_dir, "round-1", "oracle", "filter", "data"), job.train, job.model, toy_model,
+        str(tmp_path / "oracle-alone"), str(tmp_path / "ray_train"), heldout=[(e.question, e.rationale) for e in valid],
+    )
+    assert alone["parameter_digests"] == trained["oracle"]["parameter_digests"]
+    assert alone["final_loss"] == trained["oracle"]["final_loss"]
 
     with open(os.path.join(run_dir, "summary.json")) as f:
         written = json.load(f)
