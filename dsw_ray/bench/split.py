@@ -4,8 +4,8 @@ A pool stage's manifest has ``busy_seconds``: the wall time in which some actor 
 was inside a call (``progress``); a fine-tune's has ``loop_seconds``: its workers' epochs.
 The rest of a stage's wall time is fixed cost: starting processes and pools, loading
 models, Ray Data's planning and reading, Ray Train's start and the export. Stages that ran
-in one pass (the models one evaluation pool answered for) share a manifest time and count
-once.
+in one pass (the models one evaluation pool answered for, the fine-tunes of one Ray Train
+run) share a manifest time and count once.
 """
 
 from __future__ import annotations
@@ -13,24 +13,26 @@ from __future__ import annotations
 from dsw_ray.rundir import stage_states
 
 
-def work_seconds(manifest: dict) -> float:
-    return manifest.get("busy_seconds", manifest.get("loop_seconds", 0.0))
+def work_seconds(manifests: list[dict]) -> float:
+    """The work of one pass: its pool's busy time, or the sum of its fine-tunes' loops (one
+    Ray Train run trains them one after the other)."""
+    if "busy_seconds" in manifests[0]:
+        return manifests[0]["busy_seconds"]
+    return sum(m.get("loop_seconds", 0.0) for m in manifests)
 
 
 def stage_split(run_dir: str) -> list[dict]:
     """Per stage (or pass) of the run, in the order they ran: its wall, work and fixed seconds."""
-    rows, passes = [], {}
+    passes: dict[tuple, list[dict]] = {}
     for state in stage_states(run_dir):
-        if state["state"] != "done" or state["stage"].startswith("inputs"):
-            continue
-        together = (state["started"], state["finished"])
-        if together in passes:  # another model of the same pass
-            passes[together]["models"] += 1
-            continue
-        work = min(work_seconds(state), state["seconds"])
-        rows.append({"stage": state["stage"], "seconds": state["seconds"], "work_s": work, "fixed_s": state["seconds"] - work,
-                     "models": 1})
-        passes[together] = rows[-1]
+        if state["state"] == "done" and not state["stage"].startswith("inputs"):
+            passes.setdefault((state["started"], state["finished"]), []).append(state)
+    rows = []
+    for manifests in passes.values():
+        seconds = manifests[0]["seconds"]
+        work = min(work_seconds(manifests), seconds)
+        rows.append({"stage": manifests[0]["stage"], "seconds": seconds, "work_s": work, "fixed_s": seconds - work,
+                     "models": len(manifests)})
     return rows
 
 
@@ -56,7 +58,7 @@ def split_table(split: dict) -> str:
     lines = ["| stage | wall s | work s | fixed s |", "| --- | --- | --- | --- |"]
     lines.append(f"| Ray start | {split['ray_start_s']:.1f} | 0.0 | {split['ray_start_s']:.1f} |")
     for s in split["stages"]:
-        name = s["stage"] + (f" (and {s['models'] - 1} more models, one pass)" if s["models"] > 1 else "")
+        name = s["stage"] + (f" (and {s['models'] - 1} more, one pass)" if s["models"] > 1 else "")
         lines.append(f"| {name} | {s['seconds']:.1f} | {s['work_s']:.1f} | {s['fixed_s']:.1f} |")
     lines.append(f"| driver, between stages | {split['driver_s']:.1f} | 0.0 | {split['driver_s']:.1f} |")
     lines.append(
