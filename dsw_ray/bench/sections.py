@@ -576,12 +576,15 @@ def end_to_end(job, ray_start_s: float, actor: dict) -> tuple[dict, dict]:
     """Run the round; its wall time by stage, beside the fixed costs measured apart."""
     from dsw_ray.pipeline import run_job
 
+    from dsw_ray.bench.split import stage_split
+
     started = time.perf_counter()
     summary = run_job(job)
     wall = time.perf_counter() - started
     times = stage_seconds(job.run_dir)
-    stages = {name.replace("round-1/iwsi/", "iwsi/"): seconds for name, seconds in times.items()
-              if not name.startswith("inputs")}
+    # Stages one pass computed (the base model's and the export's evaluations) are one entry.
+    stages = {" + ".join(name.replace("round-1/iwsi/", "iwsi/") for name in row["stages"]): row["seconds"]
+              for row in stage_split(job.run_dir)}
     result = {
         "ray_start_s": ray_start_s,
         "actor_start_s": actor["total_s"],

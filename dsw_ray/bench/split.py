@@ -32,7 +32,7 @@ def stage_split(run_dir: str) -> list[dict]:
         seconds = manifests[0]["seconds"]
         work = min(work_seconds(manifests), seconds)
         rows.append({"stage": manifests[0]["stage"], "seconds": seconds, "work_s": work, "fixed_s": seconds - work,
-                     "models": len(manifests)})
+                     "models": len(manifests), "stages": [m["stage"] for m in manifests]})
     return rows
 
 
