@@ -40,7 +40,7 @@ from dsw_ray.score import rows_per_call, score_losses, weigh
 from dsw_ray.tasks import Splits, Task, task_of
 from dsw_ray.tasks.rows import question_key
 from dsw_ray.toy import build_toy_model
-from dsw_ray.train import LOSS_HISTORY, FineTune, fine_tune_all, optimizer_steps
+from dsw_ray.train import LOSS_HISTORY, FineTune, fine_tune_all
 from dsw_ray.vote import vote
 
 log = logging.getLogger(__name__)
@@ -417,9 +417,6 @@ def train_round(job: JobConfig, run_dir: str, round_dir: str, tunes: list[Tune],
 
     def produce(outs: list[str]) -> list[dict]:
         pending = [tunes[paths.index(out.removesuffix(".partial"))] for out in outs]
-        # The stage's progress counts optimizer steps, not the kept rows it reads.
-        settings = job.train.model_dump()
-        progress.expect(sum(optimizer_steps(t.kept_rows // job.train.num_workers, settings) for t in pending))
         return fine_tune_all(
             [FineTune(data_dir(t.filter_dir), t.model_path, os.path.join(out, "model"), t.seed) for t, out in zip(pending, outs)],
             job.train,

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from dsw_ray import columns as C
+from dsw_ray import progress
 from dsw_ray.config import ModelConfig, TrainConfig
 from dsw_ray.errors import UserError
 from dsw_ray.models import load_tokenizer
@@ -407,9 +408,7 @@ def ray_train_loop(settings: dict) -> None:
 def step_reporter(every_seconds: float = 0.5) -> Callable[[int, int, float], None] | None:
     """Rank 0's steps and loss to the driver's progress tally (at most twice a second, and the
     last step), or None when the driver shows no progress."""
-    from dsw_ray.progress import tally
-
-    handle = tally()
+    handle = progress.tally()
     if handle is None:
         return None
     last = 0.0
@@ -423,12 +422,9 @@ def step_reporter(every_seconds: float = 0.5) -> Callable[[int, int, float], Non
     return on_step
 
 
-def training_settings(
-    train: TrainConfig, model: ModelConfig, model_path: str, threads: int, heldout=(), data: str | None = None
-) -> dict:
+def training_settings(train: TrainConfig, model: ModelConfig, model_path: str, threads: int, heldout=()) -> dict:
     """Everything a worker needs, as plain data (it travels to the workers). ``heldout``:
-    ``(question, answer)`` pairs whose loss the workers report after training; ``data``: the
-    kept samples' parquet (a file or a folder), which the Ray workers read."""
+    ``(question, answer)`` pairs whose loss the workers report after training."""
     return {
         **train.model_dump(exclude={"num_workers", "cpus_per_worker", "resources_per_worker", "max_failures"}),
         "lora": train.lora.model_dump() if train.lora else None,
@@ -436,7 +432,6 @@ def training_settings(
         "model_path": model_path,
         "dtype": model.dtype,
         "trust_remote_code": model.trust_remote_code,
-        "data": data,
         "threads": threads,
     }
 
@@ -501,6 +496,7 @@ def fine_tune_all(
         })  # fmt: skip
         shutil.rmtree(run.out_dir, ignore_errors=True)
     settings["total_steps"] = sum(run["steps"] for run in settings["runs"])
+    progress.expect(settings["total_steps"])  # the stage's progress counts optimizer steps
     trainer = TorchTrainer(
         ray_train_loop,
         train_loop_config=settings,
