@@ -10,6 +10,7 @@ the same path with the same settings reuses it.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
@@ -126,7 +127,17 @@ def build_settings(config: ToyModelConfig) -> dict:
 
 
 def build_toy_model(path: str, config: ToyModelConfig, exclude: set[str] = frozenset()) -> str:
-    """Build the model at ``path`` unless a build with the same settings is already there."""
+    """Build the model at ``path`` unless a build with the same settings is already there.
+    Processes that ask for the same path at once (two jobs, parallel test workers) take
+    turns: the first builds, the others wait and reuse its build."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    with open(os.path.join(parent, f".{os.path.basename(os.path.abspath(path))}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return build_unless_built(path, config, exclude)
+
+
+def build_unless_built(path: str, config: ToyModelConfig, exclude: set[str]) -> str:
     marker = os.path.join(path, MARKER)
     settings = build_settings(config)
     if os.path.exists(marker):
@@ -184,9 +195,7 @@ def save_build(path: str, config: ToyModelConfig, exclude: set[str], started: fl
     )
     final_loss = pretrain(model, token_ids, config)
     # Build in a sibling folder and rename, so an interrupted build never looks finished.
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".toy-", dir=parent)
+    staging = tempfile.mkdtemp(prefix=".toy-", dir=os.path.dirname(os.path.abspath(path)))
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     with open(os.path.join(staging, MARKER), "w") as f:

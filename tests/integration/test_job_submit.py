@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 
 import pytest
 import yaml
@@ -107,6 +108,21 @@ def node_with(cluster, resource: str) -> str:
     return next(n["node_id"] for n in nodes if resource in n["resources_total"])
 
 
+def submit(cluster, args: list[str], agent_wait_s: float = 120) -> subprocess.CompletedProcess:
+    """``ray job submit``, again while the head's dashboard agent has not registered yet: on a
+    loaded machine it can come up after ``ray start`` returns, and the job server then refuses
+    the job without starting it ("No available agent to submit job")."""
+    deadline = time.time() + agent_wait_s
+    while True:
+        submitted = subprocess.run(
+            ["ray", "job", "submit", f"--address={cluster['address']}", *args],
+            env=cluster["env"], capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        if "No available agent to submit job" not in submitted.stderr or time.time() > deadline:
+            return submitted
+        time.sleep(2)
+
+
 def test_a_submitted_job_runs_a_round_on_two_nodes(cluster, toy_model, tmp_path):
     run_dir = tmp_path / "run"
     job = small_round(
@@ -117,10 +133,9 @@ def test_a_submitted_job_runs_a_round_on_two_nodes(cluster, toy_model, tmp_path)
     job_file = tmp_path / "job.yaml"
     job_file.write_text(yaml.safe_dump(job))
     runtime_env = {"excludes": [".cache", "runs", "docs", ".hypothesis", ".pytest_cache"]}
-    submitted = subprocess.run(
-        ["ray", "job", "submit", f"--address={cluster['address']}", f"--working-dir={ROOT}",
-         f"--runtime-env-json={json.dumps(runtime_env)}", "--", "python", "-m", "dsw_ray", "run", str(job_file)],
-        env=cluster["env"], capture_output=True, text=True, timeout=600,
+    submitted = submit(
+        cluster, [f"--working-dir={ROOT}", f"--runtime-env-json={json.dumps(runtime_env)}",
+                  "--", "python", "-m", "dsw_ray", "run", str(job_file)],
     )  # fmt: skip
     assert submitted.returncode == 0, submitted.stdout[-4000:] + submitted.stderr[-4000:]
     # The job's own output: the accuracy table the CLI prints at the end.

@@ -66,3 +66,26 @@ def test_a_rebuild_gives_the_same_weights_bit_for_bit(tmp_path):
     other = build_toy_model(str(tmp_path / "c"), config.model_copy(update={"seed": 7}))
     c = load_file(os.path.join(other, "model.safetensors"))
     assert not all(torch.equal(a[k], c[k]) for k in a), "the seed reaches the weights"
+
+
+def test_builds_started_at_once_take_turns(tmp_path):
+    """Two processes asking for the same toy at once (two jobs, two test workers): one builds,
+    the other waits and reuses that build, and neither sees a half-written folder."""
+    import subprocess
+    import sys
+
+    config = ToyModelConfig(hidden_size=32, num_layers=1, num_heads=1, pretrain_examples=200, steps=40)
+    script = (
+        "import logging, sys; logging.basicConfig(level=logging.INFO, format='%(message)s')\n"
+        "from dsw_ray.toy import ToyModelConfig, build_toy_model\n"
+        f"print(build_toy_model(sys.argv[1], ToyModelConfig.model_validate_json({config.model_dump_json()!r})))\n"
+    )
+    path = str(tmp_path / "toy")
+    builds = [subprocess.Popen([sys.executable, "-c", script, path], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for _ in range(2)]  # fmt: skip
+    outputs = [b.communicate(timeout=300) for b in builds]
+    assert [b.returncode for b in builds] == [0, 0], [err[-2000:] for _, err in outputs]
+    assert [out.strip().splitlines()[-1] for out, _ in outputs] == [path, path]
+    logs = "".join(err for _, err in outputs)
+    assert logs.count("built the toy base model") == 1 and logs.count("reusing the toy base model") == 1, logs[-2000:]
+    assert sorted(os.listdir(tmp_path)) == [".toy.lock", "toy"]  # no staging folder left behind
