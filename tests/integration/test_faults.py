@@ -17,7 +17,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pandas as pd
@@ -28,14 +27,13 @@ import yaml
 
 from dsw_ray import columns as C
 from tests.conftest import ROOT
+from tests.integration.actor_kill import POLL, kill_one_actor_mid_stage
 
 pytestmark = pytest.mark.ray
 
-GENERATOR_TITLE = "MapBatches(TransformersGenerator)"  # in the process title of a generation actor
 QUESTIONS, SAMPLES = 16, 2
 KEY = [C.QUESTION_ID, C.SAMPLE_INDEX]
 RUN_TIMEOUT = 600  # one whole job on a busy 2-core machine
-POLL = 0.05
 
 
 def job_spec(model: str, run_dir) -> dict:
@@ -167,29 +165,6 @@ def reference(toy_model, tmp_path_factory) -> dict:
 
 # ---- a generation actor killed mid-stage ----------------------------------------------------
 
-def generator_processes() -> list[psutil.Process]:
-    """This process's Ray workers that are generation actors (Ray runs them under our raylet)."""
-    found = []
-    for process in psutil.Process().children(recursive=True):
-        try:
-            if GENERATOR_TITLE in " ".join(process.cmdline()):
-                found.append(process)
-        except psutil.Error:
-            pass
-    return found
-
-
-def rows_written(data_dir: str) -> int:
-    """Rows in the complete parquet files of a stage being written (a file being written is skipped)."""
-    rows = 0
-    for path in glob.glob(os.path.join(data_dir, "*.parquet")):
-        try:
-            rows += pq.ParquetFile(path).metadata.num_rows
-        except Exception:  # noqa: BLE001 (half written: pyarrow raises several kinds)
-            pass
-    return rows
-
-
 @pytest.mark.timeout(1200)
 def test_a_killed_generation_actor_is_restarted_and_its_candidates_are_reproduced(reference, toy_model, tmp_path):
     """SIGKILL the generate stage's actor once it has written a batch: Ray Data restarts it and
@@ -208,50 +183,16 @@ def test_a_killed_generation_actor_is_restarted_and_its_candidates_are_reproduce
     assert not ray.is_initialized()
     start_ray(job)
     try:
-        outcome = {}
-
         def stage():
-            try:
-                dataset = read_dataset(questions, job.generate.batch_size, job.generate.actors)
-                candidates = generate(dataset, job.generate, job.model, get_task("arith"), toy_model, round_index=1)
-                outcome["manifest"] = write_dataset(candidates, out)
-            except BaseException as error:  # noqa: BLE001 (reported by the test thread)
-                outcome["error"] = error
+            dataset = read_dataset(questions, job.generate.batch_size, job.generate.actors)
+            candidates = generate(dataset, job.generate, job.model, get_task("arith"), toy_model, round_index=1)
+            return write_dataset(candidates, out)
 
-        worker = threading.Thread(target=stage, daemon=True)
-        worker.start()
-        # Wait until the actor has done real work (one batch written), then kill it once.
-        deadline = time.time() + RUN_TIMEOUT
-        while not (generator_processes() and rows_written(os.path.join(out, "data"))):
-            assert worker.is_alive(), f"the stage ended before the kill: {outcome}"
-            assert time.time() < deadline, "the generation actor never wrote a batch"
-            time.sleep(POLL)
-        [victim] = generator_processes()
-        written_at_kill = rows_written(os.path.join(out, "data"))
-        victim.kill()
-        killed_at = time.time()
-        victim.wait(timeout=30)
-        assert written_at_kill < QUESTIONS * SAMPLES, "the kill came after the stage's last batch"
-        replacements = set()
-        while worker.is_alive() and time.time() < killed_at + RUN_TIMEOUT:
-            replacements |= {p.pid for p in generator_processes()} - {victim.pid}
-            worker.join(POLL)
-        assert not worker.is_alive(), "the stage did not finish after the kill"
-        assert "error" not in outcome, outcome.get("error")
-
-        # Ray Data 2.60 gives pool actors max_restarts=-1 and max_task_retries=-1 by default
-        # (ActorPoolMapOperator._apply_default_remote_args): the same actor came back in a new
-        # process and its batches were retried. The GCS actor table (the state API needs the
-        # dashboard, which start_ray leaves off) counts the restart.
-        from ray._private.state import actors
-
-        pool = [a for a in actors().values() if "TransformersGenerator" in a["ActorClassName"]]
-        assert len(pool) == 1 and pool[0]["NumRestarts"] == 1, pool
-        assert replacements, "a new generation actor process took over"
+        manifest = kill_one_actor_mid_stage(stage, "TransformersGenerator", out, QUESTIONS * SAMPLES, RUN_TIMEOUT)
     finally:
         ray.shutdown()
 
-    assert outcome["manifest"]["rows"] == QUESTIONS * SAMPLES
+    assert manifest["rows"] == QUESTIONS * SAMPLES
     generated = stage_frame(out)
     assert not generated.duplicated(KEY).any(), "every (question_id, sample_index) exactly once"
     expected = stage_frame(os.path.join(reference["run_dir"], "round-1", "generate"))

