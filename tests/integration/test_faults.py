@@ -14,7 +14,6 @@ import glob
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ import yaml
 
 from dsw_ray import columns as C
 from tests.conftest import ROOT
-from tests.integration.actor_kill import POLL, kill_one_actor_mid_stage
+from tests.integration.processes import POLL, in_session, kill_one_actor_mid_stage, kill_session
 
 pytestmark = pytest.mark.ray
 
@@ -79,36 +78,6 @@ def start_cli(job_file: str) -> subprocess.Popen:
 def driver_log(job_file: str) -> str:
     with open(os.path.join(os.path.dirname(job_file), "driver.log"), errors="replace") as f:
         return f.read()
-
-
-def in_session(session_id: int) -> list[psutil.Process]:
-    """The live processes of a session (a killed one stays a zombie until its new parent reaps it)."""
-    found = []
-    for process in psutil.process_iter():
-        try:
-            if os.getsid(process.pid) == session_id and process.status() != psutil.STATUS_ZOMBIE:
-                found.append(process)
-        except (OSError, psutil.Error):
-            pass
-    return found
-
-
-def kill_session(driver: subprocess.Popen) -> None:
-    """SIGKILL a driver's process group (it, its GCS and raylet), then the rest of its session:
-    Ray's workers lead process groups of their own, and would only exit once they notice
-    the raylet is gone."""
-    if driver.poll() is None:  # once reaped, its pid (the group's id) may be another's
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait(timeout=60)
-    deadline = time.time() + 60
-    while survivors := in_session(driver.pid):
-        for process in survivors:
-            try:
-                process.kill()
-            except psutil.Error:
-                pass
-        assert time.time() < deadline, f"processes of the killed driver's session live on: {survivors}"
-        time.sleep(POLL)
 
 
 def run_to_completion(job_file: str) -> None:

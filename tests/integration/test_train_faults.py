@@ -4,7 +4,6 @@ killed mid-run is tested on a whole job in test_faults.py.)"""
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dsw_ray import get_task
+from tests.integration.processes import kill_session
 
 pytestmark = pytest.mark.ray
 
@@ -91,10 +91,16 @@ def metrics_of(tmp_path, process, timeout=400) -> dict:
 @pytest.mark.timeout(600)
 def test_killed_driver_resumes_its_run_when_started_again(tiny_model, rows_file, tmp_path):
     first = start(tmp_path, tiny_model, rows_file, workers=1)
-    wait_for_checkpoint(tmp_path, first)
-    os.killpg(first.pid, signal.SIGKILL)  # the driver and the Ray it started
-    first.wait()
+    try:
+        wait_for_checkpoint(tmp_path, first)
+    finally:
+        # The driver, the Ray it started and its training worker, which leads a process group
+        # of its own: none of them may outlive the kill and share the rerun's cores.
+        kill_session(first)
     again = start(tmp_path, tiny_model, rows_file, workers=1)
-    metrics = metrics_of(tmp_path, again)
+    try:
+        metrics = metrics_of(tmp_path, again)
+    finally:
+        kill_session(again)
     assert metrics["resumed_from_epoch"] >= 1
     assert metrics["optimizer_steps"] == expected_steps(1)

@@ -105,7 +105,7 @@ def test_a_killed_vllm_actor_is_restarted_and_its_candidates_are_reproduced(toy_
     from dsw_ray.pipeline import examples_table, write_dataset
     from dsw_ray.resources import pool_input
     from dsw_ray.tasks import get_task
-    from tests.integration.actor_kill import kill_one_actor_mid_stage
+    from tests.integration.processes import kill_one_actor_mid_stage
 
     out = str(tmp_path / "generate")
     # Two questions a call: eight calls, so that the kill lands between two of them.

@@ -1,11 +1,13 @@
-"""A Ray Data pool's actor SIGKILLed once its stage has written a batch, and Ray Data seen to
-restart it: shared by the fault tests of both generation backends (test_faults.py,
-test_vllm_cpu.py). Real processes, real signals."""
+"""Real processes killed mid-run, for the fault tests: a driver and every process of its
+session (test_faults.py, test_train_faults.py), and a Ray Data pool's actor SIGKILLed once its
+stage has written a batch, then seen to be restarted (test_faults.py, test_vllm_cpu.py)."""
 
 from __future__ import annotations
 
 import glob
 import os
+import signal
+import subprocess
 import threading
 import time
 
@@ -13,6 +15,36 @@ import psutil
 import pyarrow.parquet as pq
 
 POLL = 0.05
+
+
+def in_session(session_id: int) -> list[psutil.Process]:
+    """The live processes of a session (a killed one stays a zombie until its new parent reaps it)."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if os.getsid(process.pid) == session_id and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+        except (OSError, psutil.Error):
+            pass
+    return found
+
+
+def kill_session(driver: subprocess.Popen) -> None:
+    """SIGKILL a driver's process group (it, its GCS and raylet), then the rest of its session:
+    Ray's workers lead process groups of their own, and would only exit once they notice
+    the raylet is gone."""
+    if driver.poll() is None:  # once reaped, its pid (the group's id) may be another's
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=60)
+    deadline = time.time() + 60
+    while survivors := in_session(driver.pid):
+        for process in survivors:
+            try:
+                process.kill()
+            except psutil.Error:
+                pass
+        assert time.time() < deadline, f"processes of the killed driver's session live on: {survivors}"
+        time.sleep(POLL)
 
 
 def actor_processes(actor_class: str) -> list[psutil.Process]:
