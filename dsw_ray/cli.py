@@ -38,6 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument(
         "--only-round", action="store_true", help="only the quickstart's round, split into work and fixed costs"
     )
+    bench.add_argument(
+        "--vllm", action="store_true",
+        help="only the vLLM stages against raw vllm.LLM and the transformers backend (default out: docs/bench_vllm.json)",
+    )  # fmt: skip
+    bench.add_argument("--vllm-questions", type=int, default=64, help="with --vllm: questions to generate for")
+    bench.add_argument("--vllm-samples", type=int, default=4, help="with --vllm: candidates per question")
     bench.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     table = commands.add_parser("table", help="run every job of a suite file and print one table across datasets")
     table.add_argument("suite", help="suite YAML file, e.g. jobs/table1.yaml")
@@ -56,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if args.command == "bench" and args.vllm:
+        from dsw_ray.bench.vllm_compare import main as bench_vllm
+
+        return bench_vllm(args)
     if args.command == "bench":
         from dsw_ray.bench.sections import main as bench
 

@@ -191,3 +191,27 @@ def test_the_score_stage_on_vllm_gives_the_same_weights_and_kept_set(toy_model, 
         weights[backend] = scored[C.DS_WEIGHT].to_numpy()
     assert len(weights["vllm"]) > 8 and np.abs(weights["vllm"] - weights["transformers"]).max() < 1e-3
     assert (keep_lowest(weights["vllm"], 0.8) == keep_lowest(weights["transformers"], 0.8)).all()
+
+
+def test_the_vllm_bench_compares_the_stages_with_raw_vllm(toy_model, tmp_path):
+    """``dsw-ray bench --vllm`` on a few rows: the generate stage's candidates are raw vLLM's,
+    seed for seed, and every rate is measured."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "bench_vllm.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", "dsw_ray.cli", "bench", "--vllm", "--vllm-questions", "8", "--vllm-samples", "2",
+         "--model", toy_model, "--out", str(out), "-q"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["generate_raw"]["candidates"] == 16 and result["generate_candidates_differing"] == 0
+    for key, unit in (("generate_raw", "new_tokens"), ("generate_vllm_stage", "new_tokens"),
+                      ("generate_transformers_stage", "new_tokens"), ("score_raw", "tokens"),
+                      ("score_vllm_stage", "tokens"), ("score_transformers_stage", "tokens")):  # fmt: skip
+        assert result[key][f"{unit}_per_s"] > 0 and result[key]["busy_s"] <= result[key]["wall_s"], key
+    assert result["raw_engine_start_s"] > 0 and all(r > 0 for r in result["ratios"].values())
+    assert "| generate vllm stage |" in completed.stdout
