@@ -39,6 +39,7 @@ UNITS = {
 
 _display: dict = {"terminal": None, "on": False}
 _current: Tracker | None = None
+_kept: dict = {}
 
 
 def show(terminal: TextIO | None, on: bool = True) -> None:
@@ -152,6 +153,10 @@ def tracking(name: str, stage: str, total: int | None):
     if handle is None:
         # num_cpus=0: it must never hold a CPU that Ray Data's tasks need.
         handle = ray.remote(num_cpus=0)(Tally).options(name=TALLY, lifetime=None).remote()
+        # The creating handle owns the actor (one found by name does not): held for the
+        # driver's life, or the Tally dies when a stage ends while the next, started at once,
+        # still finds it by name.
+        _kept["tally"] = handle
     ray.get(handle.reset.remote())
     tracker = Tracker(name, *UNITS[stage], total, _display["terminal"])
     stop = threading.Event()
