@@ -108,7 +108,7 @@ def node_with(cluster, resource: str) -> str:
     return next(n["node_id"] for n in nodes if resource in n["resources_total"])
 
 
-def submit(cluster, args: list[str], agent_wait_s: float = 120) -> subprocess.CompletedProcess:
+def submit(cluster, args: list[str], agent_wait_s: float = 300) -> subprocess.CompletedProcess:
     """``ray job submit``, again while the head's dashboard agent has not registered yet: on a
     loaded machine it can come up after ``ray start`` returns, and the job server then refuses
     the job without starting it ("No available agent to submit job")."""
@@ -118,7 +118,7 @@ def submit(cluster, args: list[str], agent_wait_s: float = 120) -> subprocess.Co
             ["ray", "job", "submit", f"--address={cluster['address']}", *args],
             env=cluster["env"], capture_output=True, text=True, timeout=600,
         )  # fmt: skip
-        if "No available agent to submit job" not in submitted.stderr or time.time() > deadline:
+        if "No available agent to submit job" not in submitted.stdout + submitted.stderr or time.time() > deadline:
             return submitted
         time.sleep(2)
 
