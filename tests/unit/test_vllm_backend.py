@@ -245,6 +245,10 @@ def test_placement_one_gpu_or_a_tensor_parallel_group():
             {"evaluate": {"backend": "vllm", "gpus_per_actor": 1, "vllm": {"serve_lora": True}}},
             "evaluate.vllm.serve_lora needs model.dtype bfloat16",
         ),
+        (
+            {"model": {"path": "m", "dtype": "bfloat16"}, "score": {"backend": "vllm", "vllm": {"serve_lora": True}}},
+            "score.vllm.serve_lora needs GPUs",
+        ),
     ],
 )
 def test_bad_vllm_settings_are_config_errors(tmp_path, section, message):
