@@ -222,21 +222,37 @@ class VllmGenerator:
         self.max_new_tokens, self.seed, self.round_index = max_new_tokens, seed, round_index
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        from vllm import SamplingParams
-
         question_ids, prompts, seeds = requests(batch, self.task, self.samples, self.seed, self.round_index)
-        # Our tokenizer's ids, as the transformers backend decodes from (vLLM would add a BOS).
-        prompt_ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
         params = sampling_params(seeds, self.temperature, self.top_p, self.max_new_tokens)
-        outputs = self.engine.generate(
-            [{"prompt_token_ids": prompt_ids[row // self.samples]} for row in range(len(params))],
-            [SamplingParams(**p) for p in params],
-            use_tqdm=False,
-            lora_request=self.lora,
-        )
-        return candidate_rows(
-            batch, question_ids, self.samples, None if self.temperature is None else seeds, [completion(o) for o in outputs]
-        )
+        completions = sample(self.engine, self.tokenizer, prompts, params, self.lora)
+        return candidate_rows(batch, question_ids, self.samples, None if self.temperature is None else seeds, completions)
+
+
+def sample(engine, tokenizer, prompts: list[str], params: list[dict], lora=None) -> list[Completion]:
+    """One completion per entry of ``params`` (a request each, so each has its own seed): the
+    ``samples`` candidates of a prompt are ``len(params) // len(prompts)`` consecutive entries."""
+    from vllm import SamplingParams
+
+    # Our tokenizer's ids, as the transformers backend decodes from (vLLM would add a BOS).
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    samples = len(params) // len(prompts)
+    outputs = engine.generate(
+        [{"prompt_token_ids": prompt_ids[row // samples]} for row in range(len(params))],
+        [SamplingParams(**p) for p in params],
+        use_tqdm=False,
+        lora_request=lora,
+    )
+    return [completion(o) for o in outputs]
+
+
+def sequence_losses(engine, encoded: list[dict], lora=None) -> list[float]:
+    """Each encoded sample's loss (``sequence_loss``) from one prompt-logprobs request."""
+    from vllm import SamplingParams
+
+    # One token is generated per request (vLLM needs one); only the prompt's log-probs count.
+    params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+    outputs = engine.generate([{"prompt_token_ids": e["input_ids"]} for e in encoded], params, use_tqdm=False, lora_request=lora)
+    return [sequence_loss(e["input_ids"], e["labels"], o.prompt_logprobs) for e, o in zip(encoded, outputs)]
 
 
 def start_engine(model_path: str, dtype: str, trust_remote_code: bool, seed: int, engine: dict, on_gpu: bool):
@@ -290,17 +306,10 @@ class VllmScorer:
         self.max_length, self.loss_on = max_length, loss_on
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from vllm import SamplingParams
-
         C.require(batch, (C.QUESTION_ID, C.QUESTION, C.TEXT), "score")
         encoded = [
             encode_example(self.tokenizer, q, a, self.max_length, self.loss_on)
             for q, a in zip(batch[C.QUESTION], batch[C.TEXT])
         ]
-        # One token is generated per request (vLLM needs one); only the prompt's log-probs count.
-        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
-        outputs = self.engine.generate(
-            [{"prompt_token_ids": e["input_ids"]} for e in encoded], params, use_tqdm=False, lora_request=self.lora
-        )
-        losses = [sequence_loss(e["input_ids"], e["labels"], o.prompt_logprobs) for e, o in zip(encoded, outputs)]
+        losses = sequence_losses(self.engine, encoded, self.lora)
         return {**batch, C.LOSS: np.asarray(losses, dtype=np.float64)}

@@ -56,35 +56,27 @@ def raw_engine(job, model_path: str):
 def raw_generate(engine, job, task, questions, tokenizer) -> tuple[dict, dict]:
     """Every candidate in one ``generate`` call (what a user of raw vLLM would do): the texts by
     ``(question_id, sample_index)``, and the timing."""
-    from vllm import SamplingParams
-
     from dsw_ray.decoding import requests
-    from dsw_ray.vllm_backend import completion, sampling_params
+    from dsw_ray.vllm_backend import sample, sampling_params
 
     section = job.generate
     batch = {name: questions[name].to_numpy(zero_copy_only=False) for name in questions.column_names}
     question_ids, prompts, seeds = requests(batch, task, section.samples_per_question, section.seed, 1)
-    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     params = sampling_params(seeds, section.temperature, section.top_p, section.max_new_tokens)
     started = time.perf_counter()
-    outputs = engine.generate(
-        [{"prompt_token_ids": prompt_ids[row // section.samples_per_question]} for row in range(len(params))],
-        [SamplingParams(**p) for p in params], use_tqdm=False,
-    )  # fmt: skip
+    completions = sample(engine, tokenizer, prompts, params)
     seconds = time.perf_counter() - started
-    completions = [completion(o) for o in outputs]
     samples = section.samples_per_question
     texts = {(question_ids[row // samples], row % samples): c.text for row, c in enumerate(completions)}
     return texts, {"wall_s": seconds, "busy_s": seconds, "new_tokens": sum(c.completion_tokens for c in completions)}
 
 
 def raw_score(engine, encoded: list[dict]) -> dict:
-    """The prompt log-probs of every row in one ``generate`` call, as ``VllmScorer`` asks them."""
-    from vllm import SamplingParams
+    """The losses of every row in one ``generate`` call, as ``VllmScorer`` asks them."""
+    from dsw_ray.vllm_backend import sequence_losses
 
     started = time.perf_counter()
-    engine.generate([{"prompt_token_ids": e["input_ids"]} for e in encoded],
-                    SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0), use_tqdm=False)  # fmt: skip
+    sequence_losses(engine, encoded)
     seconds = time.perf_counter() - started
     return {"wall_s": seconds, "busy_s": seconds}
 
