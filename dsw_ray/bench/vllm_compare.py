@@ -37,11 +37,15 @@ def rates(timing: dict, units: dict) -> dict:
     return out
 
 
-def raw_engine(job, model_path: str):
-    """``vllm.LLM`` with the arguments an actor of the generate stage would give it, here; and
-    its start-up seconds."""
+def raw_engine(job, model_path: str, threads: int):
+    """``vllm.LLM`` with the arguments and the torch threads an actor of the generate stage
+    would give it, here; and its start-up seconds."""
+    import torch
+
     from dsw_ray.vllm_backend import CPU_ENGINE_ENV, ENGINE_ENV, engine_args
 
+    # Ray gives a pool's actor as many threads as CPUs; this process would use every core.
+    torch.set_num_threads(threads)
     on_gpu = job.generate.gpus_per_actor > 0
     for name, value in (ENGINE_ENV if on_gpu else CPU_ENGINE_ENV).items():
         os.environ.setdefault(name, value)
@@ -92,7 +96,7 @@ def run_vllm_compare(model: str, questions: int, samples: int, out: str) -> dict
     from dsw_ray.generate import generate
     from dsw_ray.models import load_tokenizer
     from dsw_ray.pipeline import examples_table, start_ray
-    from dsw_ray.resources import pool_input
+    from dsw_ray.resources import pool_cpus, pool_input, torch_threads
     from dsw_ray.score import score_losses
     from dsw_ray.sft import encode_example
     from dsw_ray.tasks import get_task
@@ -108,6 +112,8 @@ def run_vllm_compare(model: str, questions: int, samples: int, out: str) -> dict
               "max_new_tokens": job.generate.max_new_tokens, "engine": job.generate.vllm.model_dump()}  # fmt: skip
     start_ray(job)
     try:
+        cpus = pool_cpus(job.generate.actors, job.generate.cpus_per_actor, ray.cluster_resources()["CPU"], "generate")
+        result["threads"] = torch_threads(cpus)
         generated = {}
         for backend in ("transformers", "vllm"):
             log.info("vllm bench: the generate stage on %s", backend)
@@ -131,7 +137,7 @@ def run_vllm_compare(model: str, questions: int, samples: int, out: str) -> dict
 
     log.info("vllm bench: raw vllm.LLM in this process")
     tokenizer = load_tokenizer(model)
-    engine, start_s = raw_engine(job, model)
+    engine, start_s = raw_engine(job, model, result["threads"])
     result["raw_engine_start_s"] = start_s
     texts, timing = raw_generate(engine, job, task, questions_table, tokenizer)
     result["generate_raw"] = rates(timing, {"candidates": len(texts), "new_tokens": timing.pop("new_tokens")})
@@ -171,7 +177,8 @@ def table(result: dict) -> str:
         busy_rate = row[f"{unit}_per_s"]
         lines.append(f"| {key.replace('_', ' ')} | {row['wall_s']:.1f} | {row['busy_s'] or 0:.1f} | "
                      f"{busy_rate or 0:.0f} {unit.replace('_', ' ')}/s | {row[f'{unit}_per_wall_s']:.0f} {unit.replace('_', ' ')}/s |")  # fmt: skip
-    lines.append(f"\nraw engine start-up {result['raw_engine_start_s']:.1f} s; candidates that differ between the stage "
+    lines.append(f"\nraw vLLM and each stage's actor: {result['threads']} torch thread(s); "
+                 f"raw engine start-up {result['raw_engine_start_s']:.1f} s; candidates that differ between the stage "
                  f"and raw vLLM (same seeds): {result['generate_candidates_differing']} of {result['generate_raw']['candidates']}")  # fmt: skip
     lines += [f"- {name}: {value:.2f}" for name, value in result["ratios"].items()]
     return "\n".join(lines)
