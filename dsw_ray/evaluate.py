@@ -7,6 +7,7 @@ test set on this machine, and it was paid once per method.
 
 from __future__ import annotations
 
+import gc
 import time
 
 import numpy as np
@@ -45,6 +46,7 @@ class Evaluator:
             if path != self.model_path:
                 started = time.time()
                 self.generator = None  # the last model's memory is freed before the next loads
+                gc.collect()  # a vLLM engine's objects hold references to each other
                 self.generator = self.generator_class(model_path=path, **self.settings)
                 self.model_path = path
                 self.load_seconds += time.time() - started
@@ -57,9 +59,10 @@ class Evaluator:
 
 
 def models_per_pass(section: EvaluateConfig) -> int | None:
-    """How many models one pool may answer for (None: all of them). A vLLM engine holds its
-    model, and its accelerator memory, for the life of its process: one pool per model."""
-    return 1 if section.backend == "vllm" else None
+    """How many models one pool may answer for (None: all of them). A vLLM engine on GPUs holds
+    its accelerator memory for the life of its process: one pool per model there. On CPU one
+    process starts engines one after another in about 2 s each, its memory steady."""
+    return 1 if section.backend == "vllm" and section.gpus_per_actor > 0 else None
 
 
 def evaluate(test_rows, section: EvaluateConfig, model: ModelConfig, task: Task, official: bool):
