@@ -59,15 +59,18 @@ def sample(questions, model: str, job):
     return generate(questions, job.generate, job.model, get_task(job.task.name), model, 1)
 
 
-def greedy(questions, model: str, job):
-    """The evaluate stage's answers of ``model`` to ``questions`` (a Ray Dataset)."""
+def greedy(questions, model: str | list[str], job):
+    """The evaluate stage's answers of ``model`` (or of each of several, in one pass) to
+    ``questions`` (a Ray Dataset)."""
     import pyarrow as pa
 
     from dsw_ray.evaluate import MODEL, evaluate
     from dsw_ray.tasks import get_task
 
-    named = questions.add_column(MODEL, lambda batch: pa.array([model] * len(batch), pa.string()), batch_format="pyarrow")
-    return evaluate(named, job.evaluate, job.model, get_task(job.task.name), False)
+    models = [model] if isinstance(model, str) else model
+    named = [questions.add_column(MODEL, lambda batch, m=m: pa.array([m] * len(batch), pa.string()), batch_format="pyarrow")
+             for m in models]  # fmt: skip
+    return evaluate(named[0].union(*named[1:]) if len(named) > 1 else named[0], job.evaluate, job.model, get_task(job.task.name), False)
 
 
 def test_greedy_rows_equal_the_transformers_backends(toy_model, questions):
@@ -150,6 +153,7 @@ def test_two_rounds_serving_lora_adapters_answer_as_the_merged_models(toy_model,
     samples from round 1's adapter, and each round's answers equal its merged weights'."""
     import pyarrow.parquet as pq
 
+    from dsw_ray.evaluate import MODEL
     from dsw_ray.pipeline import read_dataset, run_job
     from tests.conftest import small_round
 
@@ -170,10 +174,11 @@ def test_two_rounds_serving_lora_adapters_answer_as_the_merged_models(toy_model,
     test = read_dataset(str(tmp_path / "run" / "inputs" / "test"), 10)
     merged_job = job(toy_model, "vllm")
     merged_job.model.dtype = "bfloat16"
-    for round_index in (1, 2):
-        export = tmp_path / "run" / f"round-{round_index}" / "lmsi" / "train" / "model"
-        assert (export / "adapter" / "adapter_config.json").exists()
-        merged = rows(greedy(test, str(export), merged_job))[C.TEXT].tolist()
+    exports = [str(tmp_path / "run" / f"round-{r}" / "lmsi" / "train" / "model") for r in (1, 2)]
+    on_merged = rows(greedy(test, exports, merged_job))  # one pass: one process, an engine per export
+    for round_index, export in enumerate(exports, 1):
+        assert os.path.exists(os.path.join(export, "adapter", "adapter_config.json"))
+        merged = on_merged[on_merged[MODEL] == export][C.TEXT].tolist()
         assert answers(f"round-{round_index}/lmsi/evaluate") == merged, round_index
         # The adapter changed the answers: a served adapter that was ignored would fail above.
         assert merged != answers("base/evaluate"), round_index
