@@ -225,7 +225,8 @@ class VllmGenerator:
         question_ids, prompts, seeds = requests(batch, self.task, self.samples, self.seed, self.round_index)
         params = sampling_params(seeds, self.temperature, self.top_p, self.max_new_tokens)
         completions = sample(self.engine, self.tokenizer, prompts, params, self.lora)
-        return candidate_rows(batch, question_ids, self.samples, None if self.temperature is None else seeds, completions)
+        seeded = None if self.temperature is None else seeds
+        return candidate_rows(batch, question_ids, self.samples, seeded, completions)
 
 
 def sample(engine, tokenizer, prompts: list[str], params: list[dict], lora=None) -> list[Completion]:
@@ -251,7 +252,8 @@ def sequence_losses(engine, encoded: list[dict], lora=None) -> list[float]:
 
     # One token is generated per request (vLLM needs one); only the prompt's log-probs count.
     params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
-    outputs = engine.generate([{"prompt_token_ids": e["input_ids"]} for e in encoded], params, use_tqdm=False, lora_request=lora)
+    sequences = [{"prompt_token_ids": e["input_ids"]} for e in encoded]
+    outputs = engine.generate(sequences, params, use_tqdm=False, lora_request=lora)
     return [sequence_loss(e["input_ids"], e["labels"], o.prompt_logprobs) for e, o in zip(encoded, outputs)]
 
 

@@ -68,9 +68,12 @@ def greedy(questions, model: str | list[str], job):
     from dsw_ray.tasks import get_task
 
     models = [model] if isinstance(model, str) else model
-    named = [questions.add_column(MODEL, lambda batch, m=m: pa.array([m] * len(batch), pa.string()), batch_format="pyarrow")
-             for m in models]  # fmt: skip
-    return evaluate(named[0].union(*named[1:]) if len(named) > 1 else named[0], job.evaluate, job.model, get_task(job.task.name), False)
+    named = [
+        questions.add_column(MODEL, lambda batch, m=m: pa.array([m] * len(batch), pa.string()), batch_format="pyarrow")
+        for m in models
+    ]
+    rows_in = named[0].union(*named[1:]) if len(named) > 1 else named[0]
+    return evaluate(rows_in, job.evaluate, job.model, get_task(job.task.name), False)
 
 
 def test_greedy_rows_equal_the_transformers_backends(toy_model, questions):
@@ -164,7 +167,8 @@ def test_two_rounds_serving_lora_adapters_answer_as_the_merged_models(toy_model,
     engine = {"max_model_len": 512, "enforce_eager": True, "kv_cache_memory_bytes": 64 << 20}
     for section in ("generate", "score", "evaluate"):
         # Scoring reads the merged weights: on CPU vLLM has no prompt log-probs through an adapter.
-        spec[section] = {**spec.get(section, {}), "backend": "vllm", "vllm": {**engine, "serve_lora": section != "score"}}
+        vllm_section = {**engine, "serve_lora": section != "score"}
+        spec[section] = {**spec.get(section, {}), "backend": "vllm", "vllm": vllm_section}
     summary = run_job(JobConfig.model_validate(spec))
     assert [r["methods"]["lmsi"]["kept"] > 0 for r in summary["rounds"]] == [True, True]
 
