@@ -79,16 +79,19 @@ def cluster():
     env.pop("RAY_ADDRESS", None)
     gcs_port, dashboard_port = free_port(), free_port()
     common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
+    # Every Ray node's dashboard agent listens on 52365 unless told otherwise. While another
+    # test's Ray holds it (two test processes), the head's agent cannot serve, and the job
+    # server refuses every job ("No available agent to submit job").
     try:
         subprocess.run(
             ["ray", "start", "--head", f"--port={gcs_port}", f"--temp-dir={temp_dir}", "--include-dashboard=true",
              "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
-             f"--ray-client-server-port={free_port()}", *common],
+             f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}", *common],
             env=env, check=True, capture_output=True, timeout=120,
         )  # fmt: skip
         subprocess.run(
             ["ray", "start", f"--address=127.0.0.1:{gcs_port}", f"--resources={json.dumps({WORKER_RESOURCE: 1})}",
-             *common],
+             f"--dashboard-agent-listen-port={free_port()}", *common],
             env=env, check=True, capture_output=True, timeout=120,
         )  # fmt: skip
         yield {"env": env, "address": f"http://127.0.0.1:{dashboard_port}", "gcs": f"127.0.0.1:{gcs_port}"}
@@ -108,10 +111,10 @@ def node_with(cluster, resource: str) -> str:
     return next(n["node_id"] for n in nodes if resource in n["resources_total"])
 
 
-def submit(cluster, args: list[str], agent_wait_s: float = 300) -> subprocess.CompletedProcess:
-    """``ray job submit``, again while the head's dashboard agent has not registered yet: on a
-    loaded machine it can come up after ``ray start`` returns, and the job server then refuses
-    the job without starting it ("No available agent to submit job")."""
+def submit(cluster, args: list[str], agent_wait_s: float = 120) -> subprocess.CompletedProcess:
+    """``ray job submit``, again while the head's dashboard agent has not registered yet: it can
+    come up after ``ray start`` returns, and the job server then refuses the job without
+    starting it ("No available agent to submit job")."""
     deadline = time.time() + agent_wait_s
     while True:
         submitted = subprocess.run(
