@@ -11,14 +11,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
 
 
-def pytest_collection_modifyitems(items):
-    """Modules that need the quickstart's toy go last, in their order. The first to ask builds
-    it (minutes, on one core) while the other test process still has modules without it to
-    run, instead of waiting on the build's lock."""
-    needs_toy = {item.path for item in items if "toy_model" in item.fixturenames}
-    items.sort(key=lambda item: item.path in needs_toy)
-
-
 @pytest.fixture(scope="session")
 def shared_data() -> str:
     if not os.path.isdir(SHARED_DATA):
