@@ -38,22 +38,18 @@ def rates(timing: dict, units: dict) -> dict:
 
 
 def raw_engine(job, model_path: str, threads: int):
-    """``vllm.LLM`` with the arguments and the torch threads an actor of the generate stage
-    would give it, here; and its start-up seconds."""
+    """``vllm.LLM`` started as an actor of the generate stage starts it (``start_engine``), with
+    the torch threads such an actor gets, here; and its start-up seconds."""
     import torch
 
-    from dsw_ray.vllm_backend import CPU_ENGINE_ENV, ENGINE_ENV, engine_args
+    from dsw_ray.vllm_backend import start_engine
 
     # Ray gives a pool's actor as many threads as CPUs; this process would use every core.
     torch.set_num_threads(threads)
-    on_gpu = job.generate.gpus_per_actor > 0
-    for name, value in (ENGINE_ENV if on_gpu else CPU_ENGINE_ENV).items():
-        os.environ.setdefault(name, value)
-    from vllm import LLM
-
+    section, model = job.generate, job.model
     started = time.perf_counter()
-    engine = LLM(**engine_args(model_path, job.model.dtype, job.model.trust_remote_code, job.generate.seed,
-                               job.generate.vllm.model_dump(), None, on_gpu))  # fmt: skip
+    engine, _ = start_engine(model_path, model.dtype, model.trust_remote_code, section.seed,
+                             section.vllm.model_dump(), section.gpus_per_actor > 0)  # fmt: skip
     return engine, time.perf_counter() - started
 
 
