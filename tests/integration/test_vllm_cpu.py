@@ -76,14 +76,6 @@ def greedy(questions, model: str | list[str], job):
     return evaluate(rows_in, job.evaluate, job.model, get_task(job.task.name), False)
 
 
-def test_greedy_rows_equal_the_transformers_backends(toy_model, questions):
-    on_vllm = rows(greedy(questions, toy_model, job(toy_model, "vllm")))
-    on_transformers = rows(greedy(questions, toy_model, job(toy_model, "transformers")))
-    assert len(on_vllm) == 16
-    for column in (C.QUESTION_ID, C.TEXT, C.PROMPT_TOKENS, C.COMPLETION_TOKENS, C.FINISH_REASON):
-        assert on_vllm[column].tolist() == on_transformers[column].tolist(), column
-
-
 @pytest.fixture(scope="module")
 def candidates(toy_model, questions):
     """The generate stage's candidates on vLLM: one actor, 8 questions a call."""
@@ -128,26 +120,47 @@ def test_a_killed_vllm_actor_is_restarted_and_its_candidates_are_reproduced(toy_
 
 def test_a_whole_round_generates_scores_and_evaluates_on_vllm(toy_model, tmp_path, ray_session):
     """Generation, scoring and both evaluations (the base model's and the fine-tuned export's)
-    on vLLM engines; the base evaluation's answers equal the greedy rows of the transformers
-    backend."""
-    import pyarrow.parquet as pq
+    on vLLM engines, each stage against the transformers backend on the same rows: the base
+    evaluation's greedy rows equal its rows row for row, and the score stage's DS weights equal
+    the transformers pool's on the same voted candidates, and so does the kept set."""
+    import numpy as np
+    import pyarrow.compute as pc
 
-    from dsw_ray.pipeline import read_dataset, run_job
+    from dsw_ray.pipeline import read_dataset, read_table, run_job
+    from dsw_ray.score import score_losses, weigh
+    from dsw_ray.tasks import get_task
+    from dsw_ray.weights import keep_lowest
     from tests.conftest import small_round
 
     spec = small_round(toy_model, tmp_path / "run", methods=["lmsi"], train={"zero_stage": 0, "epochs": 1})
     engine = {"max_model_len": 512, "enforce_eager": True, "kv_cache_memory_bytes": 64 << 20}
     for section in ("generate", "score", "evaluate"):
         spec[section] = {**spec.get(section, {}), "backend": "vllm", "vllm": engine}
-    summary = run_job(JobConfig.model_validate(spec))
+    config = JobConfig.model_validate(spec)
+    summary = run_job(config)
     lmsi = summary["methods"]["lmsi"]
     assert lmsi["candidates"]["generated"] == 24 and lmsi["kept"] > 0 and lmsi["accuracy"] is not None
+    stage = lambda name: str(tmp_path / "run" / name)  # noqa: E731
+    on_transformers = job(toy_model, "transformers")
 
-    base = pq.read_table(tmp_path / "run" / "base" / "evaluate" / "data").to_pandas().sort_values(C.QUESTION_ID)
-    test = read_dataset(str(tmp_path / "run" / "inputs" / "test"), 10)
-    on_transformers = greedy(test, toy_model, job(toy_model, "transformers"))
-    expected = on_transformers.to_pandas().sort_values(C.QUESTION_ID)
-    assert base[C.TEXT].tolist() == expected[C.TEXT].tolist()
+    base = rows(read_dataset(stage("base/evaluate"), 10))
+    expected = rows(greedy(read_dataset(stage("inputs/test"), 10), toy_model, on_transformers))
+    assert len(base) == 10
+    for column in (C.QUESTION_ID, C.TEXT, C.PROMPT_TOKENS, C.COMPLETION_TOKENS, C.FINISH_REASON):
+        assert base[column].tolist() == expected[column].tolist(), column
+
+    t = config.task
+    valid = get_task(t.name).load(t.data_path, t.num_questions, t.num_valid, t.num_test, t.seed).valid
+    majority = read_table(stage("round-1/vote")).filter(pc.field(C.IS_MAJORITY))
+    losses = score_losses(valid, read_dataset(stage("round-1/vote"), 8), on_transformers.score, on_transformers.model,
+                          toy_model, config.train.max_length, False)  # fmt: skip
+    scored, _, _ = weigh(majority, losses, False)
+    weights = {
+        "transformers": scored.to_pandas().sort_values(KEY)[C.DS_WEIGHT].to_numpy(),
+        "vllm": read_table(stage("round-1/score")).to_pandas().sort_values(KEY)[C.DS_WEIGHT].to_numpy(),
+    }
+    assert len(weights["vllm"]) > 8 and np.abs(weights["vllm"] - weights["transformers"]).max() < 1e-3
+    assert (keep_lowest(weights["vllm"], 0.8) == keep_lowest(weights["transformers"], 0.8)).all()
 
 
 def test_two_rounds_serving_lora_adapters_answer_as_the_merged_models(toy_model, tmp_path, ray_session):
@@ -207,34 +220,6 @@ def test_losses_from_prompt_logprobs_equal_the_transformers_scorers(toy_model, l
     expected = LossModel(toy_model, "float32", False, 512, loss_on).losses(questions, answers, batch_size=4)
     assert np.abs(on_vllm - expected).max() < 1e-4, (on_vllm, expected)
     assert on_vllm[8:].mean() > on_vllm[:8].mean(), "damaged rationales cost more"
-
-
-def test_the_score_stage_on_vllm_gives_the_same_weights_and_kept_set(toy_model, questions):
-    """The scoring pool on vLLM engines against the transformers pool, on voted candidates."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import ray
-
-    from dsw_ray.pipeline import answer_parser
-    from dsw_ray.score import score_losses, weigh
-    from dsw_ray.tasks import get_task
-    from dsw_ray.vote import vote
-    from dsw_ray.weights import keep_lowest
-
-    task = get_task("arith")
-    voted = vote(sample(questions, toy_model, job(toy_model, "transformers")), answer_parser(task, False))
-    voted = ray.data.from_arrow(pa.concat_tables(ray.get(voted.to_arrow_refs())))  # sampled once for both
-    majority = pa.concat_tables(ray.get(voted.to_arrow_refs())).filter(pc.field(C.IS_MAJORITY))
-    valid = task.load(None, 8, 8, 2, 4).valid
-    weights = {}
-    for backend in ("vllm", "transformers"):
-        settings = job(toy_model, backend)
-        losses = score_losses(valid, voted, settings.score, settings.model, toy_model, settings.train.max_length, False)
-        scored, _, _ = weigh(majority, losses, False)
-        weights[backend] = scored[C.DS_WEIGHT].to_numpy()
-    assert len(weights["vllm"]) > 8 and np.abs(weights["vllm"] - weights["transformers"]).max() < 1e-3
-    assert (keep_lowest(weights["vllm"], 0.8) == keep_lowest(weights["transformers"], 0.8)).all()
 
 
 def test_the_vllm_bench_compares_the_stages_with_raw_vllm(toy_model, tmp_path):
