@@ -9,7 +9,7 @@ import pytest
 
 # Two test processes share the cores, each with Ray actors whose torch threads assume a core
 # each. PyTorch's OpenMP threads spin while they wait, on a core another process needs: a pair
-# of tests took 267 s so and 213 s with passive waiting (docs/benchmarks.md). Set before torch
+# of tests took 267 s spinning and 213 s waiting passively (docs/benchmarks.md). Set before torch
 # loads; the Ray workers and the subprocesses the tests start inherit it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 

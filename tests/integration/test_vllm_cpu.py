@@ -120,9 +120,9 @@ def test_a_killed_vllm_actor_is_restarted_and_its_candidates_are_reproduced(toy_
 
 def test_a_whole_round_generates_scores_and_evaluates_on_vllm(toy_model, tmp_path, ray_session):
     """Generation, scoring and both evaluations (the base model's and the fine-tuned export's)
-    on vLLM engines, each stage against the transformers backend on the same rows: the base
-    evaluation's greedy rows equal its rows row for row, and the score stage's DS weights equal
-    the transformers pool's on the same voted candidates, and so does the kept set."""
+    on vLLM engines, each against the transformers backend on the same rows: the base
+    evaluation's greedy rows equal the transformers backend's row for row, and the score
+    stage's DS weights and kept set equal the transformers pool's on the same voted candidates."""
     import numpy as np
     import pyarrow.compute as pc
 
