@@ -126,9 +126,9 @@ def test_a_whole_round_generates_scores_and_evaluates_on_vllm(toy_model, tmp_pat
     import numpy as np
     import pyarrow.compute as pc
 
+    from dsw_ray.bench.sections import load_splits
     from dsw_ray.pipeline import read_dataset, read_table, run_job
     from dsw_ray.score import score_losses, weigh
-    from dsw_ray.tasks import get_task
     from dsw_ray.weights import keep_lowest
     from tests.conftest import small_round
 
@@ -149,8 +149,7 @@ def test_a_whole_round_generates_scores_and_evaluates_on_vllm(toy_model, tmp_pat
     for column in (C.QUESTION_ID, C.TEXT, C.PROMPT_TOKENS, C.COMPLETION_TOKENS, C.FINISH_REASON):
         assert base[column].tolist() == expected[column].tolist(), column
 
-    t = config.task
-    valid = get_task(t.name).load(t.data_path, t.num_questions, t.num_valid, t.num_test, t.seed).valid
+    valid = load_splits(config).valid
     majority = read_table(stage("round-1/vote")).filter(pc.field(C.IS_MAJORITY))
     losses = score_losses(valid, read_dataset(stage("round-1/vote"), 8), on_transformers.score, on_transformers.model,
                           toy_model, config.train.max_length, False)  # fmt: skip
