@@ -56,7 +56,7 @@ def main() -> None:
     build_quickstart_toy(args.model)
     examples = get_task("arith").load(None, 4, args.rows, 4, 99).valid
     rows = pa.table({"question": [e.question for e in examples], "text": [e.rationale for e in examples]})
-    ray.init(include_dashboard=False, num_cpus=os.cpu_count())
+    ray.init(address="local", include_dashboard=False, num_cpus=os.cpu_count())
     results = []
     for name in args.engines.split(","):
         job = JobConfig.model_validate(

@@ -64,7 +64,7 @@ def test_yaml_only_choice_task_round_with_the_self_filter(tiny_model, tmp_path):
     from dsw_ray.pipeline import read_dataset, read_table, run_job, write_dataset, write_table
     from dsw_ray.rate import rate
 
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     try:
         job = load_job(write_job(tmp_path, tiny_model))
         summary = run_job(job)

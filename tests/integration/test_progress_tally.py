@@ -12,7 +12,7 @@ def test_tracked_stages_back_to_back_find_a_live_tally():
 
     from dsw_ray import progress
 
-    ray.init(num_cpus=1, include_dashboard=False)
+    ray.init(address="local", num_cpus=1, include_dashboard=False)
     try:
         for _ in range(20):
             with progress.tracking("generate", "generate", 1) as measured:

@@ -39,7 +39,7 @@ def tiny_job(model_path, run_dir, **overrides):
 def ray_session():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     yield
     ray.shutdown()
 
@@ -374,7 +374,7 @@ from dsw_ray.generate import generate
 from dsw_ray.tasks import get_task
 job = JobConfig.model_validate({{"run_dir": "{tmp_path}", "task": {{"name": "arith"}}, "model": {{"path": "{tiny_model}"}},
     "generate": {{"actors": 2, "samples_per_question": 2, "max_new_tokens": 8, "batch_size": 2}}}})
-ray.init(num_cpus=2, include_dashboard=False)
+ray.init(address="local", num_cpus=2, include_dashboard=False)
 write_table(examples_table(get_task("arith").load(None, 8, 2, 2, 0).questions), "{tmp_path}/q")
 pipeline.DRIVER_READ_BYTES = -1  # Ray Data's read tasks, not the driver, read the questions
 rows = generate(read_dataset("{tmp_path}/q", 2, 2), job.generate, job.model, get_task("arith"), "{tiny_model}", 1).count()

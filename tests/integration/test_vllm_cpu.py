@@ -19,7 +19,7 @@ KEY = [C.QUESTION_ID, C.SAMPLE_INDEX]
 def ray_session():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     yield
     ray.shutdown()
 

@@ -19,7 +19,7 @@ from dsw_ray.train import fine_tune
 def main(spec_path: str) -> None:
     with open(spec_path) as f:
         spec = json.load(f)
-    ray.init(num_cpus=spec["num_cpus"], include_dashboard=False)
+    ray.init(address="local", num_cpus=spec["num_cpus"], include_dashboard=False)
     job = JobConfig.model_validate(spec["job"])
     metrics = fine_tune(spec["data"], job.train, job.model, spec["model"], spec["out"], spec["storage"], spec["run_name"])
     print("METRICS " + json.dumps(metrics), flush=True)
