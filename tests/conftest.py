@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import struct
+import subprocess
+import sys
 
 import pytest
 
@@ -34,13 +36,61 @@ def tiny_model(tmp_path_factory) -> str:
     return build_toy_model(str(path), config)
 
 
+def toy_path() -> str:
+    from dsw_ray.bench.sections import TOY_MODEL
+
+    return os.path.join(ROOT, TOY_MODEL)
+
+
 @pytest.fixture(scope="session")
 def toy_model() -> str:
-    """The quickstart's base model (about 100 s to build): good enough to give parsable answers.
-    Built where the quickstart builds it, so that either reuses the other's build."""
-    from dsw_ray.bench.sections import TOY_MODEL, build_quickstart_toy
+    """The quickstart's base model (about 160 s to build on 2 cores): good enough to give
+    parsable answers. Built where the quickstart builds it, so that either reuses the other's
+    build; if the session started its build in the background, this waits for it."""
+    from dsw_ray.bench.sections import build_quickstart_toy
 
-    return build_quickstart_toy(os.path.join(ROOT, TOY_MODEL))
+    return build_quickstart_toy(toy_path())
+
+
+# The modules that take longest (--durations), first within their group: the scheduler hands
+# whole modules to the test processes in collection order, and a long module started last
+# leaves the other process idle at the end.
+LONGEST_FIRST = ("test_vllm_cpu.py", "test_round.py", "test_faults.py", "test_bench.py", "test_train_engines.py",
+                 "test_terminal.py", "test_job_submit.py", "test_train_faults.py", "test_choice_round.py")
+BACKGROUND_BUILD: list = []
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the integration modules that need no toy first, then those that do, then the unit
+    tests (short, they even out the end). Meanwhile one process builds the toy in the
+    background, so no test process sits waiting on the toy's build lock (164 s of a core in
+    earlier suites)."""
+    from dsw_ray.toy import MARKER
+
+    toy_modules = {item.path for item in items if "toy_model" in getattr(item, "fixturenames", ())}
+
+    def rank(item):
+        group = 2 if "unit" in item.path.parts else int(item.path in toy_modules)
+        name = item.path.name
+        return group, LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the tests of a module keep their order
+    worker = getattr(config, "workerinput", {}).get("workerid", "gw0")
+    built = os.path.exists(os.path.join(toy_path(), MARKER))
+    if toy_modules and worker == "gw0" and not built and not config.option.collectonly:
+        build = f"from dsw_ray.bench.sections import build_quickstart_toy; build_quickstart_toy({toy_path()!r})"
+        BACKGROUND_BUILD.append(subprocess.Popen([sys.executable, "-c", build], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                                 stderr=subprocess.DEVNULL))  # fmt: skip
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Wait for the background build (the other test process may still need it), unless the
+    session was stopped (Ctrl-C, -x): then stop it. An interrupted build never looks finished
+    (dsw_ray.toy builds in a staging folder)."""
+    for process in BACKGROUND_BUILD:
+        if exitstatus == pytest.ExitCode.INTERRUPTED or session.shouldstop or session.shouldfail:
+            process.terminate()
+        process.wait()
 
 
 def build_reward_model(path, base_model: str, num_labels: int = 1) -> str:
