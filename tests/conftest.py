@@ -52,27 +52,28 @@ def toy_model() -> str:
     return build_quickstart_toy(toy_path())
 
 
-# The modules that take longest (--durations), first within their group: the scheduler hands
-# whole modules to the test processes in collection order, and a long module started last
-# leaves the other process idle at the end.
-LONGEST_FIRST = ("test_vllm_cpu.py", "test_round.py", "test_faults.py", "test_bench.py", "test_train_engines.py",
-                 "test_terminal.py", "test_job_submit.py", "test_train_faults.py", "test_choice_round.py")
+# The modules that take longest (--durations), longest first. The scheduler hands whole modules
+# to the test processes in collection order, each process holding one or two ahead: short
+# modules at the end let both processes finish together.
+LONGEST_FIRST = ("test_vllm_cpu.py", "test_round.py", "test_faults.py", "test_terminal.py", "test_bench.py",
+                 "test_choice_round.py", "test_train_engines.py", "test_train_faults.py", "test_train_multinode.py",
+                 "test_job_submit.py")  # fmt: skip
 BACKGROUND_BUILD: list = []
 
 
 def pytest_collection_modifyitems(config, items):
-    """Run the integration modules that need no toy first, then those that do, then the unit
-    tests (short, they even out the end). Meanwhile one process builds the toy in the
-    background, so no test process sits waiting on the toy's build lock (164 s of a core in
-    earlier suites)."""
+    """First the long modules that need no toy, then the long ones that do, then the short
+    ones. Meanwhile one test process builds the toy in the background, so that no process sits
+    waiting on the toy's build lock (164 s of a core in earlier suites)."""
     from dsw_ray.toy import MARKER
 
     toy_modules = {item.path for item in items if "toy_model" in getattr(item, "fixturenames", ())}
 
     def rank(item):
-        group = 2 if "unit" in item.path.parts else int(item.path in toy_modules)
         name = item.path.name
-        return group, LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+        if name not in LONGEST_FIRST:
+            return 2, 0
+        return int(item.path in toy_modules), LONGEST_FIRST.index(name)
 
     items.sort(key=rank)  # stable: the tests of a module keep their order
     worker = getattr(config, "workerinput", {}).get("workerid", "gw0")
