@@ -602,21 +602,31 @@ def start_ray(job: JobConfig) -> None:
     import ray.data
 
     if not ray.is_initialized():
-        runtime_env = {"env_vars": QUIET_WORKERS, "worker_process_setup_hook": "dsw_ray.pipeline.quiet_worker_logs"}
         # `ray job submit` sets RAY_ADDRESS for its entrypoint: the job joins that cluster.
         address = job.ray.address or os.environ.get("RAY_ADDRESS")
         if address:
-            ray.init(address=address, runtime_env=runtime_env)
+            ray.init(address=address, runtime_env=worker_runtime_env(QUIET_WORKERS))
         else:
-            # "local" starts a private instance even when `ray start` left one running on this
-            # machine. Its dashboard stays off; Ray 2.60's other ports listen on every interface,
-            # guarded by its token authentication (on by default for a new local Ray).
-            # Ray Train's preemption watcher watches for drained nodes, which a private
-            # instance never has; each fine-tune it started logged a false alarm about restarts.
-            runtime_env["env_vars"] = {**QUIET_WORKERS, "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
-            ray.init(address="local", num_cpus=job.ray.num_cpus, include_dashboard=False, runtime_env=runtime_env)
+            start_local_ray(job.ray.num_cpus)
     # Ray Data's bars count blocks; the CLI shows each stage's progress in its own units.
     ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def start_local_ray(num_cpus: int | None) -> None:
+    """A private Ray instance on this machine, as a job without a cluster starts it ("local":
+    even when `ray start` left one running here)."""
+    import ray
+
+    # Its dashboard stays off; Ray 2.60's other ports listen on every interface, guarded by its
+    # token authentication (on by default for a new local Ray). Ray Train's preemption watcher
+    # watches for drained nodes, which a private instance never has; each fine-tune it started
+    # logged a false alarm about restarts.
+    env_vars = {**QUIET_WORKERS, "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=worker_runtime_env(env_vars))
+
+
+def worker_runtime_env(env_vars: dict) -> dict:
+    return {"env_vars": env_vars, "worker_process_setup_hook": "dsw_ray.pipeline.quiet_worker_logs"}
 
 
 def run_job(job: JobConfig) -> dict:

@@ -61,10 +61,10 @@ def write_job(tmp_path, model_path, **changes) -> str:
 def test_yaml_only_choice_task_round_with_the_self_filter(tiny_model, tmp_path):
     import ray
 
-    from dsw_ray.pipeline import read_dataset, read_table, run_job, write_dataset, write_table
+    from dsw_ray.pipeline import read_dataset, read_table, run_job, start_local_ray, write_dataset, write_table
     from dsw_ray.rate import rate
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    start_local_ray(2)
     try:
         job = load_job(write_job(tmp_path, tiny_model))
         summary = run_job(job)

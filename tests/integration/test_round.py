@@ -37,9 +37,12 @@ def tiny_job(model_path, run_dir, **overrides):
 
 @pytest.fixture(scope="module")
 def ray_session():
+    """A private local Ray, started as a job without a cluster starts it."""
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    from dsw_ray.pipeline import start_local_ray
+
+    start_local_ray(2)
     yield
     ray.shutdown()
 

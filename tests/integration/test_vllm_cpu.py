@@ -17,9 +17,12 @@ KEY = [C.QUESTION_ID, C.SAMPLE_INDEX]
 
 @pytest.fixture(scope="module")
 def ray_session():
+    """A private local Ray, started as a job without a cluster starts it."""
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    from dsw_ray.pipeline import start_local_ray
+
+    start_local_ray(2)
     yield
     ray.shutdown()
 
@@ -76,6 +79,27 @@ def greedy(questions, model: str | list[str], job):
     return evaluate(rows_in, job.evaluate, job.model, get_task(job.task.name), False)
 
 
+def greedy_here(table, model: str, job):
+    """The transformers backend's evaluate actor in this process (no pool to start): greedy rows
+    of ``model`` for the questions of ``table`` (pyarrow), in calls of the section's batch size,
+    as its pool calls it on one block."""
+    import numpy as np
+    import pandas as pd
+
+    from dsw_ray.evaluate import MODEL, Evaluator
+    from dsw_ray.generate import generator
+    from dsw_ray.tasks import get_task
+
+    actor_class, settings, _ = generator(job.evaluate, job.model, get_task(job.task.name))
+    settings.pop("model_path")
+    evaluator, size, answers = Evaluator(actor_class, None, **settings), job.evaluate.batch_size, []
+    for start in range(0, table.num_rows, size):
+        chunk = table.slice(start, size)
+        batch = {name: chunk[name].to_numpy(zero_copy_only=False) for name in chunk.column_names}
+        answers.append(pd.DataFrame(evaluator({**batch, MODEL: np.array([model] * chunk.num_rows)})))
+    return pd.concat(answers).sort_values(KEY).reset_index(drop=True)
+
+
 @pytest.fixture(scope="module")
 def candidates(toy_model, questions):
     """The generate stage's candidates on vLLM: one actor, 8 questions a call."""
@@ -120,15 +144,17 @@ def test_a_killed_vllm_actor_is_restarted_and_its_candidates_are_reproduced(toy_
 
 def test_a_whole_round_generates_scores_and_evaluates_on_vllm(toy_model, tmp_path, ray_session):
     """Generation, scoring and both evaluations (the base model's and the fine-tuned export's)
-    on vLLM engines, each against the transformers backend on the same rows: the base
+    on vLLM engines, each against the transformers backend's actor on the same rows: the base
     evaluation's greedy rows equal the transformers backend's row for row, and the score
-    stage's DS weights and kept set equal the transformers pool's on the same voted candidates."""
+    stage's DS weights and kept set equal the transformers scorer's on the same voted candidates."""
     import numpy as np
+    import pandas as pd
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     from dsw_ray.bench.sections import load_splits
     from dsw_ray.pipeline import read_dataset, read_table, run_job
-    from dsw_ray.score import score_losses, weigh
+    from dsw_ray.score import Scorer, scorer_settings, scoring_rows, weigh
     from dsw_ray.weights import keep_lowest
     from tests.conftest import small_round
 
@@ -144,15 +170,17 @@ def test_a_whole_round_generates_scores_and_evaluates_on_vllm(toy_model, tmp_pat
     on_transformers = job(toy_model, "transformers")
 
     base = rows(read_dataset(stage("base/evaluate"), 10))
-    expected = rows(greedy(read_dataset(stage("inputs/test"), 10), toy_model, on_transformers))
+    expected = greedy_here(read_table(stage("inputs/test")), toy_model, on_transformers)
     assert len(base) == 10
     for column in (C.QUESTION_ID, C.TEXT, C.PROMPT_TOKENS, C.COMPLETION_TOKENS, C.FINISH_REASON):
         assert base[column].tolist() == expected[column].tolist(), column
 
-    valid = load_splits(config).valid
+    # The transformers scorer on the pool's rows, in this process (the actor's class, no pool to start).
     majority = read_table(stage("round-1/vote")).filter(pc.field(C.IS_MAJORITY))
-    losses = score_losses(valid, read_dataset(stage("round-1/vote"), 8), on_transformers.score, on_transformers.model,
-                          toy_model, config.train.max_length, False)  # fmt: skip
+    pairs = scoring_rows(load_splits(config).valid, read_dataset(stage("round-1/vote"), 8)).to_pandas()
+    scorer = Scorer(**scorer_settings(on_transformers.score, on_transformers.model, toy_model, config.train.max_length,
+                                      False))  # fmt: skip
+    losses = pa.Table.from_pandas(pd.DataFrame(scorer({name: pairs[name].to_numpy() for name in pairs})))
     scored, _, _ = weigh(majority, losses, False)
     weights = {
         "transformers": scored.to_pandas().sort_values(KEY)[C.DS_WEIGHT].to_numpy(),

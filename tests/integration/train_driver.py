@@ -10,16 +10,15 @@ SPEC: ``job`` (a job config dict), ``model``, ``data`` (parquet of question/text
 import json
 import sys
 
-import ray
-
 from dsw_ray.config import JobConfig
+from dsw_ray.pipeline import start_local_ray
 from dsw_ray.train import fine_tune
 
 
 def main(spec_path: str) -> None:
     with open(spec_path) as f:
         spec = json.load(f)
-    ray.init(address="local", num_cpus=spec["num_cpus"], include_dashboard=False)
+    start_local_ray(spec["num_cpus"])
     job = JobConfig.model_validate(spec["job"])
     metrics = fine_tune(spec["data"], job.train, job.model, spec["model"], spec["out"], spec["storage"], spec["run_name"])
     print("METRICS " + json.dumps(metrics), flush=True)
