@@ -44,7 +44,7 @@ def toy_path() -> str:
 
 @pytest.fixture(scope="session")
 def toy_model() -> str:
-    """The quickstart's base model (about 160 s to build on 2 cores): good enough to give
+    """The quickstart's base model (2 to 3 minutes to build on 2 cores): good enough to give
     parsable answers. Built where the quickstart builds it, so that either reuses the other's
     build; if the session started its build in the background, this waits for it."""
     from dsw_ray.bench.sections import build_quickstart_toy
