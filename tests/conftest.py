@@ -36,6 +36,19 @@ def tiny_model(tmp_path_factory) -> str:
     return build_toy_model(str(path), config)
 
 
+@pytest.fixture(scope="module")
+def ray_session():
+    """A private local Ray (2 CPUs) for one module's in-process jobs, started as a job without a
+    cluster starts it."""
+    import ray
+
+    from dsw_ray.pipeline import start_local_ray
+
+    start_local_ray(2)
+    yield
+    ray.shutdown()
+
+
 def toy_path() -> str:
     from dsw_ray.bench.sections import TOY_MODEL
 

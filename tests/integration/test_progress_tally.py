@@ -11,8 +11,9 @@ def test_tracked_stages_back_to_back_find_a_live_tally():
     import ray
 
     from dsw_ray import progress
+    from dsw_ray.pipeline import start_local_ray
 
-    ray.init(address="local", num_cpus=1, include_dashboard=False)
+    start_local_ray(1)
     try:
         for _ in range(20):
             with progress.tracking("generate", "generate", 1) as measured:

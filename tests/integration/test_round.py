@@ -35,18 +35,6 @@ def tiny_job(model_path, run_dir, **overrides):
     return JobConfig.model_validate(job)
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    """A private local Ray, started as a job without a cluster starts it."""
-    import ray
-
-    from dsw_ray.pipeline import start_local_ray
-
-    start_local_ray(2)
-    yield
-    ray.shutdown()
-
-
 def manifest_times(run_dir, stages):
     return {stage: os.path.getmtime(os.path.join(run_dir, stage, "manifest.json")) for stage in stages}
 
@@ -369,7 +357,6 @@ def test_two_default_actors_on_two_cpus_do_not_starve_ray_data(tiny_model, tmp_p
     """The trap of this machine: actors that reserve every CPU leave Ray Data's read tasks none
     and the job waits forever. With default CPUs a two-actor pool on two CPUs must finish."""
     script = f"""
-import ray
 from dsw_ray import pipeline
 from dsw_ray.config import JobConfig
 from dsw_ray.pipeline import read_dataset, write_inputs, examples_table, write_table
@@ -377,7 +364,7 @@ from dsw_ray.generate import generate
 from dsw_ray.tasks import get_task
 job = JobConfig.model_validate({{"run_dir": "{tmp_path}", "task": {{"name": "arith"}}, "model": {{"path": "{tiny_model}"}},
     "generate": {{"actors": 2, "samples_per_question": 2, "max_new_tokens": 8, "batch_size": 2}}}})
-ray.init(address="local", num_cpus=2, include_dashboard=False)
+pipeline.start_local_ray(2)
 write_table(examples_table(get_task("arith").load(None, 8, 2, 2, 0).questions), "{tmp_path}/q")
 pipeline.DRIVER_READ_BYTES = -1  # Ray Data's read tasks, not the driver, read the questions
 rows = generate(read_dataset("{tmp_path}/q", 2, 2), job.generate, job.model, get_task("arith"), "{tiny_model}", 1).count()

@@ -15,18 +15,6 @@ vllm = pytest.importorskip("vllm", reason="vLLM is not installed (pip install 'd
 KEY = [C.QUESTION_ID, C.SAMPLE_INDEX]
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    """A private local Ray, started as a job without a cluster starts it."""
-    import ray
-
-    from dsw_ray.pipeline import start_local_ray
-
-    start_local_ray(2)
-    yield
-    ray.shutdown()
-
-
 def job(model: str, backend: str, **generate) -> JobConfig:
     engine = {"max_model_len": 512, "enforce_eager": True, "kv_cache_memory_bytes": 64 << 20}
     return JobConfig.model_validate({
