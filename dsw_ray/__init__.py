@@ -2,26 +2,33 @@
 
 The public surface: tasks, voting, DS weights and the keep rules (the paper's and the
 authors' code's) as plain functions, the filter methods, and ``run_job`` for a whole job.
-Importing this package loads neither torch nor Ray.
+Importing this package loads nothing but itself: every Ray worker of a job imports
+``dsw_ray.console`` at start (its set-up hook), and pydantic and pandas loaded there
+doubled a worker's start-up (docs/benchmarks.md). The names below load on first use.
 """
 
-from dsw_ray.config import JobConfig, load_job
-from dsw_ray.errors import ConfigError, DataError, UserError
-from dsw_ray.tasks import get_task
-from dsw_ray.vote import majority_vote
-from dsw_ray.filters import METHODS
-from dsw_ray.weights import ds_weights, keep_lowest, official_ds_weights, official_keep
+import importlib
+
+PUBLIC = {
+    "JobConfig": "dsw_ray.config", "load_job": "dsw_ray.config",
+    "ConfigError": "dsw_ray.errors", "DataError": "dsw_ray.errors", "UserError": "dsw_ray.errors",
+    "get_task": "dsw_ray.tasks", "majority_vote": "dsw_ray.vote", "METHODS": "dsw_ray.filters",
+    "ds_weights": "dsw_ray.weights", "keep_lowest": "dsw_ray.weights",
+    "official_ds_weights": "dsw_ray.weights", "official_keep": "dsw_ray.weights",
+}  # fmt: skip
 
 
-def run_job(job: JobConfig) -> dict:
-    """Run every round of ``job`` on Ray; see ``dsw_ray.pipeline``."""
+def __getattr__(name: str):
+    if name not in PUBLIC:
+        raise AttributeError(f"module 'dsw_ray' has no attribute {name!r}")
+    return getattr(importlib.import_module(PUBLIC[name]), name)
+
+
+def run_job(job) -> dict:
+    """Run every round of ``job`` (a ``JobConfig``) on Ray; see ``dsw_ray.pipeline``."""
     from dsw_ray.pipeline import run_job as run
 
     return run(job)
 
 
-__all__ = [
-    "METHODS", "ConfigError", "DataError", "JobConfig", "UserError",
-    "ds_weights", "get_task", "keep_lowest", "load_job", "majority_vote", "official_ds_weights", "official_keep",
-    "run_job",
-]
+__all__ = [*PUBLIC, "run_job"]

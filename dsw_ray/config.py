@@ -287,7 +287,8 @@ class JobConfig(Section):
     rate: RateConfig = Field(
         RateConfig(), description="The self method's ratings: the generating model rates its majority candidates."
     )
-    train: TrainConfig = TrainConfig()
+    # A factory: its validator imports dsw_ray.train, which imports this module.
+    train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = EvaluateConfig()
     ray: RayConfig = RayConfig()
 

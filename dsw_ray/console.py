@@ -158,6 +158,13 @@ class Session:
         _session = None
 
 
+def quiet_worker_logs() -> None:
+    """Ray worker set-up hook (``pipeline.worker_runtime_env``), run at every worker's start, so
+    this module imports little. Without the dashboard Ray's state API is unavailable, and Ray
+    Train's placement-group cleaner warns about it every second of a fine-tune."""
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+
+
 def attach_run_log(run_dir: str) -> None:
     """``Session.attach`` when the CLI runs a session (a library caller keeps its own logging)."""
     if _session is not None:

@@ -576,12 +576,6 @@ def write_inputs(run_dir: str, splits: Splits, job: JobConfig) -> None:
 QUIET_WORKERS = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def quiet_worker_logs() -> None:
-    """Ray worker set-up hook. Without the dashboard Ray's state API is unavailable, and Ray
-    Train's placement-group cleaner warns about it every second of a fine-tune."""
-    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
-
-
 def guard_submitted_job(job: JobConfig) -> None:
     """Under `ray job submit` with a working_dir the driver starts inside Ray's unpacked copy of
     it, which Ray may delete and unpack afresh while the job runs (when the workers that used
@@ -626,7 +620,7 @@ def start_local_ray(num_cpus: int | None) -> None:
 
 
 def worker_runtime_env(env_vars: dict) -> dict:
-    return {"env_vars": env_vars, "worker_process_setup_hook": "dsw_ray.pipeline.quiet_worker_logs"}
+    return {"env_vars": env_vars, "worker_process_setup_hook": "dsw_ray.console.quiet_worker_logs"}
 
 
 def run_job(job: JobConfig) -> dict:
