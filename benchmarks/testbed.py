@@ -143,9 +143,11 @@ def vote_stats(cands: list[dict]) -> dict:
 def study(args) -> dict:
     import torch
 
+    from dsw_ray.config import LoraConfig
     from dsw_ray.tasks import get_task
 
     torch.set_num_threads(2)
+    lora = LoraConfig(**json.loads(args.lora)).model_dump() if args.lora is not None else None
     splits = get_task("arith").load(None, args.questions, args.valid, args.test, DEV_TASK_SEED)
     exclude = {e.question for e in splits.test + splits.valid}
     results = []
@@ -175,7 +177,7 @@ def study(args) -> dict:
                 for lr in args.lr:
                     for epochs in args.epochs:
                         with tempfile.TemporaryDirectory() as tmp:
-                            tuned = fine_tune(path, rows, lr, epochs, args.micro_batch, tmp)
+                            tuned = fine_tune(path, rows, lr, epochs, args.micro_batch, tmp, lora=lora)
                             accuracy = greedy_accuracy(tuned, splits.test, args.max_new_tokens)
                         record["tuned"][f"{name} lr={lr:g} epochs={epochs}"] = accuracy
                         log(f"  {name} ({len(rows)} rows) lr {lr:g} epochs {epochs}: {accuracy:.3f} ({accuracy - base:+.3f})")
@@ -196,6 +198,8 @@ def main(argv=None) -> int:
     parser.add_argument("--lr", type=float, nargs="*", default=[1e-4], help="none: no fine-tuning")
     parser.add_argument("--epochs", type=int, nargs="+", default=[2])
     parser.add_argument("--micro-batch", type=int, default=8)
+    parser.add_argument("--lora", default=None, help="LoRA settings as JSON (train.lora; {} for its defaults): "
+                        "fine-tune an adapter instead of every weight")
     parser.add_argument("--gold", type=int, default=0, help="also fine-tune on this many gold rationales")
     parser.add_argument("--cache", default=".cache/dsw-ray/testbed")
     parser.add_argument("--out", default=None)
