@@ -169,6 +169,9 @@ def study(args) -> dict:
             sets = {
                 "oracle": [(c["question"], c["text"]) for c in cands if c["correct"]],
                 "lmsi": [(c["question"], c["text"]) for c in cands if c["is_majority"]],
+                # A diagnosis, not a method: LMSI's rows without its wrong ones.
+                "lmsi_correct": [(c["question"], c["text"]) for c in cands if c["is_majority"] and c["correct"]]
+                if args.lmsi_correct else None,
                 "gold": [(e.question, e.rationale) for e in splits.questions[: args.gold]] if args.gold else None,
             }
             for name, rows in sets.items():
@@ -200,6 +203,7 @@ def main(argv=None) -> int:
     parser.add_argument("--micro-batch", type=int, default=8)
     parser.add_argument("--lora", default=None, help="LoRA settings as JSON (train.lora; {} for its defaults): "
                         "fine-tune an adapter instead of every weight")
+    parser.add_argument("--lmsi-correct", action="store_true", help="also fine-tune on LMSI's right rows only")
     parser.add_argument("--gold", type=int, default=0, help="also fine-tune on this many gold rationales")
     parser.add_argument("--cache", default=".cache/dsw-ray/testbed")
     parser.add_argument("--out", default=None)
