@@ -3,11 +3,18 @@
 The public surface: tasks, voting, DS weights and the keep rules (the paper's and the
 authors' code's) as plain functions, the filter methods, and ``run_job`` for a whole job.
 Importing this package loads nothing but itself: every Ray worker of a job imports
-``dsw_ray.console`` at start (its set-up hook), and pydantic and pandas loaded there
-doubled a worker's start-up (docs/benchmarks.md). The names below load on first use.
+``dsw_ray.console`` at start (the set-up hook of ``pipeline.worker_runtime_env``), and a
+worker that runs no stage of ours should not load pydantic, pandas and the stages
+(docs/benchmarks.md). The names below load on first use.
 """
 
+from __future__ import annotations
+
 import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dsw_ray.config import JobConfig
 
 PUBLIC = {
     "JobConfig": "dsw_ray.config", "load_job": "dsw_ray.config",
@@ -24,8 +31,8 @@ def __getattr__(name: str):
     return getattr(importlib.import_module(PUBLIC[name]), name)
 
 
-def run_job(job) -> dict:
-    """Run every round of ``job`` (a ``JobConfig``) on Ray; see ``dsw_ray.pipeline``."""
+def run_job(job: JobConfig) -> dict:
+    """Run every round of ``job`` on Ray; see ``dsw_ray.pipeline``."""
     from dsw_ray.pipeline import run_job as run
 
     return run(job)
