@@ -39,6 +39,28 @@ def manifest_times(run_dir, stages):
     return {stage: os.path.getmtime(os.path.join(run_dir, stage, "manifest.json")) for stage in stages}
 
 
+def test_workers_inherit_their_settings_and_run_the_set_up_hook(ray_session):
+    """A private Ray's workers get the job's settings from the environment its processes
+    started with (no runtime environment); the driver's own environment is unchanged."""
+    import logging
+
+    import ray
+
+    from dsw_ray.pipeline import QUIET_WORKERS, SETUP_HOOK_VARIABLE
+
+    @ray.remote
+    def worker_view():
+        cleaner = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
+        names = [*QUIET_WORKERS, "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"]
+        return {name: os.environ.get(name) for name in names}, logging.getLogger(cleaner).level
+
+    settings, cleaner_level = ray.get(worker_view.remote())
+    assert settings == {**QUIET_WORKERS, "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+    assert cleaner_level == logging.ERROR, "the set-up hook ran in the worker"
+    assert ray.get_runtime_context().runtime_env == {}, "no runtime environment: no set-up process per worker"
+    assert SETUP_HOOK_VARIABLE not in os.environ and os.environ.get("TRANSFORMERS_VERBOSITY") != "error"
+
+
 def test_whole_round_with_two_methods(toy_model, tmp_path, ray_session):
     from dsw_ray.pipeline import run_job
 
