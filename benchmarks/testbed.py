@@ -17,10 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import operator
 import os
+import re
 import sys
 import tempfile
 import time
+from collections import Counter
 
 DEV_TASK_SEED = 1
 
@@ -140,6 +143,54 @@ def vote_stats(cands: list[dict]) -> dict:
     }
 
 
+EQUATION = re.compile(r"(\d+) ([-+*]) (\d+) = (\d+)\.")
+MOVE = re.compile(r"(has|gets|gives away) (\d+)")
+OPERATIONS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
+
+
+def signed_amounts(text: str) -> list[int]:
+    """The amounts a rationale computes with, each with the sign it is taken with."""
+    equations = EQUATION.findall(text)
+    if not equations:
+        return []
+    return sorted([int(equations[0][0]), *(-int(b) if op == "-" else int(b) for _, op, b, _ in equations)])
+
+
+def wrong_majority(cands: list[dict]) -> dict:
+    """What the wrong majority candidates got wrong: the amounts they computed with are not
+    the question's (``off_by_one``: one amount read one too high or too low), an equation's
+    result is wrong, both; or neither, but a move's sign (an amount given away added, or one
+    got subtracted) or an equation that does not start from the previous one's result. And,
+    per question with two or more such candidates, whether they all computed with the same
+    amounts (one misreading repeated on every path) or with different ones."""
+    kinds: dict[str, int] = {}
+    amount_sets: dict[str, list] = {}
+    off_by_one = 0
+    for c in cands:
+        if not c["is_majority"] or c["correct"]:
+            continue
+        equations = EQUATION.findall(c["text"])
+        asked_signed = sorted(-int(n) if verb == "gives away" else int(n) for verb, n in MOVE.findall(c["question"]))
+        used_signed = signed_amounts(c["text"])
+        asked, used = sorted(map(abs, asked_signed)), sorted(map(abs, used_signed))
+        wrong_sum = any(OPERATIONS[op](int(a), int(b)) != int(r) for a, op, b, r in equations)
+        if used != asked or wrong_sum:
+            kind = {(True, False): "amounts", (False, True): "sums", (True, True): "both"}[(used != asked, wrong_sum)]
+        elif used_signed != asked_signed:
+            kind = "signs"
+        elif any(later[0] != earlier[3] for earlier, later in zip(equations, equations[1:])):
+            kind = "chain"
+        else:
+            kind = "other"
+        kinds[kind] = kinds.get(kind, 0) + 1
+        missing, extra = list((Counter(asked) - Counter(used)).elements()), list((Counter(used) - Counter(asked)).elements())
+        off_by_one += kind == "amounts" and len(missing) == len(extra) == 1 and abs(missing[0] - extra[0]) == 1
+        amount_sets.setdefault(c["question"], []).append(tuple(used))
+    repeated = [sets for sets in amount_sets.values() if len(sets) >= 2]
+    return {"rows": sum(kinds.values()), "kinds": kinds, "off_by_one": off_by_one, "questions": len(repeated),
+            "questions_with_one_amount_set": sum(len(set(sets)) == 1 for sets in repeated)}
+
+
 def study(args) -> dict:
     import torch
 
@@ -162,6 +213,8 @@ def study(args) -> dict:
             for temperature in args.temperature:
                 cands = candidates(path, splits.questions, args.m, temperature, args.max_new_tokens)
                 record["sampling"][str(temperature)] = vote_stats(cands)
+                if args.errors:
+                    record["sampling"][str(temperature)]["wrong_majority"] = wrong_majority(cands)
                 log(f"  T={temperature} m={args.m}: {record['sampling'][str(temperature)]}")
             if not args.lr:
                 results.append(record)
@@ -204,6 +257,7 @@ def main(argv=None) -> int:
     parser.add_argument("--lora", default=None, help="LoRA settings as JSON (train.lora; {} for its defaults): "
                         "fine-tune an adapter instead of every weight")
     parser.add_argument("--lmsi-correct", action="store_true", help="also fine-tune on LMSI's right rows only")
+    parser.add_argument("--errors", action="store_true", help="classify the wrong majority candidates' mistakes")
     parser.add_argument("--gold", type=int, default=0, help="also fine-tune on this many gold rationales")
     parser.add_argument("--cache", default=".cache/dsw-ray/testbed")
     parser.add_argument("--out", default=None)
