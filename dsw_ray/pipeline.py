@@ -591,6 +591,13 @@ def guard_submitted_job(job: JobConfig) -> None:
     import torch  # noqa: F401  (now, while the working directory exists)
 
 
+# Every worker runs the hook at its start. A runtime environment's worker_process_setup_hook is
+# carried by this variable (ray/_private/runtime_env/setup_hook.py), which a worker of a
+# private instance can inherit instead.
+SETUP_HOOK = "dsw_ray.console.quiet_worker_logs"
+SETUP_HOOK_VARIABLE = "__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR"
+
+
 def start_ray(job: JobConfig) -> None:
     import ray
     import ray.data
@@ -599,18 +606,12 @@ def start_ray(job: JobConfig) -> None:
         # `ray job submit` sets RAY_ADDRESS for its entrypoint: the job joins that cluster.
         address = job.ray.address or os.environ.get("RAY_ADDRESS")
         if address:
-            ray.init(address=address, runtime_env=worker_runtime_env(QUIET_WORKERS))
+            # A cluster's workers get their settings from the job's runtime environment.
+            ray.init(address=address, runtime_env={"env_vars": QUIET_WORKERS, "worker_process_setup_hook": SETUP_HOOK})
         else:
             start_local_ray(job.ray.num_cpus)
     # Ray Data's bars count blocks; the CLI shows each stage's progress in its own units.
     ray.data.DataContext.get_current().enable_progress_bars = False
-
-
-# Every worker runs the hook at its start. A runtime environment's worker_process_setup_hook is
-# carried by this variable (ray/_private/runtime_env/setup_hook.py), which a worker of a
-# private instance can inherit instead.
-SETUP_HOOK = "dsw_ray.console.quiet_worker_logs"
-SETUP_HOOK_VARIABLE = "__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR"
 
 
 def start_local_ray(num_cpus: int | None) -> None:
@@ -638,11 +639,6 @@ def start_local_ray(num_cpus: int | None) -> None:
                 os.environ.pop(name)
             else:
                 os.environ[name] = value
-
-
-def worker_runtime_env(env_vars: dict) -> dict:
-    """A cluster's workers get their settings from the job's runtime environment."""
-    return {"env_vars": env_vars, "worker_process_setup_hook": SETUP_HOOK}
 
 
 def run_job(job: JobConfig) -> dict:
