@@ -148,9 +148,13 @@ MOVE = re.compile(r"(has|gets|gives away) (\d+)")
 OPERATIONS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
 
 
-def signed_amounts(text: str) -> list[int]:
-    """The amounts a rationale computes with, each with the sign it is taken with."""
-    equations = EQUATION.findall(text)
+def asked_amounts(question: str) -> list[int]:
+    """The amounts a question gives, an amount given away negative."""
+    return sorted(-int(n) if verb == "gives away" else int(n) for verb, n in MOVE.findall(question))
+
+
+def used_amounts(equations: list[tuple]) -> list[int]:
+    """The amounts a rationale's equations compute with, each with the sign it is taken with."""
     if not equations:
         return []
     return sorted([int(equations[0][0]), *(-int(b) if op == "-" else int(b) for _, op, b, _ in equations)])
@@ -170,8 +174,7 @@ def wrong_majority(cands: list[dict]) -> dict:
         if not c["is_majority"] or c["correct"]:
             continue
         equations = EQUATION.findall(c["text"])
-        asked_signed = sorted(-int(n) if verb == "gives away" else int(n) for verb, n in MOVE.findall(c["question"]))
-        used_signed = signed_amounts(c["text"])
+        asked_signed, used_signed = asked_amounts(c["question"]), used_amounts(equations)
         asked, used = sorted(map(abs, asked_signed)), sorted(map(abs, used_signed))
         wrong_sum = any(OPERATIONS[op](int(a), int(b)) != int(r) for a, op, b, r in equations)
         if used != asked or wrong_sum:

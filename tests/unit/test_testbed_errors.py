@@ -54,5 +54,5 @@ def test_gold_rationales_use_the_questions_amounts_and_signs():
     the task calls right is never counted as a misreading."""
     testbed = load_testbed()
     for example in arith.generate_examples(seed=3, count=200, prefix="q"):
-        asked = sorted(-int(n) if verb == "gives away" else int(n) for verb, n in testbed.MOVE.findall(example.question))
-        assert testbed.signed_amounts(example.rationale) == asked, (example.question, example.rationale)
+        used = testbed.used_amounts(testbed.EQUATION.findall(example.rationale))
+        assert used == testbed.asked_amounts(example.question), (example.question, example.rationale)
