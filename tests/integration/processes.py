@@ -79,6 +79,23 @@ def pool_actors(actor_class: str) -> dict[str, dict]:
     return {key: a for key, a in actors().items() if actor_class in a["ActorClassName"]}
 
 
+def held_back(dataset, out: str, let_through: set[str]):
+    """``dataset`` with each block whose first ``question_id`` is not in ``let_through`` held until
+    the stage writes its first file into ``out``: a pool whose calls outrun the writer (vLLM's
+    on a toy, both cores busy with other tests) could otherwise take its last batch before the
+    kill, and Ray Data then releases the killed actor instead of restarting it. The held blocks
+    take no CPU, which the writer needs."""
+    data = os.path.join(out, "data")
+
+    def after_the_first_file(batch):
+        if str(batch["question_id"][0]) not in let_through:
+            while not (os.path.isdir(data) and os.listdir(data)):
+                time.sleep(POLL)
+        return batch
+
+    return dataset.map_batches(after_the_first_file, batch_size=None, num_cpus=0)
+
+
 def kill_one_actor_mid_stage(stage, actor_class: str, out: str, total_rows: int, timeout: float = 600) -> dict:
     """Run ``stage()`` (a pool of one ``actor_class`` actor writing ``total_rows`` rows to
     ``out``) in a thread, SIGKILL the actor once ``out`` holds a complete file, and return the

@@ -113,11 +113,13 @@ def test_a_killed_vllm_actor_is_restarted_and_its_candidates_are_reproduced(toy_
     from dsw_ray.pipeline import examples_table, write_dataset
     from dsw_ray.resources import pool_input
     from dsw_ray.tasks import get_task
-    from tests.integration.processes import kill_one_actor_mid_stage
+    from tests.integration.processes import held_back, kill_one_actor_mid_stage
 
     out = str(tmp_path / "generate")
-    # Two questions a call: eight calls, so that the kill lands between two of them.
+    # Two questions a call: eight calls, the last six held back until the first is written,
+    # so that the kill lands while the pool still has work.
     questions = pool_input(examples_table(get_task("arith").load(None, 16, 2, 2, 3).questions), 2, 1)
+    questions = held_back(questions, out, {"q-0", "q-2"})
     engine = {**job(toy_model, "vllm").generate.vllm.model_dump(), "engine_kwargs": {"max_num_batched_tokens": 512}}
     small_steps = job(toy_model, "vllm", batch_size=2, vllm=engine)
     stage = lambda: write_dataset(sample(questions, toy_model, small_steps), out)  # noqa: E731
