@@ -7,7 +7,10 @@ generate stage's own class (``TransformersGenerator``, same seeds and stop), the
 optimizer, schedule and sample order. Every number is measured on a development split:
 the arith task with ``task.seed = 1`` (its own unlabeled questions, valid set and test
 set, kept out of the toy's pre-training corpus as the pipeline keeps a job's), never on
-the quickstart's ``task.seed = 0`` test set, which the README's table reports.
+the quickstart's ``task.seed = 0`` test set, which the README's table reports. Each
+fine-tune's accuracy comes with its paired difference to the base model and that
+difference's 95% bootstrap interval over the test questions (``vs_base``), as in the
+quickstart's table.
 
     python benchmarks/testbed.py --toy '{"two_step_share": 0.3, "steps": 1200}' --toy-seeds 1234 1 2 --out testbed.json
 """
@@ -24,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from statistics import mean
 
 DEV_TASK_SEED = 1
 
@@ -62,13 +66,13 @@ def run_batches(gen, examples, batch_size: int) -> dict[str, list]:
     return rows
 
 
-def greedy_accuracy(path: str, examples, max_new_tokens: int) -> float:
+def graded(path: str, examples, max_new_tokens: int) -> list[bool]:
+    """Whether each example's greedy answer is right."""
     from dsw_ray.tasks import get_task
 
     task = get_task("arith")
     rows = run_batches(generator(path, 1, None, max_new_tokens), examples, 100)
-    correct = [task.is_correct(task.parse_answer(t), g) for t, g in zip(rows["text"], rows["gold"])]
-    return sum(correct) / len(correct)
+    return [task.is_correct(task.parse_answer(t), g) for t, g in zip(rows["text"], rows["gold"])]
 
 
 def candidates(path: str, examples, samples: int, temperature: float, max_new_tokens: int) -> list[dict]:
@@ -198,6 +202,7 @@ def study(args) -> dict:
     import torch
 
     from dsw_ray.config import LoraConfig
+    from dsw_ray.stats import paired_difference
     from dsw_ray.tasks import get_task
 
     torch.set_num_threads(2)
@@ -208,10 +213,11 @@ def study(args) -> dict:
     for toy in args.toy:
         for toy_seed in args.toy_seeds:
             path = build(json.loads(toy), toy_seed, exclude, args.cache)
-            base = greedy_accuracy(path, splits.test, args.max_new_tokens)
-            greedy_q = greedy_accuracy(path, splits.questions, args.max_new_tokens)
+            base_correct = graded(path, splits.test, args.max_new_tokens)
+            base = mean(base_correct)
+            greedy_q = mean(graded(path, splits.questions, args.max_new_tokens))
             record = {"toy": toy, "toy_seed": toy_seed, "base": base, "greedy_on_questions": greedy_q, "sampling": {},
-                      "tuned": {}}
+                      "tuned": {}, "vs_base": {}}
             log(f"{toy} seed {toy_seed}: base {base:.3f}, greedy on questions {greedy_q:.3f}")
             for temperature in args.temperature:
                 cands = candidates(path, splits.questions, args.m, temperature, args.max_new_tokens)
@@ -237,9 +243,13 @@ def study(args) -> dict:
                     for epochs in args.epochs:
                         with tempfile.TemporaryDirectory() as tmp:
                             tuned = fine_tune(path, rows, lr, epochs, args.micro_batch, tmp, lora=lora)
-                            accuracy = greedy_accuracy(tuned, splits.test, args.max_new_tokens)
-                        record["tuned"][f"{name} lr={lr:g} epochs={epochs}"] = accuracy
-                        log(f"  {name} ({len(rows)} rows) lr {lr:g} epochs {epochs}: {accuracy:.3f} ({accuracy - base:+.3f})")
+                            correct = graded(tuned, splits.test, args.max_new_tokens)
+                        key = f"{name} lr={lr:g} epochs={epochs}"
+                        record["tuned"][key] = accuracy = mean(correct)
+                        # Paired over the same test questions, as the quickstart's table.
+                        record["vs_base"][key] = versus = paired_difference(correct, base_correct)
+                        log(f"  {name} ({len(rows)} rows) lr {lr:g} epochs {epochs}: {accuracy:.3f} "
+                            f"({accuracy - base:+.3f} [{versus['low']:+.3f}, {versus['high']:+.3f}])")
             results.append(record)
     return {"settings": vars(args), "results": results}
 
