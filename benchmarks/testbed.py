@@ -75,13 +75,13 @@ def graded(path: str, examples, max_new_tokens: int) -> list[bool]:
     return [task.is_correct(task.parse_answer(t), g) for t, g in zip(rows["text"], rows["gold"])]
 
 
-def candidates(path: str, examples, samples: int, temperature: float, max_new_tokens: int) -> list[dict]:
+def candidates(path: str, examples, samples: int, temperature: float, max_new_tokens: int, seed: int = 0) -> list[dict]:
     """Every candidate with its parsed answer, whether it is a majority one, and whether it is correct."""
     from dsw_ray.tasks import get_task
     from dsw_ray.vote import majority_vote
 
     task = get_task("arith")
-    rows = run_batches(generator(path, samples, temperature, max_new_tokens), examples, 16)
+    rows = run_batches(generator(path, samples, temperature, max_new_tokens, seed), examples, 16)
     out = []
     for start in range(0, len(rows["text"]), samples):
         texts = rows["text"][start : start + samples]
@@ -220,7 +220,7 @@ def study(args) -> dict:
                       "tuned": {}, "vs_base": {}}
             log(f"{toy} seed {toy_seed}: base {base:.3f}, greedy on questions {greedy_q:.3f}")
             for temperature in args.temperature:
-                cands = candidates(path, splits.questions, args.m, temperature, args.max_new_tokens)
+                cands = candidates(path, splits.questions, args.m, temperature, args.max_new_tokens, args.sample_seed)
                 record["sampling"][str(temperature)] = vote_stats(cands)
                 if args.errors:
                     record["sampling"][str(temperature)]["wrong_majority"] = wrong_majority(cands)
@@ -262,6 +262,8 @@ def main(argv=None) -> int:
     parser.add_argument("--valid", type=int, default=24)
     parser.add_argument("--test", type=int, default=300)
     parser.add_argument("--m", type=int, default=10)
+    parser.add_argument("--sample-seed", type=int, default=0,
+                        help="the job seed the candidates' own seeds derive from: another draw of the same candidates")
     parser.add_argument("--temperature", type=float, nargs="+", default=[0.6], help="the last one's candidates are tuned on")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--lr", type=float, nargs="*", default=[1e-4], help="none: no fine-tuning")
