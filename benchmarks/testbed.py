@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from statistics import mean
+from statistics import fmean
 
 DEV_TASK_SEED = 1
 
@@ -214,8 +214,8 @@ def study(args) -> dict:
         for toy_seed in args.toy_seeds:
             path = build(json.loads(toy), toy_seed, exclude, args.cache)
             base_correct = graded(path, splits.test, args.max_new_tokens)
-            base = mean(base_correct)
-            greedy_q = mean(graded(path, splits.questions, args.max_new_tokens))
+            base = fmean(base_correct)
+            greedy_q = fmean(graded(path, splits.questions, args.max_new_tokens))
             record = {"toy": toy, "toy_seed": toy_seed, "base": base, "greedy_on_questions": greedy_q, "sampling": {},
                       "tuned": {}, "vs_base": {}}
             log(f"{toy} seed {toy_seed}: base {base:.3f}, greedy on questions {greedy_q:.3f}")
@@ -245,11 +245,11 @@ def study(args) -> dict:
                             tuned = fine_tune(path, rows, lr, epochs, args.micro_batch, tmp, lora=lora)
                             correct = graded(tuned, splits.test, args.max_new_tokens)
                         key = f"{name} lr={lr:g} epochs={epochs}"
-                        record["tuned"][key] = accuracy = mean(correct)
+                        record["tuned"][key] = accuracy = fmean(correct)
                         # Paired over the same test questions, as the quickstart's table.
                         record["vs_base"][key] = versus = paired_difference(correct, base_correct)
                         log(f"  {name} ({len(rows)} rows) lr {lr:g} epochs {epochs}: {accuracy:.3f} "
-                            f"({accuracy - base:+.3f} [{versus['low']:+.3f}, {versus['high']:+.3f}])")
+                            f"({versus['difference']:+.3f} [{versus['low']:+.3f}, {versus['high']:+.3f}])")
             results.append(record)
     return {"settings": vars(args), "results": results}
 
