@@ -144,17 +144,33 @@ def vote_stats(cands: list[dict]) -> dict:
         "candidates_correct": sum(c["correct"] for c in cands) / len(cands),
         "majority_correct": sum(c["correct"] for c in majority) / max(1, len(majority)),
         "majority": len(majority),
+        **careless_stats(cands),
+    }
+
+
+def careless_stats(cands: list[dict]) -> dict:
+    """How many candidates answer carelessly (one equation adding every amount, the habit of
+    ``ToyModelConfig.careless_share``), how often those and the worked ones are right, and the
+    careless share of the majority candidates."""
+    careless = [c for c in cands if c["text"].count("=") == 1]
+    worked = [c for c in cands if c["text"].count("=") != 1]
+    return {
+        "careless": len(careless) / len(cands),
+        "careless_correct": sum(c["correct"] for c in careless) / max(1, len(careless)),
+        "worked_correct": sum(c["correct"] for c in worked) / max(1, len(worked)),
+        "majority_careless": sum(c["is_majority"] for c in careless) / max(1, sum(c["is_majority"] for c in cands)),
     }
 
 
 EQUATION = re.compile(r"(\d+) ([-+*]) (\d+) = (\d+)\.")
-MOVE = re.compile(r"(has|gets|gives away) (\d+)")
 OPERATIONS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
 
 
 def asked_amounts(question: str) -> list[int]:
     """The amounts a question gives, an amount given away negative."""
-    return sorted(-int(n) if verb == "gives away" else int(n) for verb, n in MOVE.findall(question))
+    from dsw_ray.tasks import arith
+
+    return sorted(-int(n) if verb == "gives away" else int(n) for verb, n in arith.MOVE.findall(question))
 
 
 def used_amounts(equations: list[tuple]) -> list[int]:

@@ -43,22 +43,33 @@ class ToyModelConfig(BaseModel):
     num_heads: int = Field(6, ge=1, description="Attention heads per layer.")
     vocab_size: int = Field(400, ge=300, description="Target size of the trained BPE vocabulary.")
     pretrain_examples: int = Field(6000, ge=10, description="Labeled arith problems in the pre-training corpus.")
-    steps: int = Field(1200, ge=1, description="Optimizer steps of pre-training; fewer leave more room to improve.")
+    steps: int = Field(1600, ge=1, description="Optimizer steps of pre-training.")
     batch_size: int = Field(8, ge=1, description="Packed sequences per pre-training step.")
     block_size: int = Field(256, ge=32, description="Tokens per packed pre-training sequence; longer than a few-shot prompt and its answer.")
     learning_rate: float = Field(2e-3, gt=0, description="Peak AdamW learning rate (cosine decay).")
     two_step_share: float = Field(
         0.3, ge=0, le=1, description="Share of two-step problems in the corpus (the arith task asks only those)."
     )
+    careless_share: float = Field(
+        0.3, ge=0, le=1,
+        description="Share of two-step corpus answers written carelessly, every amount added whatever its sign "
+        "(arith.careless): the slip greedy decoding makes and a vote outvotes.",
+    )
     seed: int = Field(1234, description="Seed of the corpus, the initialization and the batches.")
 
 
 def corpus(config: ToyModelConfig, exclude: set[str]) -> list[str]:
-    """Labeled ``Q:/A:`` blocks from a stream of their own, none of them an ``exclude`` question."""
+    """Labeled ``Q:/A:`` blocks from a stream of their own, none of them an ``exclude`` question,
+    ``careless_share`` of the two-step ones answered carelessly."""
     examples = arith.generate_examples(
         config.seed, config.pretrain_examples, "pretrain", exclude, two_step_share=config.two_step_share
     )
-    return [f"Q: {e.question}\nA: {e.rationale}\n\n" for e in examples]
+    # Drawn from a stream of their own, so that the problems are those of a share of 0.
+    careless = random.Random(config.seed + 1)
+    return [
+        f"Q: {e.question}\nA: {arith.careless(e) if careless.random() < config.careless_share else e.rationale}\n\n"
+        for e in examples
+    ]
 
 
 def block_ids(tokenizer, text: str) -> list[int]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 
 from dsw_ray.tasks.numeric import Example, Splits
 
@@ -80,6 +81,27 @@ def two_steps(rng: random.Random, name: str, pronoun: str, item: str) -> tuple[s
         if first_sign == "+" and middle >= 0:
             rationales.append(f"{x} {op1} {y} = {middle}. {middle} {op2} {z} = {answer}.")
     return question, rationales, answer
+
+
+MOVE = re.compile(r"(has|gets|gives away) (\d+)")  # an amount held, gained or lost
+
+
+def careless(example: Example) -> str:
+    """A two-step answer as a careless hand writes it: one equation adding every amount,
+    whatever the moves' signs (``17 + 9 + 4 = 30.`` for *gets 9 more and then gives away
+    4*), so it is right only when both moves are gains. The toy's corpus holds a share of
+    these (``ToyModelConfig.careless_share``): a habit that greedy decoding follows and that
+    a vote over sampled paths outvotes, as self-consistency outvotes an LLM's slips
+    (docs/testbed.md, section 13). A one-step answer is returned as it is.
+
+    >>> careless(generate_examples(seed=0, count=1, prefix="q")[0])
+    '13 + 6 + 7 = 26. The answer is 26.'
+    """
+    amounts = [amount for _, amount in MOVE.findall(example.question)]
+    if len(amounts) != 3:
+        return example.rationale
+    total = sum(map(int, amounts))
+    return f"{' + '.join(amounts)} = {total}. The answer is {total}."
 
 
 def problem(rng: random.Random, two_step_share: float = TWO_STEP_SHARE) -> tuple[str, str, int]:

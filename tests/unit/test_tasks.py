@@ -121,3 +121,39 @@ def test_normalize_number():
     assert normalize_number("1,000.50") == "1000.5"
     assert normalize_number(51.0) == "51"
     assert normalize_number("nan") is None and normalize_number("inf") is None
+
+
+def test_a_careless_answer_adds_every_amount_and_is_right_only_for_two_gains():
+    from dsw_ray.tasks import arith
+
+    task, checked = get_task("arith"), 0
+    for example in arith.generate_examples(seed=3, count=300, prefix="q", two_step_share=0.5):
+        answer = arith.careless(example)
+        if "and then" not in example.question:
+            assert answer == example.rationale  # one step: nothing to be careless about
+            continue
+        amounts = [int(n) for _, n in arith.MOVE.findall(example.question)]
+        assert answer.count("=") == 1 and task.parse_answer(answer) == str(sum(amounts))
+        assert task.is_correct(task.parse_answer(answer), example.gold) is ("gives away" not in example.question)
+        checked += 1
+    assert checked > 100
+
+
+def test_the_toy_corpus_answers_a_share_of_two_step_problems_carelessly():
+    from dsw_ray.tasks import arith
+    from dsw_ray.toy import ToyModelConfig, corpus
+
+    config = ToyModelConfig(pretrain_examples=3000, careless_share=0.3)
+    careful = corpus(config.model_copy(update={"careless_share": 0.0}), set())
+    careless = corpus(config, set())
+    two_step = [(a, b) for a, b in zip(careful, careless) if "and then" in a]
+    changed = sum(a != b for a, b in two_step)
+    assert 0.25 < changed / len(two_step) < 0.35
+    # The problems are the same; only two-step answers change, and only to the careless form.
+    for a, b in zip(careful, careless):
+        assert a.split("\nA: ")[0] == b.split("\nA: ")[0]
+        if a != b:
+            question = a.split("\nA: ")[0].removeprefix("Q: ")
+            assert "and then" in a and b.split("\nA: ")[1].strip() == arith.careless(
+                arith.Example("x", question, "0", "")
+            )
