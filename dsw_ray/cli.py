@@ -1,6 +1,7 @@
 """``dsw-ray run JOB.yaml [key=value ...] [--from STAGE]``: run a job and print its accuracy table;
 ``dsw-ray table SUITE.yaml [key=value ...]``: run several jobs (one per dataset) and print one
-accuracy table across them; ``dsw-ray status RUN_DIR``: where a run stands."""
+accuracy table across them; ``dsw-ray model import SOURCE OUT``: a GGUF model as a Hugging Face
+folder; ``dsw-ray status RUN_DIR``: where a run stands."""
 
 from __future__ import annotations
 
@@ -49,6 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     table.add_argument("suite", help="suite YAML file, e.g. jobs/table1.yaml")
     table.add_argument("overrides", nargs="*", help="key=value settings for every job, e.g. generate.actors=4")
     table.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    model = commands.add_parser("model", help="bring a model in")
+    model_commands = model.add_subparsers(dest="model_command", required=True)
+    imports = model_commands.add_parser(
+        "import", help="convert a GGUF file into the Hugging Face folder every stage loads (once per file content)"
+    )
+    imports.add_argument("source", help="a .gguf file, or PACKAGE/FILE.gguf of an installed package")
+    imports.add_argument("out", help="the folder to write (a job's model.path)")
     status = commands.add_parser("status", help="each stage of a run directory: done or unfinished, rows, times")
     status.add_argument("run_dir", help="the job's run_dir, e.g. runs/quickstart")
     args = parser.parse_args(argv)
@@ -70,6 +78,15 @@ def main(argv: list[str] | None = None) -> int:
         from dsw_ray.bench.sections import main as bench
 
         return bench(args)
+    if args.command == "model":
+        from dsw_ray.gguf_import import import_gguf
+
+        try:
+            print(import_gguf(args.source, args.out))
+        except UserError as error:
+            print(f"dsw-ray: {error}", file=sys.stderr)
+            return 2
+        return 0
     if args.command == "table":
         from dsw_ray.suite import run_suite
 
