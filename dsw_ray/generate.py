@@ -11,12 +11,15 @@ actor produced it, and a retried batch reproduces its rows.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 
 import numpy as np
 
 from dsw_ray.decoding import Completion, candidate_rows, cut_at_stop, requests
-from dsw_ray.models import STOP, load_model, load_tokenizer
+from dsw_ray.models import load_model, load_tokenizer
+from dsw_ray.prompting import Prompter
 from dsw_ray.config import EvaluateConfig, GenerateConfig, ModelConfig
 from dsw_ray.tasks import Task
 
@@ -28,19 +31,22 @@ class GumbelSampler:
 
     ``argmax(logits / T + Gumbel noise)`` is an exact sample of ``softmax(logits / T)``;
     drawing each row's noise from its own generator makes the sample independent of the
-    other rows in the batch.
+    other rows in the batch. ``top_k`` (0: off) and ``top_p`` cut the tail first.
     """
 
-    def __init__(self, seeds: list[int], temperature: float, top_p: float):
+    def __init__(self, seeds: list[int], temperature: float, top_p: float, top_k: int = 0):
         import torch
 
         self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]
-        self.temperature, self.top_p = temperature, top_p
+        self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
 
     def __call__(self, input_ids, scores):
         import torch
 
         scores = scores.float() / self.temperature
+        if 0 < self.top_k < scores.shape[-1]:
+            kth = torch.topk(scores, self.top_k, dim=-1).values[..., -1:]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
         if self.top_p < 1.0:
             ordered, order = torch.sort(scores, descending=True, dim=-1)
             cumulative = ordered.softmax(-1).cumsum(-1)
@@ -71,36 +77,37 @@ class TransformersGenerator:
         dtype: str = "float32",
         trust_remote_code: bool = False,
         threads: int | None = None,
+        top_k: int = 0,
     ):
         import torch
 
         if threads:
             torch.set_num_threads(threads)
-        self.task = task
         self.tokenizer = load_tokenizer(model_path, trust_remote_code, padding_side="left")
+        self.prompter = Prompter(self.tokenizer, task)
         self.model = load_model(model_path, dtype, trust_remote_code)
         self.samples = 1 if temperature is None else samples_per_question
-        self.temperature, self.top_p = temperature, top_p
+        self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
         self.max_new_tokens, self.seed, self.round_index = max_new_tokens, seed, round_index
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         import torch
         from transformers import LogitsProcessorList
 
-        question_ids, prompts, seeds = requests(batch, self.task, self.samples, self.seed, self.round_index)
-        encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        question_ids, prompts, seeds = requests(batch, self.prompter, self.samples, self.seed, self.round_index)
+        encoded = self.tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt")
         # Each prompt repeated m times, prompt-major (q0 s0..s(m-1), q1 ...): decoding is
         # greedy over Gumbel-perturbed logits, and greedy generate takes one sequence per row.
         encoded = {k: v.repeat_interleave(self.samples, dim=0).to(self.model.device) for k, v in encoded.items()}
         processors = LogitsProcessorList()
         if self.temperature is not None:
-            processors.append(GumbelSampler(seeds, self.temperature, self.top_p))
+            processors.append(GumbelSampler(seeds, self.temperature, self.top_p, self.top_k))
         with torch.inference_mode():
             output = self.model.generate(
                 **encoded,
                 do_sample=False,
                 max_new_tokens=self.max_new_tokens,
-                stop_strings=[STOP],
+                stop_strings=list(self.prompter.stops) or None,
                 tokenizer=self.tokenizer,
                 logits_processor=processors,
                 pad_token_id=self.tokenizer.pad_token_id,
@@ -112,7 +119,7 @@ class TransformersGenerator:
         for tokens, prompt_length in zip(new_tokens.tolist(), prompt_lengths):
             length, stopped_by_eos = self.generated_length(tokens)
             text, finish_reason = cut_at_stop(
-                self.tokenizer.decode(tokens[:length], skip_special_tokens=True), stopped_by_eos
+                self.tokenizer.decode(tokens[:length], skip_special_tokens=True), stopped_by_eos, self.prompter.stops
             )
             completions.append(Completion(text, int(prompt_length), length, finish_reason))
         return candidate_rows(batch, question_ids, self.samples, seeds if self.temperature is not None else None, completions)
@@ -126,6 +133,27 @@ class TransformersGenerator:
             if token == pad:
                 return position, False
         return len(tokens), False
+
+
+PAPER_SAMPLING = {"temperature": 1.1, "top_p": 1.0, "top_k": 0}  # the paper's temperature, the full vocabulary
+
+
+def with_sampling_defaults(section: GenerateConfig, model_path: str) -> GenerateConfig:
+    """``section`` with every sampling setting it leaves unset (None) taken from the model's
+    ``generation_config.json`` (as Hugging Face ``generate`` would), else from ``PAPER_SAMPLING``."""
+    try:
+        with open(os.path.join(model_path, "generation_config.json")) as f:
+            model_defaults = json.load(f)
+    except (OSError, ValueError):
+        model_defaults = {}
+    chosen = {}
+    for name, paper in PAPER_SAMPLING.items():
+        value = getattr(section, name)
+        if value is None:
+            value = model_defaults.get(name)
+            value = paper if value is None else type(paper)(value)
+        chosen[name] = value
+    return section.model_copy(update=chosen)
 
 
 def generator(
@@ -142,6 +170,7 @@ def generator(
         samples_per_question=1 if greedy else section.samples_per_question,
         temperature=None if greedy else section.temperature,
         top_p=1.0 if greedy else section.top_p,
+        top_k=0 if greedy else section.top_k,
         max_new_tokens=section.max_new_tokens,
         seed=0 if greedy else section.seed,
         round_index=round_index,

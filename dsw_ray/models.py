@@ -7,7 +7,9 @@ import os
 
 from dsw_ray.errors import UserError
 
-STOP = "\nQ:"  # a candidate ends where the model starts the next few-shot question
+# A few-shot candidate ends where the model starts the next question, or at the blank line that
+# ends every exemplar's answer (a real model often goes on after it with an answer of its own).
+STOPS = ("\nQ:", "\n\n")
 
 
 AUTO_CLASSES = {"causal LM": "AutoModelForCausalLM", "sequence classifier": "AutoModelForSequenceClassification"}

@@ -29,14 +29,16 @@ from dsw_ray.evaluate import MODEL, evaluate, models_per_pass
 from dsw_ray.events import EVENTS, write_training_events
 from dsw_ray.filters import METHODS, answers_correct
 from dsw_ray.filters import apply as apply_filter
-from dsw_ray.generate import generate
-from dsw_ray.models import check_model_dir
+from dsw_ray.generate import generate, with_sampling_defaults
+from dsw_ray.gguf_import import import_gguf, read_record
+from dsw_ray.models import check_model_dir, load_tokenizer
+from dsw_ray.prompting import check_chat_template
 from dsw_ray.rundir import claim_run_dir, fingerprint, run_stage, run_stages, stage_fingerprint
 from dsw_ray.report import write_report
 from dsw_ray.resources import pool_input
 from dsw_ray.rate import rate
 from dsw_ray.reward import reward
-from dsw_ray.score import rows_per_call, score_losses, weigh
+from dsw_ray.score import VALID_LOSSES, rows_per_call, score_losses, weigh
 from dsw_ray.tasks import Splits, Task, task_of
 from dsw_ray.tasks.rows import question_key
 from dsw_ray.toy import build_toy_model
@@ -47,7 +49,6 @@ log = logging.getLogger(__name__)
 
 DATA = "data"  # the parquet folder inside a stage's artifact folder
 DRIVER_READ_BYTES = 64 << 20  # stages up to this size on disk are read by the driver (read_dataset)
-VALID_LOSSES = "valid_losses.parquet"  # per-example valid-set losses, in the score stage's folder
 BASE_EVALUATION = os.path.join("base", "evaluate")  # the base model's graded answers, in the run directory
 
 
@@ -190,12 +191,17 @@ def check_splits(splits: Splits, task: TaskConfig) -> None:
 
 
 def base_model(job: JobConfig, splits: Splits) -> str:
-    """The round-1 model path, building the toy model there first if the job asks for it.
-    It and the rm method's reward model are checked here, before any actor loads them."""
+    """The round-1 model path, building the toy model or importing the GGUF file there first if
+    the job asks for it. It and the rm method's reward model are checked here, before any actor
+    loads them."""
     if job.model.toy is not None:
         # Test and valid questions stay out of the toy model's pre-training corpus.
         build_toy_model(job.model.path, job.model.toy, {e.question for e in splits.test + splits.valid})
+    if job.model.gguf is not None:
+        import_gguf(job.model.gguf, job.model.path)
     check_model_dir(job.model.path, "causal LM", job.model.trust_remote_code, "model.path")
+    if job.task.prompt_format == "chat":
+        check_chat_template(load_tokenizer(job.model.path, job.model.trust_remote_code), f"model.path {job.model.path!r}")
     if "rm" in job.methods:
         check_model_dir(job.reward.model_path, "sequence classifier", job.model.trust_remote_code, "reward.model_path")
     return os.path.abspath(job.model.path)
@@ -240,9 +246,10 @@ def make_candidates(
         return os.path.join(where, name)
 
     questions = os.path.join(run_dir, "inputs", "questions")
+    sampling = with_sampling_defaults(job.generate, model_path)
     fps = {
         "generate": stage_fingerprint(
-            "generate", split_fingerprint(splits, "questions"), job.task, job.generate, model_fp, round_index
+            "generate", split_fingerprint(splits, "questions"), job.task, sampling, model_fp, round_index
         )
     }
     generated = run_stage(
@@ -250,7 +257,7 @@ def make_candidates(
         fps["generate"],
         lambda out: write_dataset(
             generate(
-                read_dataset(questions, job.generate.batch_size, job.generate.actors), job.generate, job.model,
+                read_dataset(questions, job.generate.batch_size, job.generate.actors), sampling, job.model,
                 task_of(job.task), model_path, round_index,
             ),
             out,
@@ -283,7 +290,9 @@ def make_candidates(
         voted = read_dataset(stage("vote"), rows_per_call(job.score), job.score.actors)
         majority = read_table(stage("vote")).filter(pc.field(C.IS_MAJORITY))
         progress.expect(len(splits.valid) + majority.num_rows)
-        losses = score_losses(splits.valid, voted, job.score, job.model, model_path, job.train.max_length, official)
+        losses = score_losses(
+            splits.valid, voted, job.score, job.model, model_path, job.train.max_length, official, job.task.prompt_format
+        )
         scored, valid, valid_loss = weigh(majority, losses, official)
         pq.write_table(valid, os.path.join(out, VALID_LOSSES))
         log.info("round %d: Lv = %.4f +- %.4f (n = %d)", round_index, valid_loss["mean"], valid_loss["stderr"], valid_loss["n"])
@@ -425,6 +434,7 @@ def train_round(job: JobConfig, run_dir: str, round_dir: str, tunes: list[Tune],
             # An interrupted run of these same fine-tunes resumes from its last epoch checkpoint.
             run_name="train-" + fingerprint("train", [t.fingerprint for t in pending]),
             heldout=[(e.question, e.rationale) for e in splits.valid],
+            prompt_format=job.task.prompt_format,
         )
 
     manifests = run_stages(
@@ -664,7 +674,9 @@ def run_job(job: JobConfig) -> dict:
             os.path.join(run_dir, "inputs", QUARANTINE),
         )
 
-    model_fp = fingerprint("base", model_path, job.model.toy, job.model.dtype)
+    # An imported GGUF model is known by its file's content, not only by the folder it went to.
+    imported = [read_record(model_path)["sha256"]] if job.model.gguf is not None else []
+    model_fp = fingerprint("base", model_path, job.model.toy, job.model.dtype, *imported)
     summary = {
         "task": job.task.name,
         "model": model_path,

@@ -35,6 +35,7 @@ import numpy as np
 from dsw_ray import columns as C
 from dsw_ray.config import ModelConfig, RateConfig
 from dsw_ray.models import load_model, load_tokenizer
+from dsw_ray.prompting import bos_ids
 from dsw_ray.sft import IGNORE, batched_losses, pad_batch
 
 RATINGS = np.arange(11)
@@ -79,14 +80,16 @@ class Rater:
         self.tokenizer = load_tokenizer(model_path, trust_remote_code)
         self.model = load_model(model_path, dtype, trust_remote_code)
         self.batch_size, self.max_length = batch_size, max_length
+        self.bos = bos_ids(self.tokenizer)
         self.continuations = [self.tokenizer(continuation(n), add_special_tokens=False)["input_ids"] for n in RATINGS]
 
     def encode(self, question: str, answer: str) -> list[dict]:
-        """The eleven scored sequences of one candidate: its prompt (cut from the start to fit
-        ``max_length``) followed by each rating, which alone is the target."""
+        """The eleven scored sequences of one candidate: its prompt (BOS first when the tokenizer
+        adds one, the text cut from its start to fit ``max_length``) followed by each rating,
+        which alone is the target."""
         prompt = self.tokenizer(rating_prompt(question, answer), add_special_tokens=False)["input_ids"]
-        room = self.max_length - max(map(len, self.continuations))
-        prompt = prompt[-room:] if len(prompt) > room else prompt
+        room = self.max_length - max(map(len, self.continuations)) - len(self.bos)
+        prompt = self.bos + (prompt[-room:] if len(prompt) > room else prompt)
         return [{"input_ids": prompt + ids, "labels": [IGNORE] * len(prompt) + ids} for ids in self.continuations]
 
     def ratings(self, questions: list[str], answers: list[str]) -> np.ndarray:

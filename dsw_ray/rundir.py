@@ -30,14 +30,14 @@ LOG_FILE = "dsw-ray.log"  # the run's log: Ray's, the libraries' and the workers
 STAGE_VERSIONS = {
     "questions": 1,  # inputs/questions
     "test": 1,  # inputs/test
-    "generate": 1,
+    "generate": 2,  # 2: BOS as the model's tokenizer adds it, the prompt's boundary from its exemplars
     "vote": 1,
-    "score": 1,
+    "score": 2,  # 2: BOS, and the prompt/answer boundary of the text tokenized whole
     "reward": 1,
-    "rate": 1,
+    "rate": 2,  # 2: BOS
     "filter": 1,
-    "train": 2,  # 2: workers read the kept parquet and shuffle each epoch by seed
-    "evaluate": 1,
+    "train": 3,  # 2: workers read the kept parquet and shuffle each epoch by seed; 3: as score's 2
+    "evaluate": 2,  # 2: as generate's 2
 }
 
 

@@ -25,6 +25,7 @@ from dsw_ray.weights import UnusableLoss, ds_weights, official_ds_weights
 
 log = logging.getLogger(__name__)
 
+VALID_LOSSES = "valid_losses.parquet"  # per-example valid-set losses, in the score stage's folder
 VALID_LOSS_STDERR = "valid_loss_stderr"
 VALID_N = "valid_n"
 
@@ -33,16 +34,17 @@ class LossModel:
     """A causal LM that returns per-sequence losses of ``(question, answer)`` pairs."""
 
     def __init__(
-        self, model_path: str, dtype: str, trust_remote_code: bool, max_length: int, loss_on: str, official: bool = False
-    ):
+        self, model_path: str, dtype: str, trust_remote_code: bool, max_length: int, loss_on: str, official: bool = False,
+        prompt_format: str = "few_shot",
+    ):  # fmt: skip
         self.tokenizer = load_tokenizer(model_path, trust_remote_code)
         self.model = load_model(model_path, dtype, trust_remote_code)
-        self.max_length, self.loss_on, self.official = max_length, loss_on, official
+        self.max_length, self.loss_on, self.official, self.prompt_format = max_length, loss_on, official, prompt_format
 
     def encode(self, question: str, answer: str) -> dict:
         if self.official:
             return encode_official(self.tokenizer, question, answer)
-        return encode_example(self.tokenizer, question, answer, self.max_length, self.loss_on)
+        return encode_example(self.tokenizer, question, answer, self.max_length, self.loss_on, self.prompt_format)
 
     def losses(self, questions: list[str], answers: list[str], batch_size: int) -> np.ndarray:
         encoded = [self.encode(q, a) for q, a in zip(questions, answers)]
@@ -72,12 +74,13 @@ class Scorer:
         loss_on: str = "answer",
         official: bool = False,
         threads: int | None = None,
+        prompt_format: str = "few_shot",
     ):
         import torch
 
         if threads:
             torch.set_num_threads(threads)
-        self.model = LossModel(model_path, dtype, trust_remote_code, max_length, loss_on, official)
+        self.model = LossModel(model_path, dtype, trust_remote_code, max_length, loss_on, official, prompt_format)
         self.batch_size = batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -85,9 +88,12 @@ class Scorer:
         return {**batch, C.LOSS: self.model.losses(list(batch[C.QUESTION]), list(batch[C.TEXT]), self.batch_size)}
 
 
-def scorer_settings(section: ScoreConfig, model: ModelConfig, model_path: str, max_length: int, official: bool) -> dict:
-    """A scoring actor's constructor arguments. ``max_length``: the fine-tune's, so that a
-    candidate's loss is over the tokens training would see."""
+def scorer_settings(
+    section: ScoreConfig, model: ModelConfig, model_path: str, max_length: int, official: bool,
+    prompt_format: str = "few_shot",
+) -> dict:
+    """A scoring actor's constructor arguments. ``max_length`` and ``prompt_format``: the
+    fine-tune's, so that a candidate's loss is over the tokens training would see."""
     return dict(
         model_path=model_path,
         batch_size=section.batch_size,
@@ -96,6 +102,7 @@ def scorer_settings(section: ScoreConfig, model: ModelConfig, model_path: str, m
         max_length=max_length,
         loss_on=section.loss_on,
         official=official,
+        prompt_format=prompt_format,
     )
 
 
@@ -136,11 +143,15 @@ def scoring_rows(valid, candidates):
     return ray.data.from_arrow(valid_rows).union(majority)
 
 
-def pool_losses(rows, section: ScoreConfig, model: ModelConfig, model_path: str, max_length: int, official: bool):
+def pool_losses(
+    rows, section: ScoreConfig, model: ModelConfig, model_path: str, max_length: int, official: bool,
+    prompt_format: str = "few_shot",
+):  # fmt: skip
     """The scoring pool over ``rows`` (``scoring_rows``): keys, ``valid_row`` and ``loss`` (lazy)."""
     from dsw_ray.resources import pool_map
 
-    settings, scorer, placement = scorer_settings(section, model, model_path, max_length, official), Scorer, {}
+    settings = scorer_settings(section, model, model_path, max_length, official, prompt_format)
+    scorer, placement = Scorer, {}
     if section.backend == "vllm":
         from dsw_ray import vllm_backend
 
@@ -151,15 +162,17 @@ def pool_losses(rows, section: ScoreConfig, model: ModelConfig, model_path: str,
 
 
 def score_losses(
-    valid, candidates, section: ScoreConfig, model: ModelConfig, model_path: str, max_length: int, official: bool
-):
+    valid, candidates, section: ScoreConfig, model: ModelConfig, model_path: str, max_length: int, official: bool,
+    prompt_format: str = "few_shot",
+):  # fmt: skip
     """Losses of the valid set and of the majority candidates by ``model_path``, in one pass of
     the scoring pool: a pyarrow table of ``question_id``, ``sample_index``, ``valid_row`` and
     ``loss``."""
     import pyarrow as pa
     import ray
 
-    refs = pool_losses(scoring_rows(valid, candidates), section, model, model_path, max_length, official).to_arrow_refs()
+    rows = scoring_rows(valid, candidates)
+    refs = pool_losses(rows, section, model, model_path, max_length, official, prompt_format).to_arrow_refs()
     return pa.concat_tables(ray.get(refs))
 
 

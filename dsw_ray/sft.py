@@ -1,4 +1,5 @@
-"""The supervised text of one sample: ``Q: <question>\\nA: <answer><EOS>``.
+"""The supervised text of one sample: ``Q: <question>\\nA: <answer><EOS>`` (BOS first when the
+model's tokenizer adds one; ``prompting`` says how the text becomes ids).
 
 One encoding serves training and scoring, so the loss a DS weight is computed from is the
 loss the trainer minimizes: the prompt gets label -100 (no loss), the answer and the EOS
@@ -7,16 +8,18 @@ that closes it are the targets.
 
 from __future__ import annotations
 
+from dsw_ray.prompting import example_ids
 from dsw_ray.tasks.numeric import training_prompt
 
 IGNORE = -100
 OFFICIAL_LENGTH = 400  # the authors' scoring pads (and cuts) every text to this many tokens
 
 
-def encode_example(tokenizer, question: str, answer: str, max_length: int, loss_on: str = "answer") -> dict:
+def encode_example(
+    tokenizer, question: str, answer: str, max_length: int, loss_on: str = "answer", prompt_format: str = "few_shot"
+) -> dict:
     """``input_ids`` and ``labels`` of one sample; ``loss_on="full"`` keeps the prompt in the loss."""
-    prompt_ids = tokenizer(training_prompt(question), add_special_tokens=False)["input_ids"]
-    answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    prompt_ids, answer_ids = example_ids(tokenizer, question, answer, prompt_format)
     input_ids = (prompt_ids + answer_ids)[:max_length]
     labels = (prompt_ids if loss_on == "full" else [IGNORE] * len(prompt_ids)) + answer_ids
     return {"input_ids": input_ids, "labels": labels[:max_length]}

@@ -218,7 +218,9 @@ def heldout_loss(engine, tokenizer, examples: list, settings: dict) -> float | N
     if not examples:
         return None
     engine.eval()
-    encoded = [encode_example(tokenizer, q, a, settings["max_length"]) for q, a in examples]
+    encoded = [
+        encode_example(tokenizer, q, a, settings["max_length"], prompt_format=settings["prompt_format"]) for q, a in examples
+    ]
     collate = functools.partial(pad_batch, pad_token_id=tokenizer.pad_token_id)
     return float(batched_losses(engine, encoded, settings["micro_batch_size"], collate).mean())
 
@@ -266,7 +268,7 @@ def train_worker(
         torch.set_num_threads(settings["threads"])
     tokenizer = load_tokenizer(settings["model_path"], settings["trust_remote_code"])
     examples = [
-        encode_example(tokenizer, str(q), str(t), settings["max_length"])
+        encode_example(tokenizer, str(q), str(t), settings["max_length"], prompt_format=settings["prompt_format"])
         for q, t in zip(rows[C.QUESTION].to_pylist(), rows[C.TEXT].to_pylist())
     ]
     loss_weights = rows[C.LOSS_WEIGHT].to_pylist() if C.LOSS_WEIGHT in rows.column_names else [1.0] * len(examples)
@@ -422,9 +424,12 @@ def step_reporter(every_seconds: float = 0.5) -> Callable[[int, int, float], Non
     return on_step
 
 
-def training_settings(train: TrainConfig, model: ModelConfig, model_path: str, threads: int, heldout=()) -> dict:
+def training_settings(
+    train: TrainConfig, model: ModelConfig, model_path: str, threads: int, heldout=(), prompt_format: str = "few_shot"
+) -> dict:
     """Everything a worker needs, as plain data (it travels to the workers). ``heldout``:
-    ``(question, answer)`` pairs whose loss the workers report after training."""
+    ``(question, answer)`` pairs whose loss the workers report after training; ``prompt_format``:
+    the task's (``prompting``), which shapes the training text."""
     return {
         **train.model_dump(exclude={"num_workers", "cpus_per_worker", "resources_per_worker", "max_failures"}),
         "lora": train.lora.model_dump() if train.lora else None,
@@ -433,6 +438,7 @@ def training_settings(train: TrainConfig, model: ModelConfig, model_path: str, t
         "dtype": model.dtype,
         "trust_remote_code": model.trust_remote_code,
         "threads": threads,
+        "prompt_format": prompt_format,
     }
 
 
@@ -449,18 +455,19 @@ class FineTune:
 
 def fine_tune(
     kept: str, train: TrainConfig, model: ModelConfig, model_path: str, out_dir: str, storage_dir: str,
-    run_name: str = "train", heldout=(),
+    run_name: str = "train", heldout=(), prompt_format: str = "few_shot",
 ) -> dict:
     """The train stage: fine-tune on the kept samples (``kept``: a parquet file or folder on a
     filesystem every node sees), export to ``out_dir``; its metrics (``fine_tune_all``)."""
     (metrics,) = fine_tune_all(
-        [FineTune(kept, model_path, out_dir, train.seed)], train, model, storage_dir, run_name, heldout
+        [FineTune(kept, model_path, out_dir, train.seed)], train, model, storage_dir, run_name, heldout, prompt_format
     )
     return metrics
 
 
 def fine_tune_all(
-    runs: list[FineTune], train: TrainConfig, model: ModelConfig, storage_dir: str, run_name: str = "train", heldout=()
+    runs: list[FineTune], train: TrainConfig, model: ModelConfig, storage_dir: str, run_name: str = "train", heldout=(),
+    prompt_format: str = "few_shot",
 ) -> list[dict]:
     """Several fine-tunes with ``train``'s settings in one Ray Train run (its workers started
     once), each exported to its ``out_dir``; each one's metrics, in order. ``heldout``:
@@ -481,7 +488,7 @@ def fine_tune_all(
         cpus = training_cpus(train.num_workers, [node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]])
     else:
         cpus = pool_cpus(train.num_workers, train.cpus_per_worker, ray.cluster_resources().get("CPU", 1), "train")
-    settings = training_settings(train, model, runs[0].model_path, torch_threads(cpus), heldout)
+    settings = training_settings(train, model, runs[0].model_path, torch_threads(cpus), heldout, prompt_format)
     settings["runs"] = []
     for run in runs:
         num_samples = pads.dataset(os.path.abspath(run.kept), format="parquet").count_rows()

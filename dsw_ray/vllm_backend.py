@@ -26,7 +26,8 @@ import numpy as np
 
 from dsw_ray import columns as C
 from dsw_ray.decoding import Completion, candidate_rows, requests
-from dsw_ray.models import STOP, load_tokenizer
+from dsw_ray.models import STOPS, load_tokenizer
+from dsw_ray.prompting import Prompter
 from dsw_ray.rundir import display_name
 from dsw_ray.sft import IGNORE, encode_example
 from dsw_ray.tasks import Task
@@ -130,19 +131,22 @@ def engine_args(
 
 
 def sampling_params(
-    seeds: list[int], temperature: float | None, top_p: float, max_new_tokens: int
+    seeds: list[int], temperature: float | None, top_p: float, max_new_tokens: int, top_k: int = 0,
+    stops: tuple[str, ...] = STOPS,
 ) -> list[dict]:
-    """``vllm.SamplingParams`` keyword arguments, one per candidate; ``temperature`` None is greedy."""
-    common = {"n": 1, "max_tokens": max_new_tokens, "stop": [STOP], "skip_special_tokens": True}
+    """``vllm.SamplingParams`` keyword arguments, one per candidate; ``temperature`` None is greedy,
+    ``top_k`` 0 samples from every token (vLLM's own default)."""
+    common = {"n": 1, "max_tokens": max_new_tokens, "stop": list(stops), "skip_special_tokens": True}
     if temperature is None:
         return [{**common, "temperature": 0.0} for _ in seeds]
-    return [{**common, "temperature": temperature, "top_p": top_p, "seed": seed} for seed in seeds]
+    cut = {"top_k": top_k} if top_k else {}
+    return [{**common, "temperature": temperature, "top_p": top_p, **cut, "seed": seed} for seed in seeds]
 
 
 def completion(output) -> Completion:
     """A ``vllm.RequestOutput`` of one ``n=1`` request as our ``Completion``.
 
-    vLLM leaves the stop string out of the text; its finish reason is "stop" for the stop
+    vLLM leaves the stop string out of the text; its finish reason is "stop" for a stop
     string or EOS and "length" for the token budget, ours as well.
     """
     (sample,) = output.outputs
@@ -212,31 +216,33 @@ class VllmGenerator:
         dtype: str = "float32",
         trust_remote_code: bool = False,
         threads: int | None = None,
+        top_k: int = 0,
         on_gpu: bool = True,
     ):
-        self.task = task
-        self.tokenizer = load_tokenizer(model_path, trust_remote_code)
+        self.prompter = Prompter(load_tokenizer(model_path, trust_remote_code), task)
         self.engine, self.lora = start_engine(model_path, dtype, trust_remote_code, seed, engine, on_gpu)
         self.samples = 1 if temperature is None else samples_per_question
-        self.temperature, self.top_p = temperature, top_p
+        self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
         self.max_new_tokens, self.seed, self.round_index = max_new_tokens, seed, round_index
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        question_ids, prompts, seeds = requests(batch, self.task, self.samples, self.seed, self.round_index)
-        params = sampling_params(seeds, self.temperature, self.top_p, self.max_new_tokens)
-        completions = sample(self.engine, self.tokenizer, prompts, params, self.lora)
+        question_ids, prompts, seeds = requests(batch, self.prompter, self.samples, self.seed, self.round_index)
+        params = sampling_params(
+            seeds, self.temperature, self.top_p, self.max_new_tokens, self.top_k, self.prompter.stops
+        )
+        completions = sample(self.engine, prompts, params, self.lora)
         seeded = None if self.temperature is None else seeds
         return candidate_rows(batch, question_ids, self.samples, seeded, completions)
 
 
-def sample(engine, tokenizer, prompts: list[str], params: list[dict], lora=None) -> list[Completion]:
+def sample(engine, prompt_ids: list[list[int]], params: list[dict], lora=None) -> list[Completion]:
     """One completion per entry of ``params`` (a request each, so each has its own seed): the
-    ``samples`` candidates of a prompt are ``len(params) // len(prompts)`` consecutive entries."""
+    ``samples`` candidates of a prompt are ``len(params) // len(prompt_ids)`` consecutive entries.
+    The prompts go in as ids (``prompting.Prompter``'s, those the transformers backend decodes
+    from), so vLLM adds no BOS or anything else of its own."""
     from vllm import SamplingParams
 
-    # Our tokenizer's ids, as the transformers backend decodes from (vLLM would add a BOS).
-    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    samples = len(params) // len(prompts)
+    samples = len(params) // len(prompt_ids)
     outputs = engine.generate(
         [{"prompt_token_ids": prompt_ids[row // samples]} for row in range(len(params))],
         [SamplingParams(**p) for p in params],
@@ -297,6 +303,7 @@ class VllmScorer:
         loss_on: str = "answer",
         official: bool = False,
         threads: int | None = None,
+        prompt_format: str = "few_shot",
         *,
         engine: dict,
         on_gpu: bool = True,
@@ -305,12 +312,12 @@ class VllmScorer:
             raise ValueError("score.backend vllm scores with semantics: paper only")
         self.tokenizer = load_tokenizer(model_path, trust_remote_code)
         self.engine, self.lora = start_engine(model_path, dtype, trust_remote_code, 0, engine, on_gpu)
-        self.max_length, self.loss_on = max_length, loss_on
+        self.max_length, self.loss_on, self.prompt_format = max_length, loss_on, prompt_format
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         C.require(batch, (C.QUESTION_ID, C.QUESTION, C.TEXT), "score")
         encoded = [
-            encode_example(self.tokenizer, q, a, self.max_length, self.loss_on)
+            encode_example(self.tokenizer, q, a, self.max_length, self.loss_on, self.prompt_format)
             for q, a in zip(batch[C.QUESTION], batch[C.TEXT])
         ]
         losses = sequence_losses(self.engine, encoded, self.lora)

@@ -292,7 +292,7 @@ def generate_section(job, run_dir: str, stage_seconds: float, model_path: str, s
     import pyarrow.parquet as pq
     import torch
 
-    from dsw_ray.generate import TransformersGenerator
+    from dsw_ray.generate import TransformersGenerator, with_sampling_defaults
     from dsw_ray.models import load_model, load_tokenizer
     from dsw_ray.pipeline import read_table
     from dsw_ray.tasks import get_task
@@ -307,9 +307,10 @@ def generate_section(job, run_dir: str, stage_seconds: float, model_path: str, s
     # The actor's own loop on the same questions and batches, without Ray: what one actor
     # does once it is up (the stage minus start-up and Ray Data).
     questions = pq.read_table(os.path.join(run_dir, "inputs", "questions", "data"))
+    sampling = with_sampling_defaults(job.generate, model_path)
     generator = TransformersGenerator(
-        model_path, get_task(job.task.name), job.generate.samples_per_question, job.generate.temperature, job.generate.top_p,
-        job.generate.max_new_tokens, job.generate.seed, 1, threads=threads,
+        model_path, get_task(job.task.name), sampling.samples_per_question, sampling.temperature, sampling.top_p,
+        sampling.max_new_tokens, sampling.seed, 1, threads=threads, top_k=sampling.top_k,
     )
     loop_tokens, started = 0, time.perf_counter()
     for start in range(0, questions.num_rows, job.generate.batch_size):
@@ -331,11 +332,11 @@ def generate_section(job, run_dir: str, stage_seconds: float, model_path: str, s
     authors_tokens, authors_seconds = 0, 0.0
     with num_threads(threads), torch.inference_mode():
         for index in range(size.authors_candidates):
-            encoded = tokenizer(task.prompt(texts[index % len(texts)]), return_tensors="pt", add_special_tokens=False)
+            encoded = tokenizer(task.prompt(texts[index % len(texts)]), return_tensors="pt")  # theirs adds special tokens
             torch.manual_seed(index)
             started = time.perf_counter()
             output = model.generate(
-                **encoded, do_sample=True, temperature=job.generate.temperature, max_length=context,
+                **encoded, do_sample=True, temperature=sampling.temperature, max_length=context,
                 pad_token_id=tokenizer.pad_token_id,
             )
             authors_seconds += time.perf_counter() - started

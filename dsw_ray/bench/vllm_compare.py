@@ -57,14 +57,16 @@ def raw_generate(engine, job, task, questions, tokenizer) -> tuple[dict, dict]:
     """Every candidate in one ``generate`` call (what a user of raw vLLM would do): the texts by
     ``(question_id, sample_index)``, and the timing."""
     from dsw_ray.decoding import requests
+    from dsw_ray.generate import with_sampling_defaults
+    from dsw_ray.prompting import Prompter
     from dsw_ray.vllm_backend import sample, sampling_params
 
-    section = job.generate
+    section = with_sampling_defaults(job.generate, tokenizer.name_or_path)
     batch = {name: questions[name].to_numpy(zero_copy_only=False) for name in questions.column_names}
-    question_ids, prompts, seeds = requests(batch, task, section.samples_per_question, section.seed, 1)
-    params = sampling_params(seeds, section.temperature, section.top_p, section.max_new_tokens)
+    question_ids, prompts, seeds = requests(batch, Prompter(tokenizer, task), section.samples_per_question, section.seed, 1)
+    params = sampling_params(seeds, section.temperature, section.top_p, section.max_new_tokens, section.top_k)
     started = time.perf_counter()
-    completions = sample(engine, tokenizer, prompts, params)
+    completions = sample(engine, prompts, params)
     seconds = time.perf_counter() - started
     samples = section.samples_per_question
     texts = {(question_ids[row // samples], row % samples): c.text for row, c in enumerate(completions)}

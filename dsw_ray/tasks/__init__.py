@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Callable
@@ -17,7 +18,8 @@ class Task:
     num_questions, num_valid, num_test, seed, bad_rows)`` returns its splits; a bad data row
     raises a DataError naming its file and line (``bad_rows="fail"``) or is left out and
     listed in ``Splits.rejected`` ("skip"). ``answer_type`` is ``number``, ``choice`` (a
-    letter among ``letters``) or ``text``."""
+    letter among ``letters``) or ``text``. ``prompt_format``: few-shot text (``prompt``) or the
+    model's chat template (``prompting.Prompter`` makes either into ids)."""
 
     name: str
     exemplars: list[tuple[str, str]]
@@ -25,6 +27,7 @@ class Task:
     needs_data: bool
     answer_type: str = "number"
     letters: str = ""
+    prompt_format: str = "few_shot"
 
     def prompt(self, question: str) -> str:
         return numeric.few_shot_prompt(self.exemplars, question)
@@ -62,8 +65,11 @@ TASKS = {
 
 
 def task_of(config) -> Task:
-    """The task a job's ``task`` section names, or defines (``task.custom``)."""
-    return get_task(config.name) if config.custom is None else custom_task(config.name, config.custom)
+    """The task a job's ``task`` section names, or defines (``task.custom``), in its prompt format
+    and with its first ``num_exemplars`` exemplars."""
+    task = get_task(config.name) if config.custom is None else custom_task(config.name, config.custom)
+    exemplars = task.exemplars if config.num_exemplars is None else task.exemplars[: config.num_exemplars]
+    return dataclasses.replace(task, prompt_format=config.prompt_format, exemplars=exemplars)
 
 
 def get_task(name: str) -> Task:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dsw_ray import get_task
-from dsw_ray.models import STOP, load_model, load_tokenizer
+from dsw_ray.models import STOPS, load_model, load_tokenizer
 from dsw_ray.toy import MARKER, ToyModelConfig, build_toy_model
 
 
@@ -22,11 +22,11 @@ def test_default_toy_model_is_between_useless_and_perfect(toy_model):
         encoded = tokenizer([task.prompt(e.question) for e in batch], return_tensors="pt", padding=True)
         with torch.inference_mode():
             output = model.generate(
-                **encoded, do_sample=False, max_new_tokens=48, stop_strings=[STOP], tokenizer=tokenizer,
+                **encoded, do_sample=False, max_new_tokens=48, stop_strings=list(STOPS), tokenizer=tokenizer,
                 pad_token_id=tokenizer.pad_token_id,
             )
         texts = tokenizer.batch_decode(output[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
-        correct += sum(task.is_correct(task.parse_answer(t.split(STOP)[0]), e.gold) for t, e in zip(texts, batch))
+        correct += sum(task.is_correct(task.parse_answer(t.split(STOPS[0])[0]), e.gold) for t, e in zip(texts, batch))
     assert 20 <= correct <= 95, f"greedy accuracy {correct}% leaves no room to improve or nothing to improve on"
 
     # Every training and scoring text ends its answer with EOS: the toy must expect it there,

@@ -4,6 +4,7 @@ import torch
 
 from dsw_ray.decoding import cut_at_stop, sample_seed
 from dsw_ray.generate import GumbelSampler
+from dsw_ray.models import STOPS
 
 
 def test_sample_seed_is_a_pure_function_of_identity():
@@ -13,9 +14,19 @@ def test_sample_seed_is_a_pure_function_of_identity():
 
 
 def test_cut_at_stop():
-    assert cut_at_stop("1 + 1 = 2. The answer is 2.\n\nQ: next", False) == ("1 + 1 = 2. The answer is 2.", "stop")
-    assert cut_at_stop("The answer is 2.", True) == ("The answer is 2.", "stop")
-    assert cut_at_stop("1 + 1 = ", False) == ("1 + 1 =", "length")
+    assert cut_at_stop("1 + 1 = 2. The answer is 2.\n\nQ: next", False, STOPS) == ("1 + 1 = 2. The answer is 2.", "stop")
+    assert cut_at_stop("The answer is 2.", True, STOPS) == ("The answer is 2.", "stop")
+    assert cut_at_stop("1 + 1 = ", False, STOPS) == ("1 + 1 =", "length")
+    # A real model goes on after the blank line that ends an exemplar's answer (SmolLM2: "\n\nA: ...").
+    assert cut_at_stop("The answer is 2.\n\nA: 12 + 1 = 13.\nQ: x", False, STOPS) == ("The answer is 2.", "stop")
+    assert cut_at_stop("First.\n\nThe answer is 2.", True, ()) == ("First.\n\nThe answer is 2.", "stop")  # chat
+
+
+def test_gumbel_sampler_top_k_keeps_only_the_k_likeliest():
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0, -1.0]])
+    sampler = GumbelSampler(list(range(200)), temperature=1.0, top_p=1.0, top_k=2)
+    drawn = {int(sampler(None, logits.expand(200, -1)).argmax(-1)[i]) for i in range(200)}
+    assert drawn == {0, 1}
 
 
 def test_gumbel_sampler_samples_the_tempered_softmax():
@@ -45,3 +56,25 @@ def test_top_p_keeps_only_the_nucleus():
     sampler = GumbelSampler([1], 1.0, top_p=0.8)
     picked = {int(sampler(None, logits).argmax()) for _ in range(500)}
     assert picked == {0, 1}
+
+
+def test_unset_sampling_settings_come_from_the_models_generation_config(tmp_path):
+    import json
+
+    from dsw_ray.config import GenerateConfig
+    from dsw_ray.generate import PAPER_SAMPLING, with_sampling_defaults
+
+    (tmp_path / "generation_config.json").write_text(json.dumps({"do_sample": True, "temperature": 0.6, "top_p": 0.9}))
+    chosen = with_sampling_defaults(GenerateConfig(top_p=0.5), str(tmp_path))
+    assert (chosen.temperature, chosen.top_p, chosen.top_k) == (0.6, 0.5, 0)  # the job's top_p wins
+    bare = with_sampling_defaults(GenerateConfig(), str(tmp_path / "no-such-model"))
+    assert (bare.temperature, bare.top_p, bare.top_k) == tuple(PAPER_SAMPLING.values()) == (1.1, 1.0, 0)
+
+
+def test_the_task_section_picks_the_prompt_format_and_the_exemplars():
+    from dsw_ray.config import TaskConfig
+    from dsw_ray.tasks import get_task, task_of
+
+    task = task_of(TaskConfig(name="arith", prompt_format="chat", num_exemplars=2))
+    assert task.prompt_format == "chat" and task.exemplars == get_task("arith").exemplars[:2]
+    assert task_of(TaskConfig(name="arith")).exemplars == get_task("arith").exemplars

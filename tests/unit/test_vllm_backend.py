@@ -16,7 +16,8 @@ from dsw_ray.config import JobConfig, load_job
 from dsw_ray.errors import ConfigError
 from dsw_ray.decoding import OUTPUT_COLUMNS, requests, sample_seed
 from dsw_ray.generate import TransformersGenerator
-from dsw_ray.models import STOP
+from dsw_ray.models import STOPS, load_tokenizer
+from dsw_ray.prompting import Prompter
 from dsw_ray.tasks import get_task
 from dsw_ray.vllm_backend import (
     completion,
@@ -125,9 +126,9 @@ def test_sampling_params_one_request_per_candidate_with_its_own_seed():
     params = sampling_params(seeds, 1.1, 0.95, 64)
     assert [p["seed"] for p in params] == seeds
     assert all(p["n"] == 1 and p["temperature"] == 1.1 and p["top_p"] == 0.95 for p in params)
-    assert all(p["max_tokens"] == 64 and p["stop"] == [STOP] for p in params)
+    assert all(p["max_tokens"] == 64 and p["stop"] == list(STOPS) for p in params)
     greedy = sampling_params(seeds[:1], None, 0.95, 32)
-    assert greedy == [{"n": 1, "max_tokens": 32, "stop": [STOP], "skip_special_tokens": True, "temperature": 0.0}]
+    assert greedy == [{"n": 1, "max_tokens": 32, "stop": list(STOPS), "skip_special_tokens": True, "temperature": 0.0}]
 
 
 def test_outputs_become_the_transformers_backends_rows(tiny_model):
@@ -140,7 +141,8 @@ def test_outputs_become_the_transformers_backends_rows(tiny_model):
     common = dict(task=get_task("arith"), top_p=1.0, max_new_tokens=8, seed=0, round_index=1)
     reference = TransformersGenerator(tiny_model, samples_per_question=2, temperature=1.0, **common)(batch)
 
-    _, _, seeds = requests(batch, get_task("arith"), 2, 0, 1)
+    prompter = Prompter(load_tokenizer(tiny_model), get_task("arith"))
+    _, _, seeds = requests(batch, prompter, 2, 0, 1)
     from dsw_ray.decoding import candidate_rows
 
     outputs = [request_output(f" 2 + 3 = 5. The answer is {i}. ", 40, 9, "stop") for i in range(3)]
