@@ -2,7 +2,10 @@
 
 ``table_rows`` is shared by the CLI (plain text) and ``report.md`` (markdown). The plots
 are the paper's Figure 5 analysis (DS weights of correct and incorrect majority
-candidates, with the IWSI keep threshold) and accuracy per method.
+candidates, with the IWSI keep threshold) and accuracy per method; ``diagnostics`` gives the
+same analyses as numbers a reader can quote (``diagnostics.json`` and tables in the report):
+the share of correct candidates and of IWSI's kept ones per DS-weight bin (Figure 5's bins),
+and the losses of the valid set, the majority candidates and IWSI's kept set (Figure 4).
 """
 
 from __future__ import annotations
@@ -18,10 +21,13 @@ from dsw_ray import columns as C
 from dsw_ray.errors import UserError
 from dsw_ray.filters import METHODS, answers_correct
 from dsw_ray.rundir import stage_states
+from dsw_ray.score import VALID_LOSSES
 from dsw_ray.train import LOSS_HISTORY
 from dsw_ray.weights import keep_lowest, official_keep
 
 REPORT = "report.md"
+DIAGNOSTICS = "diagnostics.json"
+DS_BINS = (1.0, 1.1, 1.3, 1.5, 2.0, float("inf"))  # the bins of the paper's Figure 5
 HEADER = ("method", "round", "kept", "kept correct", "accuracy", "95% interval", "vs base", "vs LMSI")
 
 
@@ -135,6 +141,74 @@ def read_stage(run_dir: str, stage: str, columns: list[str]) -> pa.Table | None:
     return pads.dataset(path, format="parquet").to_table(columns=columns) if os.path.isdir(path) else None
 
 
+def first_round_scores(run_dir: str, summary: dict) -> tuple[str, pa.Table | None]:
+    """The first round's candidates folder and its scored majority candidates (None if unscored)."""
+    candidates_dir = next(iter(summary["rounds"][0]["methods"].values()))["candidates"]["dir"]
+    columns = [C.DS_WEIGHT, C.LOSS, C.ANSWER, C.GOLD]
+    scored = read_stage(run_dir, os.path.join(candidates_dir, "score"), columns)
+    return candidates_dir, scored if scored is not None and scored.num_rows else None
+
+
+def quartiles(values) -> dict:
+    values = np.asarray(values, dtype=np.float64)
+    if not len(values):
+        return {"n": 0}
+    p25, p50, p75 = np.percentile(values, [25, 50, 75])
+    return {"n": len(values), "mean": float(values.mean()), "p25": float(p25), "median": float(p50), "p75": float(p75)}
+
+
+def diagnostics(run_dir: str, summary: dict, keep_fraction: float) -> dict | None:
+    """The first round's DS weights and losses as numbers: per DS-weight bin (``DS_BINS``), the
+    majority candidates, the share correct (when the questions have gold labels) and the share
+    IWSI keeps; the losses of the valid set, the majority candidates (correct and not) and the
+    kept set (mean and quartiles). None when the round scored nothing."""
+    candidates_dir, scored = first_round_scores(run_dir, summary)
+    if scored is None:
+        return None
+    official = summary["semantics"] == "official"
+    ds, loss = scored[C.DS_WEIGHT].to_numpy(), scored[C.LOSS].to_numpy()
+    kept = (official_keep if official else keep_lowest)(ds, keep_fraction)
+    correct = answers_correct(scored, official) if scored[C.GOLD].null_count == 0 else None
+    bins = []
+    for low, high in zip(DS_BINS, DS_BINS[1:]):
+        inside = (ds >= low) & (ds < high)
+        n = int(inside.sum())
+        bins.append({
+            "bin": f"[{low:g}, {high:g})", "candidates": n,
+            "correct": float(correct[inside].mean()) if correct is not None and n else None,
+            "kept_by_iwsi": float(kept[inside].mean()) if n else None,
+        })  # fmt: skip
+    valid_path = os.path.join(run_dir, candidates_dir, "score", VALID_LOSSES)
+    valid = pads.dataset(valid_path).to_table()[C.LOSS].to_numpy() if os.path.exists(valid_path) else []
+    losses = {"valid set": quartiles(valid), "majority candidates": quartiles(loss), "kept by IWSI": quartiles(loss[kept])}
+    if correct is not None:
+        losses["majority, correct"] = quartiles(loss[correct])
+        losses["majority, incorrect"] = quartiles(loss[~correct])
+    return {"round": 1, "keep_fraction": keep_fraction, "ds_weight_bins": bins, "losses": losses}
+
+
+def diagnostic_tables(numbers: dict) -> list[str]:
+    """``diagnostics`` as two markdown tables."""
+    bins = [
+        (b["bin"], str(b["candidates"]), percent(b["correct"]), percent(b["kept_by_iwsi"]))
+        for b in numbers["ds_weight_bins"]
+    ]
+    figure = lambda q, key: f"{q[key]:.3f}" if q["n"] else "-"  # noqa: E731
+    losses = [
+        (name, str(q["n"]), figure(q, "mean"), figure(q, "p25"), figure(q, "median"), figure(q, "p75"))
+        for name, q in numbers["losses"].items()
+    ]
+    return [
+        f"## DS weights and correctness (round 1; the paper's Figure 5)\n\nThe majority candidates in each bin of "
+        f"DS weight, the share of them whose answer is the gold one, and the share IWSI keeps (k = "
+        f"{numbers['keep_fraction']}; it keeps the lowest weights first).",
+        markdown_table(("DS weight", "candidates", "correct", "kept by IWSI"), bins),
+        "## Losses (round 1; the paper's Figure 4)\n\nPer-sequence loss under the base model: the valid set's gold "
+        "rationales (their mean is Lv), the majority candidates and the set IWSI keeps.",
+        markdown_table(("texts", "n", "mean", "25%", "median", "75%"), losses),
+    ]
+
+
 def plot_ds_weights(run_dir: str, summary: dict, keep_fraction: float, path: str) -> str | None:
     """Histogram of the first round's DS weights, split by correctness when labels exist."""
     import matplotlib
@@ -142,9 +216,8 @@ def plot_ds_weights(run_dir: str, summary: dict, keep_fraction: float, path: str
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    candidates_dir = next(iter(summary["rounds"][0]["methods"].values()))["candidates"]["dir"]
-    scored = read_stage(run_dir, os.path.join(candidates_dir, "score"), [C.DS_WEIGHT, C.ANSWER, C.GOLD])
-    if scored is None or scored.num_rows == 0:
+    _, scored = first_round_scores(run_dir, summary)
+    if scored is None:
         return None
     official = summary["semantics"] == "official"
     ds = scored[C.DS_WEIGHT].to_numpy()
@@ -264,7 +337,10 @@ def candidate_lines(summary: dict) -> list[str]:
 
 
 def write_report(run_dir: str, summary: dict, keep_fraction: float) -> str:
-    """Write ``report.md`` and its PNGs into the run directory; returns the report's path."""
+    """Write ``report.md``, its PNGs and ``diagnostics.json`` into the run directory; returns the report's path."""
+    numbers = diagnostics(run_dir, summary, keep_fraction)
+    with open(os.path.join(run_dir, DIAGNOSTICS), "w") as f:
+        json.dump(numbers, f, indent=1)
     figures = [
         ("DS weights", plot_ds_weights(run_dir, summary, keep_fraction, os.path.join(run_dir, "ds_weights.png"))),
         ("Accuracy per method", plot_accuracy(summary, os.path.join(run_dir, "accuracy.png"))),
@@ -293,6 +369,7 @@ def write_report(run_dir: str, summary: dict, keep_fraction: float) -> str:
         "\n".join(candidate_lines(summary)),
         "## What each method dropped",
         markdown_table(("method", "round", "dropped"), dropped),
+        *(diagnostic_tables(numbers) if numbers else []),
         "## Figures",
         *[f"![{title}]({os.path.basename(path)})" for title, path in figures if path],
     ]

@@ -80,3 +80,36 @@ def test_status_lists_stages_and_the_table_so_far(tmp_path):
 
     missing = subprocess.run([sys.executable, "-m", "dsw_ray", "status", str(tmp_path / "nope")], capture_output=True, text=True)
     assert missing.returncode == 2 and "no such run directory" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_diagnostics_give_the_papers_figure_4_and_5_as_numbers(tmp_path):
+    """Correct share and IWSI's kept share per DS-weight bin, and the loss quartiles, from a run
+    directory's score stage (here written by hand: six majority candidates, two valid rows)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dsw_ray.report import diagnostic_tables, diagnostics
+
+    score = tmp_path / "round-1" / "score"
+    (score / "data").mkdir(parents=True)
+    ds = [1.0, 1.05, 1.2, 1.4, 1.7, 3.0]
+    pq.write_table(pa.table({
+        "ds_weight": ds, "loss": [1.0, 1.05, 0.8, 1.4, 0.6, 3.0],
+        "answer": ["1", "2", "3", "4", "5", "6"], "gold": ["1", "0", "3", "0", "5", "6"],
+    }), score / "data" / "part-0.parquet")  # fmt: skip
+    pq.write_table(pa.table({"question_id": ["v0", "v1"], "loss": [0.9, 1.1]}), score / "valid_losses.parquet")
+    run = {"semantics": "paper", "rounds": [{"methods": {"iwsi": {"candidates": {"dir": "round-1"}}}}]}
+
+    numbers = diagnostics(str(tmp_path), run, keep_fraction=0.5)
+    bins = {b["bin"]: (b["candidates"], b["correct"], b["kept_by_iwsi"]) for b in numbers["ds_weight_bins"]}
+    assert bins == {
+        "[1, 1.1)": (2, 0.5, 1.0), "[1.1, 1.3)": (1, 1.0, 1.0), "[1.3, 1.5)": (1, 0.0, 0.0),
+        "[1.5, 2)": (1, 1.0, 0.0), "[2, inf)": (1, 1.0, 0.0),
+    }  # fmt: skip
+    losses = numbers["losses"]
+    assert losses["valid set"]["mean"] == 1.0 and losses["kept by IWSI"]["n"] == 3
+    assert losses["majority, correct"]["n"] == 4 and losses["majority, incorrect"]["median"] == 1.225
+
+    tables = "\n".join(diagnostic_tables(numbers))
+    assert "the paper's Figure 5" in tables and "| [1.5, 2) | 1 | 100.0% | 0.0% |" in tables
+    assert "| kept by IWSI | 3 | 0.950 |" in tables
