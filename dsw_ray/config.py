@@ -176,7 +176,11 @@ class GenerateConfig(Decoding):
         None, ge=0,
         description="Sample among the k likeliest tokens, 0 among all (None: the model's generation_config.json's, else 0).",
     )  # fmt: skip
-    max_new_tokens: int = Field(256, ge=1, description="Token budget of one candidate; it stops at '\\nQ:' first.")
+    max_new_tokens: int = Field(
+        256, ge=1,
+        description="Token budget of one candidate; it stops at '\\nQ:' or a blank line first (a chat answer at its "
+        "end-of-turn token).",
+    )  # fmt: skip
     seed: int = Field(0, description="Job seed; each candidate's seed derives from it, its question and index.")
 
     @model_validator(mode="after")

@@ -1,7 +1,7 @@
 """Generate: m chain-of-thought candidates per question, on a Ray Data actor pool.
 
 Each actor loads the model once; one ``generate`` call produces all m samples of a batch
-of prompts, padded to the longest prompt of the batch, stopping at ``\\nQ:``.
+of prompts, padded to the longest prompt of the batch, stopping at ``\\nQ:`` or a blank line.
 
 Every candidate has its own seed, derived from the job seed, the round, its question and
 its index: sampling is Gumbel-max (temperature, top-p, then noise from the candidate's
