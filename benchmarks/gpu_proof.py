@@ -361,14 +361,15 @@ class Proof:
             from dsw_ray.bench import gpu_cost
             from dsw_ray.bench.sections import batched_forward_limit
             from dsw_ray.config import GenerateConfig
-            from dsw_ray.generate import TransformersGenerator
+            from dsw_ray.generate import TransformersGenerator, with_sampling_defaults
             from dsw_ray.tasks import get_task
 
-            stage = GenerateConfig()  # the stage's defaults: questions per call, m, temperature, budget
+            # The stage's defaults: questions per call, m, temperature, budget.
+            stage = with_sampling_defaults(GenerateConfig(), self.model_path(model))
             max_new_tokens = self.size.max_new_tokens or stage.max_new_tokens
             generator = TransformersGenerator(
                 self.model_path(model), get_task("arith"), stage.samples_per_question, stage.temperature, stage.top_p,
-                max_new_tokens, stage.seed, 1, dtype=self.dtype,
+                max_new_tokens, stage.seed, 1, dtype=self.dtype, top_k=stage.top_k,
             )
             questions = self.questions
 

