@@ -184,18 +184,20 @@ def test_ds_weights_match_a_plain_transformers_forward_pass(smollm2, tokenizer, 
         prompt = training_prompt(question)
         encoded = tokenizer(prompt + answer, add_special_tokens=False, return_offsets_mapping=True)
         token_ids = encoded["input_ids"] + [tokenizer.eos_token_id]
-        # The answer's tokens: those that end past the prompt's last non-space character.
-        first = next(i for i, (_, end) in enumerate(encoded["offset_mapping"]) if end > len(prompt.rstrip()))
+        # The answer's tokens: those that hold a character of the answer (" There" does, a lone " " does not).
+        first = next(i for i, (_, end) in enumerate(encoded["offset_mapping"]) if end > len(prompt))
         with torch.no_grad():
             logits = model(torch.tensor([token_ids])).logits[0].double()
         logprobs = torch.log_softmax(logits[:-1], -1)
         targets = torch.tensor(token_ids[1:])
         token_loss = -logprobs[torch.arange(len(targets)), targets]
         reference.append(float(token_loss[first - 1 :].mean()))
-    np.testing.assert_allclose(ours, reference, rtol=1e-4)
+    # float32 against float64 log-softmax over 49,152 tokens: about 1e-4 apart; a token too many
+    # or too few in the answer (a lone space counted) moves a loss by 1e-2.
+    np.testing.assert_allclose(ours, reference, rtol=1e-3)
     valid_loss = float(np.mean(reference[:3]))
     expected = [max(valid_loss / loss, loss / valid_loss) for loss in reference[3:]]
-    np.testing.assert_allclose(ds_weights(ours[3:], float(np.mean(ours[:3]))), expected, rtol=1e-4)
+    np.testing.assert_allclose(ds_weights(ours[3:], float(np.mean(ours[:3]))), expected, rtol=1e-3)
 
 
 GREEDY_VLLM = """

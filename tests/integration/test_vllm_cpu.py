@@ -183,7 +183,8 @@ def test_a_whole_round_generates_scores_and_evaluates_on_vllm(toy_model, tmp_pat
 def test_two_rounds_serving_lora_adapters_answer_as_the_merged_models(toy_model, tmp_path, ray_session):
     """``serve_lora``: generation and evaluation serve each LoRA export as the model it was
     trained from plus its adapter (bfloat16: vLLM's LoRA kernels have no float32); round 2
-    samples from round 1's adapter, and each round's answers equal its merged weights'."""
+    samples from round 1's adapter, and each round's answers are its merged weights' (up to
+    bfloat16 ties) and not the base model's."""
     import pyarrow.parquet as pq
 
     from dsw_ray.evaluate import MODEL
@@ -215,9 +216,14 @@ def test_two_rounds_serving_lora_adapters_answer_as_the_merged_models(toy_model,
     for round_index, export in enumerate(exports, 1):
         assert os.path.exists(os.path.join(export, "adapter", "adapter_config.json"))
         merged = on_merged[on_merged[MODEL] == export][C.TEXT].tolist()
-        assert answers(f"round-{round_index}/lmsi/evaluate") == merged, round_index
-        # The adapter changed the answers: a served adapter that was ignored would fail above.
-        assert merged != answers("base/evaluate"), round_index
+        served = answers(f"round-{round_index}/lmsi/evaluate")
+        # bfloat16 base + adapter and bfloat16 merged weights round differently, and a near tie
+        # between two tokens can go either way ("= 28" served, "= 27" merged on one CPU): equal
+        # answers on all but at most two questions, not to the letter.
+        same = sum(a == b for a, b in zip(served, merged))
+        assert same >= len(merged) - 2, (round_index, list(zip(served, merged)))
+        # An adapter that was ignored would answer as the base model does, on the same engine path.
+        assert served != answers("base/evaluate") and merged != answers("base/evaluate"), round_index
 
 
 @pytest.mark.parametrize("loss_on", ["answer", "full"])
