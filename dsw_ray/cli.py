@@ -81,25 +81,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "model":
         from dsw_ray.gguf_import import import_gguf
 
-        try:
-            print(import_gguf(args.source, args.out))
-        except UserError as error:
-            print(f"dsw-ray: {error}", file=sys.stderr)
-            return 2
-        return 0
+        return printed(lambda: import_gguf(args.source, args.out))
     if args.command == "table":
         from dsw_ray.suite import run_suite
 
-        try:
-            print(run_suite(args.suite, args.overrides))
-        except UserError as error:
-            print(f"dsw-ray: {error}", file=sys.stderr)
-            return 2
-        return 0
+        return printed(lambda: run_suite(args.suite, args.overrides))
     from dsw_ray.report import status_text  # status
 
+    return printed(lambda: status_text(args.run_dir))
+
+
+def printed(produce) -> int:
+    """Print what ``produce()`` returns (exit 0), or the user's mistake it raised (exit 2)."""
     try:
-        print(status_text(args.run_dir))
+        print(produce())
     except UserError as error:
         print(f"dsw-ray: {error}", file=sys.stderr)
         return 2
