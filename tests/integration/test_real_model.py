@@ -23,7 +23,7 @@ import torch
 from dsw_ray import columns as C
 from dsw_ray.errors import UserError
 from dsw_ray.generate import TransformersGenerator
-from dsw_ray.gguf_import import RECORD, convert_tokenizer, gguf_metadata, import_gguf, read_record, resolve_source
+from dsw_ray.gguf_import import convert_tokenizer, gguf_metadata, import_gguf, read_record, resolve_source
 from dsw_ray.models import STOPS, check_model_dir, load_model, load_tokenizer
 from dsw_ray.prompting import Prompter, bos_ids, example_ids, ids
 from dsw_ray.score import LossModel
@@ -236,26 +236,28 @@ def test_greedy_answers_are_the_same_on_transformers_and_vllm(smollm2, shared_da
 HARNESS = os.path.join(os.path.dirname(__file__), "train_harness.py")
 
 
-@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-def test_a_fine_tune_step_exports_a_model_that_answers_as_the_worker_did(smollm2, shared_data, tmp_path, lora):
-    """One optimizer step on real rows (one rank, torchrun), then the export reloaded: its loss
-    on held-out pairs is the one the worker measured with the weights it trained."""
+def test_a_full_and_a_lora_fine_tune_step_export_models_that_answer_as_the_worker_did(smollm2, shared_data, tmp_path):
+    """One optimizer step on real rows, full and LoRA (one rank, one torchrun launch for both),
+    then each export reloaded: its loss on held-out pairs is the one the worker measured with
+    the weights it trained, and not the base model's."""
     from dsw_ray.config import JobConfig
     from dsw_ray.train import training_settings
 
     splits = svamp_pairs(shared_data, 8)
     rows = splits.valid[:4]
     heldout = [(e.question, e.rationale) for e in splits.valid[4:7]]
-    pq.write_table(pa.table({"question": [e.question for e in rows], "text": [e.rationale for e in rows]}), tmp_path / "rows.parquet")
-    train = {"epochs": 1, "micro_batch_size": 4, "learning_rate": 1e-3 if lora else 1e-5, "zero_stage": 2}
-    if lora:
-        train["lora"] = {"r": 8, "alpha": 16, "dropout": 0.0}
-    job = JobConfig.model_validate({"run_dir": "unused", "task": {"name": "svamp", "data_path": os.path.join(shared_data, "svamp")},
-                                    "model": {"path": smollm2}, "train": train})  # fmt: skip
-    settings = training_settings(job.train, job.model, smollm2, threads=2, heldout=heldout)
-    out = tmp_path / "out"
-    out.mkdir()
-    (tmp_path / "spec.json").write_text(json.dumps([{"settings": settings, "data": str(tmp_path / "rows.parquet"), "out": str(out)}]))
+    data = str(tmp_path / "rows.parquet")
+    pq.write_table(pa.table({"question": [e.question for e in rows], "text": [e.rationale for e in rows]}), data)
+    runs = []
+    for name, train in (("full", {"learning_rate": 1e-5}), ("lora", {"learning_rate": 1e-3, "lora": {"r": 8, "dropout": 0.0}})):
+        job = JobConfig.model_validate({
+            "run_dir": "unused", "task": {"name": "svamp", "data_path": os.path.join(shared_data, "svamp")},
+            "model": {"path": smollm2}, "train": {"epochs": 1, "micro_batch_size": 4, "zero_stage": 2, **train},
+        })  # fmt: skip
+        settings = training_settings(job.train, job.model, smollm2, threads=2, heldout=heldout)
+        (tmp_path / name).mkdir()
+        runs.append({"settings": settings, "data": data, "out": str(tmp_path / name)})
+    (tmp_path / "spec.json").write_text(json.dumps(runs))
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", str(free_port()), HARNESS,
@@ -263,15 +265,14 @@ def test_a_fine_tune_step_exports_a_model_that_answers_as_the_worker_did(smollm2
         capture_output=True, text=True, timeout=600, env=env, cwd=ROOT,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
-    metrics = json.loads((out / "metrics-0.json").read_text())
-    export = str(out / "export")
-    check_model_dir(export)
-    assert os.path.isdir(os.path.join(export, "adapter")) == lora
-    reloaded = LossModel(export, "float32", False, 512, "answer").losses(
-        [q for q, _ in heldout], [a for _, a in heldout], batch_size=4
-    )
-    base = LossModel(smollm2, "float32", False, 512, "answer").losses([q for q, _ in heldout], [a for _, a in heldout], 4)
-    assert float(np.mean(reloaded)) == pytest.approx(metrics["heldout_loss"], rel=1e-4)
-    assert abs(float(np.mean(reloaded)) - float(np.mean(base))) > 1e-4  # the step moved the weights
-    assert load_tokenizer(export).get_vocab() == load_tokenizer(smollm2).get_vocab()
-    assert os.path.exists(os.path.join(smollm2, RECORD))
+    questions, answers = [q for q, _ in heldout], [a for _, a in heldout]
+    base = float(np.mean(LossModel(smollm2, "float32", False, 512, "answer").losses(questions, answers, 4)))
+    for name in ("full", "lora"):
+        metrics = json.loads((tmp_path / name / "metrics-0.json").read_text())
+        export = str(tmp_path / name / "export")
+        check_model_dir(export)
+        assert os.path.isdir(os.path.join(export, "adapter")) == (name == "lora")
+        reloaded = float(np.mean(LossModel(export, "float32", False, 512, "answer").losses(questions, answers, 4)))
+        assert reloaded == pytest.approx(metrics["heldout_loss"], rel=1e-4), name
+        assert abs(reloaded - base) > 1e-4, name  # the step moved the weights
+        assert load_tokenizer(export).get_vocab() == load_tokenizer(smollm2).get_vocab()
