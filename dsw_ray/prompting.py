@@ -17,7 +17,9 @@ Three rules that a real checkpoint needs and the toy never did:
   the exemplars become earlier user/assistant turns, the answer ends with the template's
   end-of-turn token, which is the tokenizer's EOS for the models that use one.
 
->>> # SmolLM2's tokenizer: 'A: There' is ['A', ':', ' There'], 'A: 15' is ['A', ':', ' ', '1', '5']
+SmolLM2's tokenizer, for example, makes ``A: There`` into ``A``, ``:``, `` There`` and ``A: 15``
+into ``A``, ``:``, `` ``, ``1``, ``5``: its gsm8k and SVAMP prompts end in ``A:``, its arith
+prompts in ``A: ``.
 """
 
 from __future__ import annotations
