@@ -84,7 +84,7 @@ def space_joins_answer(tokenizer, exemplars: list[tuple[str, str]]) -> bool:
     question, answer = exemplars[0]
     prompt = training_prompt(question)
     head, _ = split_boundary(tokenizer, prompt, answer)
-    return head != ids(tokenizer, prompt) and prompt.endswith(" ")
+    return head != ids(tokenizer, prompt)  # the head is then the prompt without its trailing space
 
 
 class Prompter:
