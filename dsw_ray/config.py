@@ -14,8 +14,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dsw_ray.errors import ConfigError
-from dsw_ray.filters import METHODS, FilterConfig
-from dsw_ray.tasks import TASKS, custom_task
+from dsw_ray.filters import METHODS, FilterConfig, variant
+from dsw_ray.tasks import AUTHORS_PROMPTS, TASKS, custom_task
 from dsw_ray.tasks.custom import CustomTask, check_exemplars
 from dsw_ray.toy import ToyModelConfig
 
@@ -45,6 +45,11 @@ class TaskConfig(Section):
         description="Use only the task's first k exemplars (None: all; gsm8k and svamp have Wei et al.'s 8, "
         "the authors' code 3). Each exemplar costs every prompt its tokens.",
     )  # fmt: skip
+    exemplars: Literal["project", "authors"] = Field(
+        "project",
+        description="project: the task's own exemplars (gsm8k and svamp: Wei et al.'s 8, blank lines between); "
+        "authors: the prompt of the authors' released code (gsm8k and svamp: their 3, single newlines between).",
+    )
     # Left out of the fingerprints (repr=False): it decides which rows are read, not how a stage
     # runs, and the inputs' own fingerprints hold the rows themselves.
     bad_rows: Literal["fail", "skip"] = Field(
@@ -74,6 +79,10 @@ class TaskConfig(Section):
             test_path = self.custom.split.test_path
             if test_path is not None and "://" not in test_path and not os.path.exists(test_path):
                 raise ValueError(f"task.custom.split.test_path {test_path!r} does not exist")
+        if self.exemplars == "authors" and (self.custom is not None or self.name not in AUTHORS_PROMPTS):
+            raise ValueError(
+                f"task.exemplars: authors: the authors' released prompt is known for {sorted(AUTHORS_PROMPTS)} only"
+            )
         return self
 
     @model_validator(mode="after")
@@ -249,7 +258,7 @@ class TrainConfig(Section):
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
     lr_schedule: Literal["constant", "linear", "cosine"] = Field("linear", description="Decay after warmup.")
     warmup_fraction: float = Field(0.0, ge=0, lt=1, description="Share of optimizer steps spent warming up.")
-    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm (0: no clipping).")
     max_length: int = Field(512, ge=8, description="Longest training text in tokens; longer ones are cut.")
     packing: bool = Field(
         False,
@@ -290,6 +299,25 @@ STAGES = ("generate", "vote", "score", "reward", "rate", "filter", "train", "eva
 Stage = Literal[STAGES]
 
 
+# What ``semantics: official`` sets where the job leaves a setting out: the choices of the
+# authors' released code (rubickkcibur/IWSI; ../shared/METHOD.md), each beside where it is.
+OFFICIAL_DEFAULTS = {
+    "task": {"exemplars": "authors"},  # src/utils/constants.py (gsm8k, svamp): 3 exemplars, single newlines
+    "generate": {"temperature": 1.1},  # generate_sample_parallel.py; top-p/top-k: the model's, else HF's
+    "filter": {
+        "keep_fraction": 0.79,  # baseline.sh --uncertainty_th 0.79 (K-Mixed: IWSI)
+        "entropy_threshold": 0.79,  # the same setting; no released script runs the entropy filter
+    },
+    "train": {
+        "lr_schedule": "cosine", "warmup_fraction": 0.0,  # get_scheduler("cosine", num_warmup_steps=0)
+        "max_grad_norm": 0.0,  # no clipping
+        "max_length": 400,  # --model_max_length 400
+        "learning_rate": 3e-4, "weight_decay": 0.0, "betas": (0.9, 0.999),  # AdamW(lr=3e-4), defaults otherwise
+        "epochs": 4,  # --num_train_epochs 4
+    },
+}
+
+
 class JobConfig(Section):
     run_dir: str = Field(description="Where every stage writes its artifacts; rerunning reuses finished ones.")
     rounds: int = Field(1, ge=1, description="Self-improvement rounds; each method starts from its own last export.")
@@ -302,12 +330,15 @@ class JobConfig(Section):
     methods: list[str] = Field(
         ["iwsi"],
         min_length=1,
-        description=f"Filters to compare on the same candidates, one fine-tune each: any of {list(METHODS)}.",
+        description=f"Filters to compare on the same candidates, one fine-tune each: any of {list(METHODS)}; "
+        "a method that reads filter.keep_fraction may set its own after '@' (iwsi@0.6), so several keep "
+        "fractions share one job's candidates and scores (a k sweep).",
     )
     semantics: Literal["paper", "official"] = Field(
         "paper",
         description="paper: the method as published. official: the authors' released code where it changes "
-        "the numbers (loss text, DS clipping, keep rule, integer answers), to compare with published results.",
+        "the numbers (loss text, DS clipping, keep rule, parser and integer answers, entropy scale, reward model "
+        "input, sampling fallbacks), and its settings (OFFICIAL_DEFAULTS) wherever the job leaves one out.",
     )
     rerun_from: Stage | None = Field(
         None,
@@ -328,6 +359,25 @@ class JobConfig(Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     ray: RayConfig = RayConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def official_defaults(cls, data):
+        """Under ``semantics: official``, ``OFFICIAL_DEFAULTS`` fill what the job leaves out."""
+        if not isinstance(data, dict) or data.get("semantics") != "official":
+            return data
+        data = dict(data)
+        for section, defaults in OFFICIAL_DEFAULTS.items():
+            given = data.get(section, {})
+            if section == "task" and (not isinstance(given, dict) or given.get("name") not in AUTHORS_PROMPTS):
+                continue  # a task the authors wrote no prompt for keeps its own exemplars
+            if isinstance(given, dict):
+                data[section] = {**defaults, **given}
+        return data
+
+    def uses(self, method: str) -> bool:
+        """Whether any listed method is ``method`` (``iwsi@0.6`` is iwsi)."""
+        return any(variant(name).method == method for name in self.methods)
+
     def forced(self, stage: str) -> bool:
         """Whether ``stage`` reruns even if finished: it is ``rerun_from`` or comes after it."""
         return self.rerun_from is not None and STAGES.index(stage) >= STAGES.index(self.rerun_from)
@@ -335,9 +385,8 @@ class JobConfig(Section):
     @field_validator("methods")
     @classmethod
     def known_methods(cls, methods: list[str]) -> list[str]:
-        unknown = [m for m in methods if m not in METHODS]
-        if unknown:
-            raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+        for name in methods:
+            variant(name)  # a ValueError names what is wrong
         if len(set(methods)) != len(methods):
             raise ValueError("a method is listed twice")
         return methods
@@ -363,7 +412,7 @@ class JobConfig(Section):
 
     @model_validator(mode="after")
     def reward_model_present(self) -> JobConfig:
-        if "rm" in self.methods:
+        if self.uses("rm"):
             path = self.reward.model_path
             if path is None:
                 raise ValueError("the rm method needs reward.model_path (a sequence-classification model)")

@@ -18,6 +18,10 @@ dropped is always every candidate.
 | ``rm`` | the ``keep_fraction`` of majority candidates a reward model rates highest |
 | ``self`` | the ``keep_fraction`` of majority candidates the generating model itself rates highest (0-10) |
 | ``none`` | every candidate (an ablation) |
+
+A method that reads ``keep_fraction`` may name its own: ``iwsi@0.6`` is IWSI keeping 60%, so
+one job compares several keep fractions on the same candidates and scores (the paper's
+Figure 2); ``variant`` reads such a name.
 """
 
 from __future__ import annotations
@@ -52,8 +56,10 @@ class FilterConfig(BaseModel):
     )
     weight_clip: float = Field(2.0, gt=0, description="C: iwsi_w weights each sample's loss by clip(w', 0, C).")
     entropy_threshold: float = Field(
-        0.5, ge=0, le=1, description="entropy drops questions whose answer entropy / log m is above this."
-    )
+        0.8, ge=0, le=1,
+        description="entropy drops questions whose answer entropy / log m is above this (the paper's k = 80; "
+        "semantics: official divides by the log of the number of parsable answers, and its default is 0.79).",
+    )  # fmt: skip
     seed: int = Field(0, description="Seed of the random method's draw.")
 
 
@@ -134,20 +140,28 @@ def iwsi_w(candidates: pa.Table, settings: FilterConfig, official: bool) -> Filt
     return Filtered(kept, {**dropped, "zero_weight": int((~positive).sum())})
 
 
-def answer_entropy(answers: list[str | None], samples: int) -> float:
-    """``-sum p log p / log m`` over the parsable answers (unparsable ones do not vote)."""
+def answer_entropy(answers: list[str | None], samples: int | None = None) -> float:
+    """``-sum p log p`` over the parsable answers (unparsable ones do not vote), divided by
+    ``log samples`` (the paper's m), or by the log of the number of parsable answers when
+    ``samples`` is None (the authors' code)."""
     counts = Counter(answer for answer in answers if answer is not None)
     total = sum(counts.values())
-    if total == 0 or samples < 2:
+    scale = total if samples is None else samples
+    if total == 0 or scale < 2:
         return 0.0
-    return -sum(c / total * math.log(c / total) for c in counts.values()) / math.log(samples)
+    return -sum(c / total * math.log(c / total) for c in counts.values()) / math.log(scale)
 
 
 def entropy(candidates: pa.Table, settings: FilterConfig, official: bool) -> Filtered:
     by_question: dict[str, list] = {}
     for question_id, answer in zip(candidates[C.QUESTION_ID].to_pylist(), candidates[C.ANSWER].to_pylist()):
         by_question.setdefault(question_id, []).append(answer)
-    uncertain = [q for q, answers in by_question.items() if answer_entropy(answers, len(answers)) > settings.entropy_threshold]
+    def uncertain(answers: list) -> bool:
+        if official:  # the authors' code also drops a question with one parsable answer (log 1 = 0)
+            return sum(a is not None for a in answers) < 2 or answer_entropy(answers) > settings.entropy_threshold
+        return answer_entropy(answers, len(answers)) > settings.entropy_threshold
+
+    uncertain = [q for q, answers in by_question.items() if uncertain(answers)]
     confident = candidates.filter(pc.invert(pc.is_in(candidates[C.QUESTION_ID], pa.array(uncertain, pa.string()))))
     majority, dropped = vote_drops(confident)
     return Filtered(with_weights(majority), {"high_entropy": candidates.num_rows - confident.num_rows, **dropped})
@@ -223,11 +237,50 @@ METHODS = {
 }
 
 
-def apply(method: str, candidates: pa.Table, settings: FilterConfig, official: bool) -> Filtered:
-    """Run one method on a round's candidates; the kept rows are ordered by key."""
+@dataclass(frozen=True)
+class Variant:
+    """A method as a job lists it: ``iwsi`` (the filter section's keep fraction) or ``iwsi@0.6``."""
+
+    name: str
+    method: str
+    keep_fraction: float | None = None
+
+    @property
+    def spec(self) -> Method:
+        return METHODS[self.method]
+
+    @property
+    def title(self) -> str:
+        return self.spec.title + ("" if self.keep_fraction is None else f" (k = {self.keep_fraction:g})")
+
+    def settings(self, section: FilterConfig) -> FilterConfig:
+        return section if self.keep_fraction is None else section.model_copy(update={"keep_fraction": self.keep_fraction})
+
+
+def variant(name: str) -> Variant:
+    """The method and keep fraction a job's method name means; a ValueError says what is wrong."""
+    method, sep, fraction = name.partition("@")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {list(METHODS)}")
+    if not sep:
+        return Variant(name, method)
+    if "keep_fraction" not in METHODS[method].settings:
+        raise ValueError(f"{name!r}: the {method} method has no keep fraction to set after '@'")
+    try:
+        keep_fraction = float(fraction)
+    except ValueError:
+        keep_fraction = math.nan
+    if not 0 < keep_fraction <= 1:
+        raise ValueError(f"{name!r}: the keep fraction after '@' must be a number in (0, 1]")
+    return Variant(name, method, keep_fraction)
+
+
+def apply(name: str, candidates: pa.Table, settings: FilterConfig, official: bool) -> Filtered:
+    """Run one method (a ``variant`` name) on a round's candidates; the kept rows are ordered by key."""
     C.require(candidates, C.KEY + (C.ANSWER, C.IS_MAJORITY), "filter")
-    result = METHODS[method].select(ordered(candidates), settings, official)
+    chosen = variant(name)
+    result = chosen.spec.select(ordered(candidates), chosen.settings(settings), official)
     accounted = result.kept.num_rows + sum(result.dropped.values())
     if accounted != candidates.num_rows:  # a broken method must not lose rows silently
-        raise RuntimeError(f"filter {method}: kept {result.kept.num_rows} + dropped {result.dropped} != {candidates.num_rows}")
+        raise RuntimeError(f"filter {name}: kept {result.kept.num_rows} + dropped {result.dropped} != {candidates.num_rows}")
     return result

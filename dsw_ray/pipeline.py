@@ -27,7 +27,7 @@ from dsw_ray.console import attach_run_log
 from dsw_ray.errors import UserError
 from dsw_ray.evaluate import MODEL, evaluate, models_per_pass
 from dsw_ray.events import EVENTS, write_training_events
-from dsw_ray.filters import METHODS, answers_correct
+from dsw_ray.filters import answers_correct, variant
 from dsw_ray.filters import apply as apply_filter
 from dsw_ray.generate import generate, with_sampling_defaults
 from dsw_ray.gguf_import import import_gguf, read_record
@@ -202,7 +202,7 @@ def base_model(job: JobConfig, splits: Splits) -> str:
     check_model_dir(job.model.path, "causal LM", job.model.trust_remote_code, "model.path")
     if job.task.prompt_format == "chat":
         check_chat_template(load_tokenizer(job.model.path, job.model.trust_remote_code), f"model.path {job.model.path!r}")
-    if "rm" in job.methods:
+    if job.uses("rm"):
         check_model_dir(job.reward.model_path, "sequence classifier", job.model.trust_remote_code, "reward.model_path")
     return os.path.abspath(job.model.path)
 
@@ -299,7 +299,7 @@ def make_candidates(
         return {**write_table(scored, out), "valid_loss": valid_loss}
 
     scored = run_stage(stage("score"), fps["score"], score_stage, rows_in=generated["rows"], force=job.forced("score"))
-    if "rm" in job.methods:
+    if job.uses("rm"):
         fps["reward"] = stage_fingerprint("reward", fps["vote"], job.reward, job.train.max_length)
 
         def reward_stage(out: str) -> dict:
@@ -313,7 +313,7 @@ def make_candidates(
             )
 
         run_stage(stage("reward"), fps["reward"], reward_stage, rows_in=generated["rows"], force=job.forced("reward"))
-    if "self" in job.methods:
+    if job.uses("self"):
         rate_stage(job, fps, stage("rate"), model_path, generated["rows"])
     if scored["rows"] == 0:
         log.warning(
@@ -357,7 +357,8 @@ def run_method(
 ) -> tuple[dict, list[Tune]]:
     """One method's filter on a round's shared candidates, and the fine-tunes it asks for (one per
     seed of ``repeats``; none when it keeps nothing)."""
-    spec = METHODS[method]
+    chosen = variant(method)
+    spec, settings = chosen.spec, chosen.settings(job.filter)
     official = job.semantics == "official"
 
     def stage(name: str) -> str:
@@ -368,7 +369,7 @@ def run_method(
         method,
         candidates.fingerprints["vote"],
         candidates.fingerprints.get(spec.needs),
-        {name: getattr(job.filter, name) for name in spec.settings},
+        {name: getattr(settings, name) for name in spec.settings},
     )
 
     def keep(out: str) -> dict:

@@ -19,7 +19,7 @@ import pyarrow.dataset as pads
 
 from dsw_ray import columns as C
 from dsw_ray.errors import UserError
-from dsw_ray.filters import METHODS, answers_correct
+from dsw_ray.filters import answers_correct, variant
 from dsw_ray.rundir import stage_states
 from dsw_ray.score import VALID_LOSSES
 from dsw_ray.train import LOSS_HISTORY
@@ -66,7 +66,7 @@ def table_rows(summary: dict) -> list[tuple[str, ...]]:
         for method, numbers in result["methods"].items():
             rows.append(
                 (
-                    METHODS[method].title,
+                    variant(method).title,
                     str(result["round"]),
                     str(numbers["kept"]),
                     percent(numbers["kept_correct"]),
@@ -178,9 +178,7 @@ def diagnostics(run_dir: str, summary: dict, keep_fraction: float) -> dict | Non
             "correct": float(correct[inside].mean()) if correct is not None and n else None,
             "kept_by_iwsi": float(kept[inside].mean()) if n else None,
         })  # fmt: skip
-    valid_path = os.path.join(run_dir, candidates_dir, "score", VALID_LOSSES)
-    valid = pads.dataset(valid_path).to_table()[C.LOSS].to_numpy() if os.path.exists(valid_path) else []
-    losses = {"valid set": quartiles(valid), "majority candidates": quartiles(loss), "kept by IWSI": quartiles(loss[kept])}
+    losses = {"valid set": quartiles(valid_losses(run_dir, candidates_dir)), "majority candidates": quartiles(loss), "kept by IWSI": quartiles(loss[kept])}
     if correct is not None:
         losses["majority, correct"] = quartiles(loss[correct])
         losses["majority, incorrect"] = quartiles(loss[~correct])
@@ -207,6 +205,127 @@ def diagnostic_tables(numbers: dict) -> list[str]:
         "rationales (their mean is Lv), the majority candidates and the set IWSI keeps.",
         markdown_table(("texts", "n", "mean", "25%", "median", "75%"), losses),
     ]
+
+
+def kept_sets(summary: dict) -> list[tuple[str, ...]]:
+    """Per method and round, how right its kept set is beside the oracle's (every correct
+    candidate): its precision, the majority's (what LMSI keeps), and the share of all correct
+    candidates it keeps. Empty when the questions have no gold labels."""
+    rows = []
+    for result in summary["rounds"]:
+        for method, numbers in result["methods"].items():
+            c = numbers["candidates"]
+            if numbers["kept_correct"] is None or c["correct"] is None:
+                continue
+            all_correct = c["correct"] * c["generated"]
+            share = numbers["kept"] * numbers["kept_correct"] / all_correct if all_correct else None
+            rows.append((
+                variant(method).title, str(result["round"]), str(numbers["kept"]), percent(numbers["kept_correct"]),
+                percent(c["majority_correct"]), f"{(numbers['kept_correct'] - c['majority_correct']) * 100:+.1f}",
+                percent(share),
+            ))  # fmt: skip
+    return rows
+
+
+KEPT_HEADER = ("method", "round", "kept", "precision", "majority's", "vs majority", "of all correct")
+
+
+def keep_fraction_of(method: str, default: float) -> float | None:
+    """The keep fraction a method ran with (``iwsi@0.6``: 0.6), None for a method without one."""
+    chosen = variant(method)
+    if "keep_fraction" not in chosen.spec.settings:
+        return None
+    return default if chosen.keep_fraction is None else chosen.keep_fraction
+
+
+def sweeps(summary: dict, keep_fraction: float) -> dict[str, list[tuple[float, dict]]]:
+    """The last round's methods run at two or more keep fractions: method title -> [(k, numbers)] by k."""
+    by_method: dict[str, list] = {}
+    for method, numbers in summary["rounds"][-1]["methods"].items():
+        k = keep_fraction_of(method, keep_fraction)
+        if k is not None:
+            by_method.setdefault(variant(method).spec.title, []).append((k, numbers))
+    return {title: sorted(points, key=lambda p: p[0]) for title, points in by_method.items() if len(points) > 1}
+
+
+def sweep_rows(summary: dict, keep_fraction: float) -> list[tuple[str, ...]]:
+    return [
+        (title, f"{k:g}", str(numbers["kept"]), percent(numbers["kept_correct"]), accuracy_cell(numbers),
+         bounds(numbers.get("interval")), difference(numbers.get("vs_lmsi")))
+        for title, points in sweeps(summary, keep_fraction).items()
+        for k, numbers in points
+    ]  # fmt: skip
+
+
+def plot_sweep(summary: dict, keep_fraction: float, path: str) -> str | None:
+    """Accuracy against the keep fraction k with 95% intervals (the paper's Figure 2), LMSI and
+    the base model as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    found = sweeps(summary, keep_fraction)
+    if not found:
+        return None
+    figure, axis = plt.subplots(figsize=(6.4, 4))
+    for title, points in found.items():
+        ks = [k for k, _ in points]
+        values = [100 * (n["accuracy"] or 0.0) for _, n in points]
+        low = [v - 100 * n["interval"]["low"] if n.get("interval") else 0 for v, (_, n) in zip(values, points)]
+        high = [100 * n["interval"]["high"] - v if n.get("interval") else 0 for v, (_, n) in zip(values, points)]
+        axis.errorbar(ks, values, yerr=[low, high], marker="o", capsize=3, label=title)
+    lmsi = summary["rounds"][-1]["methods"].get("lmsi")
+    if lmsi and lmsi.get("accuracy") is not None:
+        axis.axhline(100 * lmsi["accuracy"], color="tab:gray", linestyle=":", label="LMSI")
+    axis.axhline(100 * summary["base_accuracy"], color="black", linestyle="--", label="base model")
+    axis.set_xlabel("keep fraction k")
+    axis.set_ylabel("test accuracy (%)")
+    axis.set_title(f"{summary['task']}: accuracy against k (95% intervals)")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def plot_losses(run_dir: str, summary: dict, keep_fraction: float, path: str) -> str | None:
+    """The first round's loss distributions under the base model (the paper's Figure 4): the
+    valid set's gold rationales, the majority candidates and the set IWSI keeps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    candidates_dir, scored = first_round_scores(run_dir, summary)
+    if scored is None:
+        return None
+    official = summary["semantics"] == "official"
+    loss = scored[C.LOSS].to_numpy()
+    kept = (official_keep if official else keep_lowest)(scored[C.DS_WEIGHT].to_numpy(), keep_fraction)
+    groups = [("majority candidates", loss), (f"kept by IWSI (k = {keep_fraction})", loss[kept])]
+    valid = valid_losses(run_dir, candidates_dir)
+    if len(valid):
+        groups.insert(0, ("valid set", valid))
+    figure, axis = plt.subplots(figsize=(6.4, 4))
+    bins = np.linspace(min(g.min() for _, g in groups), max(g.max() for _, g in groups), 40)
+    for name, values in groups:
+        axis.hist(values, bins=bins, density=True, histtype="step", linewidth=1.5, label=f"{name} ({len(values)})")
+    if len(valid):
+        axis.axvline(valid.mean(), color="black", linestyle="--", label=f"Lv = {valid.mean():.3f}")
+    axis.set_xlabel("per-sequence loss under the base model")
+    axis.set_ylabel("density")
+    axis.set_title("Loss distributions, round 1")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def valid_losses(run_dir: str, candidates_dir: str) -> np.ndarray:
+    path = os.path.join(run_dir, candidates_dir, "score", VALID_LOSSES)
+    return pads.dataset(path).to_table()[C.LOSS].to_numpy() if os.path.exists(path) else np.array([])
 
 
 def plot_ds_weights(run_dir: str, summary: dict, keep_fraction: float, path: str) -> str | None:
@@ -249,7 +368,7 @@ def plot_accuracy(summary: dict, path: str) -> str:
     import matplotlib.pyplot as plt
 
     last = summary["rounds"][-1]
-    names = [METHODS[m].title for m in last["methods"]]
+    names = [variant(m).title for m in last["methods"]]
     values = [100 * (r["accuracy"] or 0.0) for r in last["methods"].values()]
     figure, axis = plt.subplots(figsize=(6.4, 4))
     axis.bar(names, values, color="tab:blue")
@@ -287,7 +406,7 @@ def plot_training(summary: dict, path: str) -> str | None:
             history = loss_history(numbers.get("model", "")) if numbers.get("accuracy") is not None else None
             if not history or not history["history"]:
                 continue
-            label = METHODS[method].title + (f" (round {result['round']})" if len(summary["rounds"]) > 1 else "")
+            label = variant(method).title + (f" (round {result['round']})" if len(summary["rounds"]) > 1 else "")
             per_step: dict[int, list[float]] = {}
             for entry in history["history"]:
                 per_step.setdefault(entry["optimizer_step"], []).append(entry["loss"])
@@ -336,6 +455,30 @@ def candidate_lines(summary: dict) -> list[str]:
     return lines
 
 
+def kept_section(summary: dict) -> list[str]:
+    rows = kept_sets(summary)
+    if not rows:
+        return []
+    return [
+        "## Kept sets beside the oracle\n\n`precision`: the share of a method's kept samples whose answer is the gold "
+        "one; `majority's`: the same share over every majority candidate (what LMSI keeps), and the difference in "
+        "points; `of all correct`: the share of every correct candidate, majority or not (what the oracle keeps), "
+        "that the method keeps.",
+        markdown_table(KEPT_HEADER, rows),
+    ]
+
+
+def sweep_section(summary: dict, keep_fraction: float) -> list[str]:
+    rows = sweep_rows(summary, keep_fraction)
+    if not rows:
+        return []
+    return [
+        "## Accuracy against the keep fraction k (the paper's Figure 2)\n\nThe same candidates and scores, one "
+        "fine-tune per k; `vs LMSI` is the paired difference in points with its 95% interval.",
+        markdown_table(("method", "k", "kept", "kept correct", "accuracy", "95% interval", "vs LMSI"), rows),
+    ]
+
+
 def write_report(run_dir: str, summary: dict, keep_fraction: float) -> str:
     """Write ``report.md``, its PNGs and ``diagnostics.json`` into the run directory; returns the report's path."""
     numbers = diagnostics(run_dir, summary, keep_fraction)
@@ -343,11 +486,13 @@ def write_report(run_dir: str, summary: dict, keep_fraction: float) -> str:
         json.dump(numbers, f, indent=1)
     figures = [
         ("DS weights", plot_ds_weights(run_dir, summary, keep_fraction, os.path.join(run_dir, "ds_weights.png"))),
+        ("Loss distributions", plot_losses(run_dir, summary, keep_fraction, os.path.join(run_dir, "losses.png"))),
         ("Accuracy per method", plot_accuracy(summary, os.path.join(run_dir, "accuracy.png"))),
+        ("Accuracy against k", plot_sweep(summary, keep_fraction, os.path.join(run_dir, "keep_fraction.png"))),
         ("Training and held-out loss", plot_training(summary, os.path.join(run_dir, "training.png"))),
     ]
     dropped = [
-        (METHODS[m].title, str(r["round"]), ", ".join(f"{k} {v}" for k, v in n["dropped"].items()) or "-")
+        (variant(m).title, str(r["round"]), ", ".join(f"{k} {v}" for k, v in n["dropped"].items()) or "-")
         for r in summary["rounds"]
         for m, n in r["methods"].items()
     ]
@@ -369,6 +514,8 @@ def write_report(run_dir: str, summary: dict, keep_fraction: float) -> str:
         "\n".join(candidate_lines(summary)),
         "## What each method dropped",
         markdown_table(("method", "round", "dropped"), dropped),
+        *kept_section(summary),
+        *sweep_section(summary, keep_fraction),
         *(diagnostic_tables(numbers) if numbers else []),
         "## Figures",
         *[f"![{title}]({os.path.basename(path)})" for title, path in figures if path],

@@ -24,7 +24,7 @@ from pydantic import Field, ValidationError
 
 from dsw_ray.config import JobConfig, Section, format_validation_error, load_job, read_mapping
 from dsw_ray.errors import ConfigError
-from dsw_ray.filters import METHODS
+from dsw_ray.filters import variant
 
 TABLE = "table1"  # table1.md and table1.json in the suite's out folder
 
@@ -61,7 +61,7 @@ def accuracy_table(summaries: dict[str, dict], methods: list[str]) -> dict[str, 
     """Row (base, then each method's title) -> dataset -> accuracy of the last round."""
     rows = {"base": {title: s["base_accuracy"] for title, s in summaries.items()}}
     for method in methods:
-        rows[METHODS[method].title] = {title: s["methods"][method]["accuracy"] for title, s in summaries.items()}
+        rows[variant(method).title] = {title: s["methods"][method]["accuracy"] for title, s in summaries.items()}
     return rows
 
 

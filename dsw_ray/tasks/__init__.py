@@ -28,9 +28,10 @@ class Task:
     answer_type: str = "number"
     letters: str = ""
     prompt_format: str = "few_shot"
+    separator: str = "\n\n"  # after each exemplar of the few-shot prompt
 
     def prompt(self, question: str) -> str:
-        return numeric.few_shot_prompt(self.exemplars, question)
+        return numeric.few_shot_prompt(self.exemplars, question, self.separator)
 
     def parse_answer(self, text: str, official: bool = False) -> str | None:
         """The canonical answer of a candidate; ``official``: the authors' parsing (see answers)."""
@@ -64,10 +65,20 @@ TASKS = {
 }
 
 
+# The authors' released few-shot prompts (``task.exemplars: authors``): exemplars and separator.
+AUTHORS_PROMPTS = {
+    "gsm8k": (gsm8k.AUTHORS_EXEMPLARS, gsm8k.AUTHORS_SEPARATOR),
+    "svamp": (gsm8k.AUTHORS_EXEMPLARS, gsm8k.AUTHORS_SEPARATOR),  # their SVAMP prompt is their GSM8K one
+}
+
+
 def task_of(config) -> Task:
-    """The task a job's ``task`` section names, or defines (``task.custom``), in its prompt format
-    and with its first ``num_exemplars`` exemplars."""
+    """The task a job's ``task`` section names, or defines (``task.custom``), in its prompt format,
+    with its own exemplars or the authors' (``exemplars``), the first ``num_exemplars`` of them."""
     task = get_task(config.name) if config.custom is None else custom_task(config.name, config.custom)
+    if config.exemplars == "authors":
+        exemplars, separator = AUTHORS_PROMPTS[config.name]
+        task = dataclasses.replace(task, exemplars=exemplars, separator=separator)
     exemplars = task.exemplars if config.num_exemplars is None else task.exemplars[: config.num_exemplars]
     return dataclasses.replace(task, prompt_format=config.prompt_format, exemplars=exemplars)
 

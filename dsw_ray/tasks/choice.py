@@ -7,7 +7,8 @@ choice letter, upper case, or None; a letter that is none of the task's choices 
 answer. ``paper`` semantics read the letter right after the first "the answer is" that
 has one, written ``(a)``, ``(A)`` or a bare capital ``A`` that ends there; ``official``
 semantics do what the released code does: lower-case the text, take what follows its
-*last* "the answer is", and read the first letter in parentheses there.
+*last* "the answer is" (the whole text without one) and then its last ``=``, and read the
+first letter in parentheses there.
 
 >>> parse_answer("Plants need light. The answer is (b).", "ABCD")
 'B'
@@ -43,10 +44,8 @@ def letters(count: int) -> str:
 def parse_answer(text: str, valid: str, official: bool = False) -> str | None:
     """The choice letter the text answers with (one of ``valid``), or None."""
     if official:
-        lowered = text.lower()
-        if "the answer is" not in lowered:
-            return None
-        match = PARENTHESIZED.search(lowered.rsplit("the answer is", 1)[1])
+        suffix = text.lower().split("the answer is")[-1]
+        match = PARENTHESIZED.search(suffix.split("=")[-1])
         letter = match.group(1).upper() if match else None
         return letter if letter is not None and letter in valid else None
     for phrase in ANSWER_PHRASE.finditer(text):

@@ -20,6 +20,28 @@ from dsw_ray.tasks.numeric import Example, Splits, normalize_number, parse_answe
 from dsw_ray.tasks.records import Record, read_examples, read_records
 from dsw_ray.tasks.rows import BadRows, present, string_field
 
+# The authors' released prompt for GSM8K and SVAMP (rubickkcibur/IWSI, src/utils/constants.py):
+# the first three of Wei et al.'s questions with answers in their own words, "Leah’s" with a
+# typographic apostrophe, joined by single newlines (``AUTHORS_SEPARATOR``).
+AUTHORS_EXEMPLARS = [
+    (
+        "There are 15 trees in the grove. Grove workers will plant trees in the grove today. "
+        "After they are done, there will be 21 trees. How many trees did the grove workers plant today?",
+        "We start with 15 trees. Later we have 21 trees. The difference must be the number of trees they planted. "
+        "So, they must have planted 21 - 15 = 6 trees. The answer is 6.",
+    ),
+    (
+        "If there are 3 cars in the parking lot and 2 more cars arrive, how many cars are in the parking lot?",
+        "There are 3 cars in the parking lot already. 2 more arrive. Now there are 3 + 2 = 5 cars. The answer is 5.",
+    ),
+    (
+        "Leah had 32 chocolates and her sister had 42. If they ate 35, how many pieces do they have left in total?",
+        "Leah had 32 chocolates and Leah\u2019s sister had 42. That means there were originally 32 + 42 = 74 "
+        "chocolates. 35 have been eaten. So in total they still have 74 - 35 = 39 chocolates. The answer is 39.",
+    ),
+]
+AUTHORS_SEPARATOR = "\n"
+
 # The published train file has 7473 rows, of which the paper labels the last 374 as valid set.
 VALID_SHARE = 374 / 7473
 

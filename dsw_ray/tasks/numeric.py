@@ -2,15 +2,19 @@
 
 A candidate ends in ``The answer is X.``; the parser reads the number right after
 the first ``the answer is`` that has one (generation stops at the next ``\\nQ:``).
-Numbers compare as numbers: ``"1,000" == "1000"`` and ``"2.5" != "2"``; the authors'
-code compares ``int(float(x))`` instead (``integer=True``, the ``official`` semantics).
+Numbers compare as numbers: ``"1,000" == "1000"`` and ``"2.5" != "2"``. The authors' code
+(``official``) reads what follows the *last* "the answer is" (the whole text without one),
+then what follows its last ``=``, takes the first unsigned number there and compares
+``int(float(x))``.
 
 >>> parse_answer("48 / 2 = 24. 48 + 24 = 72. The answer is 72.")
 '72'
 >>> is_correct("1000", "1,000"), is_correct("2.5", "2"), is_correct(None, "3")
 (True, False, False)
->>> is_correct("2.5", "2", integer=True), parse_answer("The answer is -2.7.", integer=True)
-(True, '-2')
+>>> is_correct("2.5", "2", integer=True), parse_answer("The answer is -2.7.", official=True)
+(True, '2')
+>>> parse_answer("So 3 + 4 = 7 apples in all.", official=True), parse_answer("So 3 + 4 = 7 apples in all.")
+('7', None)
 """
 
 from __future__ import annotations
@@ -49,17 +53,35 @@ def as_integer(answer: str | None) -> str | None:
         return None
 
 
-def parse_answer(text: str, integer: bool = False) -> str | None:
+# The authors' number: digits, then a point and more digits; no sign (their parser drops it).
+UNSIGNED = re.compile(r"\d+\.?\d*")
+
+
+def official_answer(text: str) -> str | None:
+    """The authors' ``derive_num_from_output`` then ``int(float(x))``: after the last "the answer
+    is" (else the whole text), after the last ``=`` there, commas removed, the first unsigned
+    number of at most 30 characters, truncated to an integer."""
+    suffix = text.lower().split("the answer is")[-1].strip()
+    if "=" in suffix:
+        suffix = suffix.split("=")[-1].strip()
+    match = UNSIGNED.search(suffix.replace(",", ""))
+    if match is None or len(match.group()) > 30:
+        return None
+    return as_integer(match.group())
+
+
+def parse_answer(text: str, official: bool = False) -> str | None:
     """The number right after the first "The answer is" that has one, normalized; else None.
-    With ``integer``, the number is truncated to an integer as the authors' code does."""
+    ``official``: the authors' parser (``official_answer``)."""
+    if official:
+        return official_answer(text)
     for phrase in ANSWER_PHRASE.finditer(text):
         match = NUMBER.search(text, phrase.end())
         # The number must follow the phrase directly (allowing ':', '$' and spaces), not be
         # one found a sentence later ("The answer is therefore 3" reads on to the next one).
         if match is not None and text[phrase.end() : match.start()].strip(" :*") in ("", "$", "-"):
             sign = "-" if match.group(0).lstrip().startswith("-") else ""
-            answer = normalize_number(sign + match.group(1))
-            return as_integer(answer) if integer else answer
+            return normalize_number(sign + match.group(1))
     return None
 
 
@@ -94,9 +116,10 @@ class Splits:
     rejected: list[Rejected] = field(default_factory=list)  # rows left out under bad_rows: skip
 
 
-def few_shot_prompt(exemplars: list[tuple[str, str]], question: str) -> str:
-    """Exemplars as ``Q: ...\\nA: ...`` blocks, then ``Q: <question>\\nA: ``."""
-    shots = "".join(f"Q: {q}\nA: {a}\n\n" for q, a in exemplars)
+def few_shot_prompt(exemplars: list[tuple[str, str]], question: str, separator: str = "\n\n") -> str:
+    """Exemplars as ``Q: ...\\nA: ...`` blocks, each followed by ``separator`` (a blank line; the
+    authors' prompt: a newline), then ``Q: <question>\\nA: ``."""
+    shots = "".join(f"Q: {q}\nA: {a}{separator}" for q, a in exemplars)
     return f"{shots}Q: {question}\nA: "
 
 

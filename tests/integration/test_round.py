@@ -183,7 +183,8 @@ def test_whole_round_with_two_methods(toy_model, tmp_path, ray_session):
     with open(os.path.join(run_dir, "report.md")) as f:
         report = f.read()
     assert "| IWSI | 1 | " + str(len(kept)) in report and "| oracle | 1 |" in report
-    for png in ("ds_weights.png", "accuracy.png"):
+    assert "## Kept sets beside the oracle" in report and "| oracle | 1 | " in report.split("beside the oracle")[1]
+    for png in ("ds_weights.png", "losses.png", "accuracy.png"):
         with open(os.path.join(run_dir, png), "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
         assert f"]({png})" in report
@@ -195,11 +196,14 @@ def test_whole_round_with_two_methods(toy_model, tmp_path, ray_session):
     assert run_job(job) == summary
     assert manifest_times(run_dir, shared + per_method) == before
 
-    # A changed keep fraction and a second training seed: candidates and scores are reused,
-    # oracle (which does not read keep_fraction) keeps its filter, first fine-tune and
-    # evaluation, iwsi is redone, and each method gets a second fine-tune and evaluation with
-    # train.seed + 1. (`--from` is the terminal test's.)
-    changed = tiny_job(toy_model, tmp_path / "run", methods=["iwsi", "oracle"], filter={"keep_fraction": 0.5}, repeats=2)
+    # A changed keep fraction, the old one kept as iwsi@0.8 (a k sweep), and a second training
+    # seed: candidates and scores are reused, oracle (which does not read keep_fraction) keeps
+    # its filter, first fine-tune and evaluation, iwsi is redone, iwsi@0.8 keeps what iwsi kept
+    # before, and each method gets a second fine-tune and evaluation with train.seed + 1.
+    # (`--from` is the terminal test's.)
+    changed = tiny_job(
+        toy_model, tmp_path / "run", methods=["iwsi", "oracle", "iwsi@0.8"], filter={"keep_fraction": 0.5}, repeats=2
+    )
     evaluations = ["base/evaluate", "round-1/oracle/evaluate"]
     before = manifest_times(run_dir, shared + per_method + evaluations)
     resumed = run_job(changed)
@@ -230,7 +234,12 @@ def test_whole_round_with_two_methods(toy_model, tmp_path, ray_session):
         assert numbers["vs_base"]["difference"] == pytest.approx((both[0] + both[1]).mean() / 2 - base.mean())
         assert numbers["interval"]["low"] <= numbers["accuracy"] <= numbers["interval"]["high"]
     assert resumed["methods"]["iwsi"]["kept"] == round(0.5 * len(scored))
-    assert list(resumed["methods"]) == ["iwsi", "oracle"]
+    assert list(resumed["methods"]) == ["iwsi", "oracle", "iwsi@0.8"]
+    assert table(run_dir, "round-1/iwsi@0.8/filter").equals(kept)
+    with open(os.path.join(run_dir, "report.md")) as f:
+        report = f.read()
+    assert "| IWSI (k = 0.8) | 1 | " + str(len(kept)) in report and "(the paper's Figure 2)" in report
+    assert "| IWSI | 0.5 | " in report and "| IWSI | 0.8 | " in report and "](keep_fraction.png)" in report
     with open(os.path.join(run_dir, "round-1", "vote", "manifest.json")) as f:
         vote = json.load(f)
     assert (vote["stage"], vote["rows_in"], vote["rows"]) == ("vote", len(generated), len(voted))

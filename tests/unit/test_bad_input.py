@@ -453,7 +453,8 @@ MINIMAL = "run_dir: runs/x\ntask: {name: arith}\nmodel: {path: m}\n"
         ("filter.keep_fraction=1.01", r"filter.keep_fraction: Input should be less than or equal to 1"),
         ("generate.samples_per_question=0", r"generate.samples_per_question: Input should be greater than or equal to 1"),
         ("task.name=mnist", r"task: Value error, unknown task.name 'mnist'; choose one of \['anli_a1', 'anli_a2', 'arith', 'gsm8k', 'openbookqa', 'strategyqa', 'svamp'\]"),
-        ("methods=[iwsi, lmsy]", r"methods: Value error, unknown method\(s\) \['lmsy'\]; choose from"),
+        ("methods=[iwsi, lmsy]", r"methods: Value error, unknown method 'lmsy'; choose from"),
+        ("methods=[iwsi, lmsi@0.5]", r"'lmsi@0.5': the lmsi method has no keep fraction to set after '@'"),
         ("task.bad_rows=ignore", r"task.bad_rows: Input should be 'fail' or 'skip'"),
         ("task.bad_row=skip", r"task.bad_row: Extra inputs are not permitted"),
         ("round=2", r"round: Extra inputs are not permitted"),
@@ -591,7 +592,7 @@ def test_fuzz_read_text(tmp_path, data):
     integer=st.booleans(),
 )
 def test_fuzz_answer_parser_and_grader(text, gold, integer):
-    answer = parse_answer(text, integer)
+    answer = parse_answer(text, official=integer)
     assert answer is None or normalize_number(answer) == answer
     assert isinstance(is_correct(answer, gold, integer), bool)
     assert isinstance(is_correct(text[:12], gold, integer), bool)

@@ -89,7 +89,9 @@ def test_real_prompts_in_the_papers_format(splits, shared_data):
         ("the answer is yes (A).", None, "A"),  # official: the first parenthesized letter after the phrase
         ("The answer is (E).", None, None),  # no choice of a four-choice task
         ("The answer is a plant.", None, None),
-        ("I pick (A).", None, None),
+        ("I pick (A).", None, "A"),  # official: with no phrase, the whole text is read
+        ("The answer is (A) = (B).", "A", "B"),  # official: after the last '='
+        ("The answer is (b). (c) = no", "B", None),
         ("", None, None),
     ],
 )

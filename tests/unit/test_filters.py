@@ -25,7 +25,7 @@ ROWS = [
     ("q3", 1, None, False, None, None),
     ("q3", 2, None, False, None, None),
 ]
-GOLD = {"q1": "3", "q2": "6", "q3": "7"}
+GOLD = {"q1": "3", "q2": "6", "q3": "7", "q4": "9"}
 
 
 def round_table(rows=ROWS, shuffle=True) -> pa.Table:
@@ -105,6 +105,22 @@ def test_answer_entropy_by_hand():
     assert answer_entropy([None, None], 2) == 0.0
     assert answer_entropy(["1"], 1) == 0.0
     assert answer_entropy(["1", "2", "3"], 3) == pytest.approx(1.0)
+    # The authors divide by the log of the parsable answers' count: two different of two is 1.
+    assert answer_entropy(["5", None, "6"]) == pytest.approx(1.0)
+    assert answer_entropy(["5", None, None]) == 0.0
+
+
+def test_official_entropy_filter_scales_by_the_parsable_answers():
+    """q2's answers are 5, none, 6: 0.631 of log 3, but 1.0 of log 2, so at 0.7 the paper's
+    scale keeps it and the authors' drops it."""
+    paper, official = run("entropy", entropy_threshold=0.7), run("entropy", official=True, entropy_threshold=0.7)
+    assert ("q2", 0) in keys(paper.kept) and ("q2", 0) not in keys(official.kept)
+    # q2's three candidates, and q3's, none of which parses (the authors' code drops it there too).
+    assert official.dropped["high_entropy"] == paper.dropped["high_entropy"] + 6
+    # One parsable answer: entropy 0 of log 1 = 0, which the authors' code drops.
+    single = round_table(ROWS + [("q4", 0, "9", True, 2.0, 0.1), ("q4", 1, None, False, None, None)])
+    assert ("q4", 0) in keys(apply("entropy", single, FilterConfig(), False).kept)
+    assert ("q4", 0) not in keys(apply("entropy", single, FilterConfig(), True).kept)
 
 
 def test_entropy_drops_uncertain_questions_then_votes():
@@ -194,3 +210,17 @@ def test_every_method_accounts_for_every_candidate_and_orders_by_key(method):
     assert result.kept.num_rows + sum(result.dropped.values()) == len(ROWS)
     assert keys(result.kept) == sorted(keys(result.kept))
     assert np.all(result.kept[C.LOSS_WEIGHT].to_numpy() > 0)
+
+
+def test_a_method_may_carry_its_own_keep_fraction():
+    from dsw_ray.filters import variant
+
+    chosen = variant("iwsi@0.3")
+    assert (chosen.method, chosen.keep_fraction, chosen.title) == ("iwsi", 0.3, "IWSI (k = 0.3)")
+    one = keys(run("iwsi", keep_fraction=0.3).kept)
+    assert len(one) == 1 and keys(apply("iwsi@0.3", round_table(), FilterConfig(keep_fraction=1.0), False).kept) == one
+    assert len(keys(apply("iwsi", round_table(), FilterConfig(keep_fraction=1.0), False).kept)) == 3
+    for name, problem in [("iwsi@", "must be a number"), ("iwsi@1.5", "must be a number"), ("lmsi@0.5", "no keep fraction"),
+                          ("iwsy@0.5", "unknown method"), ("iwsi@nan", "must be a number")]:  # fmt: skip
+        with pytest.raises(ValueError, match=problem):
+            variant(name)

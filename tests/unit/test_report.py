@@ -113,3 +113,41 @@ def test_diagnostics_give_the_papers_figure_4_and_5_as_numbers(tmp_path):
     tables = "\n".join(diagnostic_tables(numbers))
     assert "the paper's Figure 5" in tables and "| [1.5, 2) | 1 | 100.0% | 0.0% |" in tables
     assert "| kept by IWSI | 3 | 0.950 |" in tables
+
+
+def test_kept_sets_give_each_filters_precision_beside_the_majority_and_the_oracle():
+    from dsw_ray.report import KEPT_HEADER, kept_sets
+
+    candidates = {"generated": 100, "correct": 0.5, "majority": 60, "majority_correct": 0.7}
+    s = summary({"lmsi": (60, 0.7, 0.3), "iwsi": (48, 0.75, 0.31), "oracle": (50, 1.0, 0.4)})
+    for numbers in s["rounds"][0]["methods"].values():
+        numbers["candidates"] = candidates
+    rows = {row[0]: dict(zip(KEPT_HEADER, row)) for row in kept_sets(s)}
+    # IWSI keeps 48 * 0.75 = 36 of the 50 correct candidates; LMSI 42; the oracle all 50.
+    assert rows["IWSI"]["precision"] == "75.0%" and rows["IWSI"]["vs majority"] == "+5.0"
+    assert rows["IWSI"]["of all correct"] == "72.0%" and rows["LMSI"]["of all correct"] == "84.0%"
+    assert rows["oracle"]["of all correct"] == "100.0%" and rows["oracle"]["vs majority"] == "+30.0"
+    unlabeled = summary({"lmsi": (60, None, 0.3)})
+    unlabeled["rounds"][0]["methods"]["lmsi"]["candidates"] = {**candidates, "correct": None}
+    assert kept_sets(unlabeled) == []
+
+
+def test_a_k_sweep_is_tabled_and_plotted_by_keep_fraction(tmp_path):
+    """``iwsi`` at the filter's keep fraction and ``iwsi@k`` at others make one curve, ordered by
+    k; a method run at one k only, or without a k, makes none."""
+    from dsw_ray.report import plot_sweep, sweep_rows, sweeps
+
+    s = summary({"lmsi": (60, 0.7, 0.3), "iwsi@0.9": (54, 0.72, 0.33), "iwsi": (48, 0.75, 0.31),
+                 "iwsi@0.5": (30, 0.8, 0.29), "random": (48, 0.7, 0.3)})  # fmt: skip
+    for numbers in s["rounds"][0]["methods"].values():
+        numbers["interval"] = {"low": numbers["accuracy"] - 0.02, "high": numbers["accuracy"] + 0.02}
+    s["task"] = "arith"
+    found = sweeps(s, keep_fraction=0.8)
+    assert list(found) == ["IWSI"] and [k for k, _ in found["IWSI"]] == [0.5, 0.8, 0.9]
+    assert [row[:5] for row in sweep_rows(s, 0.8)] == [
+        ("IWSI", "0.5", "30", "80.0%", "29.0%"), ("IWSI", "0.8", "48", "75.0%", "31.0%"), ("IWSI", "0.9", "54", "72.0%", "33.0%"),
+    ]  # fmt: skip
+    path = plot_sweep(s, 0.8, str(tmp_path / "k.png"))
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert plot_sweep(summary({"iwsi": (48, 0.75, 0.31)}), 0.8, str(tmp_path / "none.png")) is None

@@ -52,6 +52,24 @@ def test_official_parse_truncates_and_votes_agree():
     assert task.parse_answer("No answer.", official=True) is None
 
 
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("The answer is 72.", "72"),
+        ("The answer is 5. Later the answer is 1,200.", "1200"),  # the last phrase
+        ("She pays 3 * 4 = 12 dollars. The answer is 2 + 3 = 5 dollars.", "5"),  # after the last '='
+        ("She pays 3 * 4 = 12 dollars in all.", "12"),  # no phrase: the whole text's last '='
+        ("She had 3 apples and ate 1.", "3"),  # no phrase, no '=': the first number
+        ("The answer is -4.", "4"),  # the sign is lost, as in the authors' regex
+        ("The answer is $1,000.50.", "1000"),
+        ("The answer is " + "9" * 31 + ".", None),  # longer than 30 characters
+        ("The answer is unknown.", None),
+    ],
+)
+def test_official_parser_is_the_authors_derive_num_from_output(text, expected):
+    assert get_task("gsm8k").parse_answer(text, official=True) == expected
+
+
 def test_prompt_ends_with_the_question_and_exemplars_end_in_the_answer():
     for name in ("arith", "gsm8k", "svamp"):
         task = get_task(name)
