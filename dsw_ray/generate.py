@@ -136,18 +136,21 @@ class TransformersGenerator:
 
 
 PAPER_SAMPLING = {"temperature": 1.1, "top_p": 1.0, "top_k": 0}  # the paper's temperature, the full vocabulary
+# Hugging Face ``generate``'s own defaults, which the authors' sampling fell back on (top-k 50).
+HF_SAMPLING = {"temperature": 1.0, "top_p": 1.0, "top_k": 50}
 
 
-def with_sampling_defaults(section: GenerateConfig, model_path: str) -> GenerateConfig:
+def with_sampling_defaults(section: GenerateConfig, model_path: str, fallback: dict = PAPER_SAMPLING) -> GenerateConfig:
     """``section`` with every sampling setting it leaves unset (None) taken from the model's
-    ``generation_config.json`` (as Hugging Face ``generate`` would), else from ``PAPER_SAMPLING``."""
+    ``generation_config.json`` (as Hugging Face ``generate`` would), else from ``fallback``
+    (``HF_SAMPLING`` under the official semantics)."""
     try:
         with open(os.path.join(model_path, "generation_config.json")) as f:
             model_defaults = json.load(f)
     except (OSError, ValueError):
         model_defaults = {}
     chosen = {}
-    for name, paper in PAPER_SAMPLING.items():
+    for name, paper in fallback.items():
         value = getattr(section, name)
         if value is None:
             value = model_defaults.get(name)

@@ -29,7 +29,7 @@ from dsw_ray.evaluate import MODEL, evaluate, models_per_pass
 from dsw_ray.events import EVENTS, write_training_events
 from dsw_ray.filters import answers_correct, variant
 from dsw_ray.filters import apply as apply_filter
-from dsw_ray.generate import generate, with_sampling_defaults
+from dsw_ray.generate import HF_SAMPLING, PAPER_SAMPLING, generate, with_sampling_defaults
 from dsw_ray.gguf_import import import_gguf, read_record
 from dsw_ray.models import check_model_dir, load_tokenizer
 from dsw_ray.prompting import check_chat_template
@@ -246,7 +246,8 @@ def make_candidates(
         return os.path.join(where, name)
 
     questions = os.path.join(run_dir, "inputs", "questions")
-    sampling = with_sampling_defaults(job.generate, model_path)
+    official = job.semantics == "official"
+    sampling = with_sampling_defaults(job.generate, model_path, HF_SAMPLING if official else PAPER_SAMPLING)
     fps = {
         "generate": stage_fingerprint(
             "generate", split_fingerprint(splits, "questions"), job.task, sampling, model_fp, round_index
@@ -266,7 +267,6 @@ def make_candidates(
         force=job.forced("generate"),
     )
 
-    official = job.semantics == "official"
     fps["vote"] = stage_fingerprint("vote", fps["generate"], job.semantics)
     run_stage(
         stage("vote"),
@@ -300,14 +300,14 @@ def make_candidates(
 
     scored = run_stage(stage("score"), fps["score"], score_stage, rows_in=generated["rows"], force=job.forced("score"))
     if job.uses("rm"):
-        fps["reward"] = stage_fingerprint("reward", fps["vote"], job.reward, job.train.max_length)
+        fps["reward"] = stage_fingerprint("reward", fps["vote"], job.reward, job.train.max_length, job.semantics)
 
         def reward_stage(out: str) -> dict:
             progress.expect(scored["rows"])  # the reward model reads the majority candidates only
             return write_dataset(
                 reward(
                     read_dataset(stage("vote"), job.reward.batch_size * 4, job.reward.actors), job.reward, job.model,
-                    job.train.max_length,
+                    job.train.max_length, official,
                 ),
                 out,
             )

@@ -1,9 +1,10 @@
 """Reward: a sequence-classification reward model's score of each majority candidate (the rm method).
 
 The same kind of stateful actor pool as scoring: each actor loads the reward model once;
-each candidate is read as its training text ``Q: <question>\\nA: <answer>``. With one
-label the reward is its logit; with several, the log-probability of the last label (the
-"good" class of a binary classifier).
+each candidate is read as its training text ``Q: <question>\\nA: <answer>`` (semantics
+official: the authors' ``<question><EOS><answer>``, which for their DeBERTa reward model is
+``question[SEP]answer``). With one label the reward is its logit; with several, the
+log-probability of the last label (the "good" class of a binary classifier).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class RewardScorer:
         dtype: str = "float32",
         trust_remote_code: bool = False,
         threads: int | None = None,
+        official: bool = False,
     ):
         import torch
 
@@ -36,12 +38,15 @@ class RewardScorer:
         self.model = load_model(model_path, dtype, trust_remote_code, kind="sequence classifier")
         # The classifier reads the last real token of each row, which it finds by the pad id.
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
-        self.batch_size, self.max_length = batch_size, max_length
+        self.batch_size, self.max_length, self.official = batch_size, max_length, official
+
+    def text(self, question: str, answer: str) -> str:
+        return question + self.tokenizer.eos_token + answer if self.official else training_prompt(question) + answer
 
     def rewards(self, questions: list[str], answers: list[str]) -> np.ndarray:
         import torch
 
-        texts = [training_prompt(q) + a for q, a in zip(questions, answers)]
+        texts = [self.text(q, a) for q, a in zip(questions, answers)]
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         rewards = np.empty(len(texts), dtype=np.float64)
         with torch.inference_mode():
@@ -60,9 +65,10 @@ class RewardScorer:
         return {**batch, C.REWARD: self.rewards(list(batch[C.QUESTION]), list(batch[C.TEXT]))}
 
 
-def reward(candidates, section: RewardConfig, model: ModelConfig, max_length: int):
+def reward(candidates, section: RewardConfig, model: ModelConfig, max_length: int, official: bool = False):
     """The reward stage: majority candidates (a Ray Dataset) with a ``reward`` column from the
-    section's reward model (loaded with ``model``'s dtype and trust setting), lazy."""
+    section's reward model (loaded with ``model``'s dtype and trust setting; ``official``: the
+    authors' input text), lazy."""
     from ray.data.expressions import col
 
     from dsw_ray.resources import pool_map
@@ -73,6 +79,7 @@ def reward(candidates, section: RewardConfig, model: ModelConfig, max_length: in
         max_length=max_length,
         dtype=model.dtype,
         trust_remote_code=model.trust_remote_code,
+        official=official,
     )
     majority = candidates.filter(expr=col(C.IS_MAJORITY))
     return pool_map(majority, RewardScorer, constructor, section, "reward", batch_size=section.batch_size * 4)

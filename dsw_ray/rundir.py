@@ -31,13 +31,13 @@ STAGE_VERSIONS = {
     "questions": 1,  # inputs/questions
     "test": 1,  # inputs/test
     "generate": 2,  # 2: BOS as the model's tokenizer adds it, the prompt's boundary from its exemplars
-    "vote": 1,
-    "score": 2,  # 2: BOS, and the prompt/answer boundary of the text tokenized whole
-    "reward": 1,
+    "vote": 2,  # 2: semantics official parses as the authors' derive_num_from_output does
+    "score": 3,  # 2: BOS, and the prompt/answer boundary of the text tokenized whole; 3: official BOS as the tokenizer adds it
+    "reward": 2,  # 2: semantics official reads the authors' 'question[SEP]answer'
     "rate": 2,  # 2: BOS
-    "filter": 1,
+    "filter": 2,  # 2: the official entropy filter's scale; entropy_threshold 0.8 by default
     "train": 3,  # 2: workers read the kept parquet and shuffle each epoch by seed; 3: as score's 2
-    "evaluate": 2,  # 2: as generate's 2
+    "evaluate": 3,  # 2: as generate's 2; 3: as vote's 2
 }
 
 

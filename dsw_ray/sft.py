@@ -8,7 +8,7 @@ that closes it are the targets.
 
 from __future__ import annotations
 
-from dsw_ray.prompting import example_ids
+from dsw_ray.prompting import bos_ids, example_ids
 from dsw_ray.tasks.numeric import training_prompt
 
 IGNORE = -100
@@ -26,10 +26,11 @@ def encode_example(
 
 
 def encode_official(tokenizer, question: str, answer: str) -> dict:
-    """The authors' scoring text: BOS, ``Q: <question>\nA: ``, EOS, the answer; cut and
+    """The authors' scoring text: BOS (where the tokenizer adds one, as their
+    ``add_special_tokens=True`` does), ``Q: <question>\nA: ``, EOS, the answer; cut and
     left-padded to 400 tokens. Every real token is a target except the first, which
     nothing real precedes. Positions stay 0..399 as in their code (no position ids)."""
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    bos = bos_ids(tokenizer)
     prompt_ids = tokenizer(training_prompt(question), add_special_tokens=False)["input_ids"]
     answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
     real = (bos + prompt_ids + [tokenizer.eos_token_id] + answer_ids)[:OFFICIAL_LENGTH]

@@ -27,7 +27,7 @@ from dsw_ray.gguf_import import convert_tokenizer, gguf_metadata, import_gguf, r
 from dsw_ray.models import STOPS, check_model_dir, load_model, load_tokenizer
 from dsw_ray.prompting import Prompter, bos_ids, example_ids, ids
 from dsw_ray.score import LossModel
-from dsw_ray.sft import IGNORE, encode_example, pad_batch
+from dsw_ray.sft import IGNORE, encode_example, encode_official, pad_batch
 from dsw_ray.tasks import get_task
 from dsw_ray.tasks.numeric import training_prompt
 from dsw_ray.weights import ds_weights
@@ -121,6 +121,12 @@ def test_a_file_that_says_add_bos_gives_a_tokenizer_that_adds_it_in_every_stage(
         encode_example(tokenizer, question, "3 + 2 = 5. The answer is 5.", 512)["input_ids"]
     )
     assert training["input_ids"].count(bos) == 1
+    # The authors' scoring text has BOS exactly where their add_special_tokens=True puts it.
+    def unpadded(example):
+        return [t for t, m in zip(example["input_ids"], example["attention_mask"]) if m]
+
+    official = unpadded(encode_official(with_bos, question, "5."))
+    assert official[0] == bos and official[1:] == unpadded(encode_official(tokenizer, question, "5."))
 
 
 def test_the_prompt_answer_boundary_follows_the_texts_own_tokens(tokenizer):

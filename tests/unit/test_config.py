@@ -25,6 +25,24 @@ def test_defaults_and_overrides(tmp_path):
     assert job.generate.samples_per_question == 4 and job.train.zero_stage == 2 and job.rounds == 1
 
 
+def test_official_semantics_fill_the_authors_settings_the_job_leaves_out(tmp_path, shared_data):
+    from dsw_ray.config import OFFICIAL_DEFAULTS
+
+    gsm8k = f"run_dir: runs/x\ntask: {{name: gsm8k, data_path: {shared_data}/gsm8k}}\nmodel: {{path: m}}\n"
+    official = load_job(write(tmp_path, gsm8k), ["semantics=official", "train.epochs=1", "generate.temperature=0.9"])
+    assert official.task.exemplars == "authors" and official.filter.keep_fraction == 0.79
+    assert (official.train.lr_schedule, official.train.warmup_fraction, official.train.max_grad_norm) == ("cosine", 0.0, 0.0)
+    assert official.train.max_length == 400 and official.train.learning_rate == 3e-4
+    assert official.train.epochs == 1 and official.generate.temperature == 0.9, "what the job sets wins"
+    assert official.filter.entropy_threshold == OFFICIAL_DEFAULTS["filter"]["entropy_threshold"]
+    paper = load_job(write(tmp_path, gsm8k))
+    assert paper.task.exemplars == "project" and paper.filter.keep_fraction == 0.8 and paper.train.max_grad_norm == 1.0
+    # A task the authors wrote no prompt for keeps its own exemplars under official semantics.
+    assert load_job(write(tmp_path, MINIMAL), ["semantics=official"]).task.exemplars == "project"
+    with pytest.raises(ConfigError, match="authors' released prompt is known for"):
+        load_job(write(tmp_path, MINIMAL), ["task.exemplars=authors"])
+
+
 @pytest.mark.parametrize(
     "override, field",
     [

@@ -62,13 +62,16 @@ def test_unset_sampling_settings_come_from_the_models_generation_config(tmp_path
     import json
 
     from dsw_ray.config import GenerateConfig
-    from dsw_ray.generate import PAPER_SAMPLING, with_sampling_defaults
+    from dsw_ray.generate import HF_SAMPLING, PAPER_SAMPLING, with_sampling_defaults
 
     (tmp_path / "generation_config.json").write_text(json.dumps({"do_sample": True, "temperature": 0.6, "top_p": 0.9}))
     chosen = with_sampling_defaults(GenerateConfig(top_p=0.5), str(tmp_path))
     assert (chosen.temperature, chosen.top_p, chosen.top_k) == (0.6, 0.5, 0)  # the job's top_p wins
     bare = with_sampling_defaults(GenerateConfig(), str(tmp_path / "no-such-model"))
     assert (bare.temperature, bare.top_p, bare.top_k) == tuple(PAPER_SAMPLING.values()) == (1.1, 1.0, 0)
+    # The authors sampled with Hugging Face generate at T = 1.1: the model's top-p, HF's top-k 50.
+    official = with_sampling_defaults(GenerateConfig(temperature=1.1), str(tmp_path), HF_SAMPLING)
+    assert (official.temperature, official.top_p, official.top_k) == (1.1, 0.9, 50)
 
 
 def test_the_task_section_picks_the_prompt_format_and_the_exemplars():

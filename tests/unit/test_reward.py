@@ -11,13 +11,13 @@ QUESTIONS = ["Mia has 3 pens.", "Tom buys 2 bags with 4 cards in each bag. How m
 ANSWERS = ["3 + 1 = 4. The answer is 4.", "2 * 4 = 8. The answer is 8.", "The answer is 1."]
 
 
-def unpadded_scores(path):
+def unpadded_scores(path, text=lambda tokenizer, q, a: f"Q: {q}\nA: {a}"):
     """Each text alone, no padding: the classifier's logits at its last token."""
     model = AutoModelForSequenceClassification.from_pretrained(path).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     with torch.no_grad():
         return [
-            model(**tokenizer(f"Q: {q}\nA: {a}", return_tensors="pt")).logits[0].float()
+            model(**tokenizer(text(tokenizer, q, a), return_tensors="pt")).logits[0].float()
             for q, a in zip(QUESTIONS, ANSWERS)
         ]
 
@@ -27,6 +27,17 @@ def test_batched_rewards_equal_unpadded_logits(tiny_reward_model):
     expected = [logits[0].item() for logits in unpadded_scores(tiny_reward_model)]
     np.testing.assert_allclose(rewards, expected, atol=1e-4)
     assert len(set(np.round(rewards, 6))) == 3, "different texts get different rewards"
+
+
+def test_official_rewards_read_the_authors_question_eos_answer(tiny_reward_model):
+    """The authors' RM input: the question, the tokenizer's EOS ([SEP] for their DeBERTa), the answer."""
+    official = RewardScorer(tiny_reward_model, batch_size=3, max_length=256, official=True)
+    assert official.text("q?", "a.") == "q?" + official.tokenizer.eos_token + "a."
+    rewards = official.rewards(QUESTIONS, ANSWERS)
+    expected = [l[0].item() for l in unpadded_scores(tiny_reward_model, lambda t, q, a: q + t.eos_token + a)]
+    np.testing.assert_allclose(rewards, expected, atol=1e-4)
+    paper = RewardScorer(tiny_reward_model, batch_size=3, max_length=256).rewards(QUESTIONS, ANSWERS)
+    assert not np.allclose(rewards, paper)
 
 
 def test_two_label_classifier_rewards_are_log_probability_of_the_last_label(two_label_reward_model):

@@ -65,12 +65,13 @@ def test_official_encoding_is_the_authors_text(tokenizer):
     assert len(example["input_ids"]) == OFFICIAL_LENGTH == len(example["labels"]) == len(example["attention_mask"])
     real = [t for t, m in zip(example["input_ids"], example["attention_mask"]) if m]
     padding = OFFICIAL_LENGTH - len(real)
-    # Left padding, then BOS, "Q: ...\nA: ", EOS, the answer (and no EOS after it).
+    # Left padding, then BOS (where the tokenizer adds one: the toy's does not), "Q: ...\nA: ",
+    # EOS, the answer (and no EOS after it).
     assert example["attention_mask"][:padding] == [0] * padding and set(example["input_ids"][:padding]) == {tokenizer.pad_token_id}
     prompt = tokenizer("Q: Mia has 3 pens.\nA: ", add_special_tokens=False)["input_ids"]
-    assert real[0] == tokenizer.bos_token_id
-    assert real[1 : 1 + len(prompt)] == prompt and real[1 + len(prompt)] == tokenizer.eos_token_id
-    assert tokenizer.decode(real[2 + len(prompt) :]) == "3 + 1 = 4. The answer is 4."
+    bos = tokenizer("x")["input_ids"][: -len(tokenizer("x", add_special_tokens=False)["input_ids"])]
+    assert bos == [] and real[: len(prompt)] == prompt and real[len(prompt)] == tokenizer.eos_token_id
+    assert tokenizer.decode(real[1 + len(prompt) :]) == "3 + 1 = 4. The answer is 4."
     # Every real token but the first is a target, question tokens included.
     assert example["labels"][: padding + 1] == [IGNORE] * (padding + 1)
     assert example["labels"][padding + 1 :] == real[1:]
