@@ -188,24 +188,47 @@ def oracle(candidates: pa.Table, settings: FilterConfig, official: bool) -> Filt
     return Filtered(with_weights(kept), {"no_answer": no_answer, "wrong_answer": candidates.num_rows - kept.num_rows - no_answer})
 
 
-def keep_highest(candidates: pa.Table, column: str, keep_fraction: float, method: str) -> Filtered:
-    """The ``keep_fraction`` of majority candidates with the highest ``column``; ties by key."""
+def official_keep_highest(values: np.ndarray, keep_fraction: float, by_rank_at_zero: bool) -> np.ndarray:
+    """The authors' top-fraction rule (``filter_data.py``, modes RM and Self): sorted highest
+    first, the value at index ``int(n * k)`` is the threshold and every value at or above it
+    stays, ties included; a value of exactly 0 never does (they multiply it into a 0/1 mark).
+    Self (``by_rank_at_zero``) keeps the first ``int(n * k)`` by rank when the threshold is
+    not above 0."""
+    order = np.argsort(-values, kind="stable")
+    portion = int(len(values) * keep_fraction)
+    if portion >= len(values):  # their index would be past the end at k = 1: everything stays
+        return values != 0
+    threshold = values[order[portion]]
+    if threshold > 0 or not by_rank_at_zero:
+        return (values >= threshold) & (values != 0)
+    mask = np.zeros(len(values), dtype=bool)
+    mask[order[:portion]] = True
+    return mask
+
+
+def keep_highest(candidates: pa.Table, column: str, keep_fraction: float, method: str, official: bool) -> Filtered:
+    """The ``keep_fraction`` of majority candidates with the highest ``column``; ties by key
+    (``official``: ``official_keep_highest``)."""
     majority, dropped = vote_drops(candidates)
     C.require(majority, (column,), f"filter ({method})")
     if majority[column].null_count:
         raise ValueError(f"filter: {majority[column].null_count} majority candidate(s) have no {column}.")
-    # Lowest negated value first is highest first; the stable sort breaks ties by key.
-    kept = majority.filter(pa.array(keep_lowest(-majority[column].to_numpy(), keep_fraction), pa.bool_()))
+    values = majority[column].to_numpy()
+    if official:
+        mask = official_keep_highest(values, keep_fraction, by_rank_at_zero=method == "self")
+    else:  # lowest negated value first is highest first; the stable sort breaks ties by key
+        mask = keep_lowest(-values, keep_fraction)
+    kept = majority.filter(pa.array(mask, pa.bool_()))
     return Filtered(with_weights(kept), {**dropped, f"low_{column}": majority.num_rows - kept.num_rows})
 
 
 def reward_model(candidates: pa.Table, settings: FilterConfig, official: bool) -> Filtered:
-    return keep_highest(candidates, C.REWARD, settings.keep_fraction, "rm")
+    return keep_highest(candidates, C.REWARD, settings.keep_fraction, "rm", official)
 
 
 def self_rated(candidates: pa.Table, settings: FilterConfig, official: bool) -> Filtered:
     """The Self-filter: the majority candidates the generating model rates highest."""
-    return keep_highest(candidates, C.RATING, settings.keep_fraction, "self")
+    return keep_highest(candidates, C.RATING, settings.keep_fraction, "self", official)
 
 
 def everything(candidates: pa.Table, settings: FilterConfig, official: bool) -> Filtered:

@@ -38,7 +38,7 @@ from dsw_ray.report import write_report
 from dsw_ray.resources import pool_input
 from dsw_ray.rate import rate
 from dsw_ray.reward import reward
-from dsw_ray.score import VALID_LOSSES, rows_per_call, score_losses, weigh
+from dsw_ray.score import PAPER_VALID_LOSS, VALID_LOSSES, rows_per_call, score_losses, weigh
 from dsw_ray.tasks import Splits, Task, task_of
 from dsw_ray.tasks.rows import question_key
 from dsw_ray.toy import build_toy_model
@@ -295,7 +295,10 @@ def make_candidates(
         )
         scored, valid, valid_loss = weigh(majority, losses, official)
         pq.write_table(valid, os.path.join(out, VALID_LOSSES))
-        log.info("round %d: Lv = %.4f +- %.4f (n = %d)", round_index, valid_loss["mean"], valid_loss["stderr"], valid_loss["n"])
+        paper = f"; the paper's Lv: {PAPER_VALID_LOSS[job.task.name]}" if job.task.name in PAPER_VALID_LOSS else ""
+        log.info(
+            "round %d: Lv = %.4f +- %.4f (n = %d)%s", round_index, valid_loss["mean"], valid_loss["stderr"], valid_loss["n"], paper
+        )
         return {**write_table(scored, out), "valid_loss": valid_loss}
 
     scored = run_stage(stage("score"), fps["score"], score_stage, rows_in=generated["rows"], force=job.forced("score"))
@@ -338,13 +341,16 @@ def rate_stage(job: JobConfig, fps: dict[str, str], where: str, model_path: str,
     """The self method's ratings of the majority candidates by ``model_path``, which generated
     them; a new keep fraction reuses them (it is part of the filter's fingerprint only)."""
     vote_dir = os.path.join(os.path.dirname(where), "vote")
-    fps["rate"] = stage_fingerprint("rate", fps["vote"], job.rate, job.train.max_length, job.model.dtype)
+    official = job.semantics == "official"
+    # The authors' ratings may be sampled, from seeds of the generate section's seed.
+    authors = [job.semantics, job.generate.seed] if official else []
+    fps["rate"] = stage_fingerprint("rate", fps["vote"], job.rate, job.train.max_length, job.model.dtype, *authors)
     run_stage(
         where,
         fps["rate"],
         lambda out: write_dataset(
             rate(read_dataset(vote_dir, job.rate.batch_size * 4, job.rate.actors), job.rate, job.model, model_path,
-                 job.train.max_length),
+                 job.train.max_length, official, job.generate.seed),
             out,
         ),
         rows_in=rows_in,

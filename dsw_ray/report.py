@@ -21,7 +21,7 @@ from dsw_ray import columns as C
 from dsw_ray.errors import UserError
 from dsw_ray.filters import answers_correct, variant
 from dsw_ray.rundir import stage_states
-from dsw_ray.score import VALID_LOSSES
+from dsw_ray.score import PAPER_VALID_LOSS, VALID_LOSSES
 from dsw_ray.train import LOSS_HISTORY
 from dsw_ray.weights import keep_lowest, official_keep
 
@@ -451,6 +451,8 @@ def candidate_lines(summary: dict) -> list[str]:
             if "valid_loss" in c:
                 v = c["valid_loss"]
                 text += f"; Lv = {v['mean']:.4f} ± {v['stderr']:.4f} (n = {v['n']})"
+                if summary["task"] in PAPER_VALID_LOSS:
+                    text += f"; the paper's Lv: {PAPER_VALID_LOSS[summary['task']]}"
             lines.append(text + ".")
     return lines
 

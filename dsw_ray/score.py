@@ -26,6 +26,9 @@ from dsw_ray.weights import UnusableLoss, ds_weights, official_ds_weights
 log = logging.getLogger(__name__)
 
 VALID_LOSSES = "valid_losses.parquet"  # per-example valid-set losses, in the score stage's folder
+# Lv as the paper reports it (Table 2: Llama-3-8B, valid sets of several sizes), for a run to
+# print beside its own; comparable in the authors' loss text (semantics: official).
+PAPER_VALID_LOSS = {"gsm8k": "about 2.05-2.09 (Table 2: Llama-3-8B, the authors' loss text)"}
 VALID_LOSS_STDERR = "valid_loss_stderr"
 VALID_N = "valid_n"
 

@@ -224,3 +224,21 @@ def test_a_method_may_carry_its_own_keep_fraction():
                           ("iwsy@0.5", "unknown method"), ("iwsi@nan", "must be a number")]:  # fmt: skip
         with pytest.raises(ValueError, match=problem):
             variant(name)
+
+
+def test_official_top_fraction_keeps_ties_at_the_threshold_and_drops_zero():
+    """The authors' RM/Self rule: sorted highest first, the value at int(n * k) is the threshold,
+    every value at or above it stays (so ties and one more than k * n), 0 never does; Self with
+    a threshold of 0 keeps the first int(n * k) by rank."""
+    from dsw_ray.filters import official_keep_highest
+
+    ratings = np.array([8.0, 5.0, 8.0, 3.0, 5.0, 9.0])
+    assert official_keep_highest(ratings, 0.5, True).tolist() == [True, True, True, False, True, True]
+    assert official_keep_highest(ratings, 1.0, True).all()
+    zeros = np.array([0.0, 7.0, 0.0, 0.0])
+    assert official_keep_highest(zeros, 0.5, True).tolist() == [True, True, False, False]  # by rank
+    rewards = np.array([-1.0, -2.0, 0.5, -3.0])
+    assert official_keep_highest(rewards, 0.5, False).tolist() == [True, True, True, False]  # negative: no rank rule
+    # Through the filter: three majority candidates at k = 0.34 keep two (the threshold is the second).
+    paper, official = run("self", keep_fraction=0.34), run("self", official=True, keep_fraction=0.34)
+    assert len(keys(paper.kept)) == 1 and len(keys(official.kept)) == 2

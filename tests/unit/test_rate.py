@@ -75,3 +75,34 @@ def test_a_long_candidate_is_cut_from_its_start_and_keeps_the_instruction(tiny_m
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     assert tokenizer.decode(rows[7]["input_ids"]).endswith("Rating: 7/10")
     assert np.isfinite(rater.ratings(["q"], ["blah " * 500])).all()
+
+
+def test_the_authors_rating_is_the_first_number_the_model_writes_after_their_rubric(tiny_model, tmp_path):
+    """Official Self-filter ratings: each is authors_rating of what the model writes greedily after
+    the rubric prompt, alone and unpadded; sampled ratings (a generation config with do_sample)
+    follow each candidate's seed whatever the batch; a long candidate is cut from its start."""
+    from dsw_ray.rate import AUTHORS_NEW_TOKENS, AuthorsRater, authors_prompt, authors_rating, authors_sampling
+
+    questions = ["Mia has 3 pens and buys 1 more. How many pens?", "q", "Tom has 2 cats."]
+    answers = ["3 + 1 = 4. The answer is 4.", "", "2 + 2 = 4. The answer is 4."]
+    greedy = AuthorsRater(tiny_model, batch_size=3, max_length=400, sampling=None, seed=0)
+    ratings = greedy.ratings(questions, answers, [1, 2, 3])
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_model).eval(), AutoTokenizer.from_pretrained(tiny_model)
+    for rating, question, answer in zip(ratings, questions, answers):
+        prompt = tokenizer(authors_prompt(question, answer), add_special_tokens=False, return_tensors="pt")
+        with torch.no_grad():
+            output = model.generate(**prompt, do_sample=False, max_new_tokens=AUTHORS_NEW_TOKENS, pad_token_id=tokenizer.pad_token_id)
+        assert rating == authors_rating(tokenizer.decode(output[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True))
+    assert ((0 <= ratings) & (ratings <= 10)).all()
+
+    assert authors_sampling(tiny_model) is None  # no generation config with do_sample: greedy
+    (tmp_path / "generation_config.json").write_text('{"do_sample": true, "top_p": 0.9}')
+    sampling = authors_sampling(str(tmp_path))
+    assert sampling == {"temperature": 0.7, "top_p": 0.9, "top_k": 50}
+    seeds = [11, 12, 13]
+    one = AuthorsRater(tiny_model, batch_size=3, max_length=400, sampling=sampling, seed=0).ratings(questions, answers, seeds)
+    apart = AuthorsRater(tiny_model, batch_size=1, max_length=400, sampling=sampling, seed=0).ratings(questions, answers, seeds)
+    np.testing.assert_array_equal(one, apart)
+
+    ids = greedy.prompt_ids("q", "blah " * 500)
+    assert len(ids) == 400 - AUTHORS_NEW_TOKENS and tokenizer.decode(ids).endswith("\nScore: ")
