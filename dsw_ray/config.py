@@ -433,8 +433,11 @@ def apply_override(data: dict, override: str, source: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"override {override!r}: {part!r} in {source} is not a section.")
         node = child
+    if raw.lstrip().startswith("#") or " #" in raw:
+        node[leaf] = raw.strip()  # YAML would read the rest as a comment and drop it
+        return
     try:
-        node[leaf] = yaml.safe_load(raw)
+        node[leaf] = read_yaml(raw)
     except yaml.YAMLError as error:
         raise ConfigError(f"override {override!r}: the value is not valid YAML ({error}).") from error
 
@@ -466,11 +469,36 @@ def format_validation_error(error: ValidationError, source: str, what: str = "jo
     return f"{source}: the {what} is not valid: " + "; ".join(problems) + "."
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key given twice in one mapping is an error: PyYAML would keep
+    the second silently (a second ``train:`` block would replace the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice in one mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(stream):
+    """One YAML document, safely (plain data only), a key given twice being an error."""
+    loader = UniqueKeyLoader(stream)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def read_mapping(path: str, what: str = "job") -> dict:
     """A YAML file of sections (a job or a suite); a missing or malformed one is a ConfigError."""
     try:
         with open(path) as f:
-            data = yaml.safe_load(f) or {}
+            data = read_yaml(f) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such {what} file.") from None
     except yaml.YAMLError as error:

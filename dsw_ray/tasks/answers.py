@@ -19,13 +19,13 @@ from dsw_ray.tasks import numeric
 
 ANSWER_TYPES = ("number", "choice", "text")
 # The text answer runs to the end of its sentence: a period, ! or ? before a space or the end, or a line break.
-EDGES = re.compile(r"^[\s\"'`*]+|[\s\"'`*.]+$")
+LEADING, TRAILING = " \"'`*", " \"'`*."  # what folding strips from an answer's start and end
 SENTENCE_END = re.compile(r"[.!?](?:\s|$)|\n")
 
 
 def fold(text: str) -> str:
     """Text as answers compare: case, spacing, surrounding quotes and final periods aside."""
-    return EDGES.sub("", " ".join(str(text).casefold().split()))
+    return " ".join(str(text).casefold().split()).lstrip(LEADING).rstrip(TRAILING)
 
 
 def parse_text(text: str, official: bool = False) -> str | None:

@@ -15,7 +15,7 @@ the data file holds the questions and the valid set only, and the test set is th
 file (its first ``split.test_rows`` rows, when set). A valid row needs a rationale; the
 loader appends ``The answer is X.`` to one that does not end in its own answer.
 
->>> spec = CustomTask(answer_type="choice", fields=Fields(question="q", answer="gold", choices="options", rationale="why"),
+>>> spec = CustomTask(answer_type="choice", num_choices=2, fields=Fields(question="q", answer="gold", choices="options", rationale="why"),
 ...     exemplars=[Exemplar(question="Is ice cold?", choices=["yes", "no"], answer="Ice is frozen water. The answer is (A).")],
 ...     split=Split(test_rows=1))
 >>> read_row(spec, {"q": "Is fire hot?", "gold": "yes", "options": ["yes", "no"]}, "r-0", valid=False).question

@@ -26,8 +26,10 @@ from decimal import Decimal, InvalidOperation
 from dsw_ray.tasks.rows import Rejected
 
 ANSWER_PHRASE = re.compile(r"the answer is", re.IGNORECASE)
-# A number as people write it: optional sign or currency, thousands commas, decimals.
-NUMBER = re.compile(r"-?\$?\s*(\d[\d,]*(?:\.\d+)?|\.\d+)")
+# A number as people write it: optional sign or currency, thousands commas, decimals; after
+# the phrase only spaces, ':' and '*' may come first, and one '$' or '-' among them. Matched
+# where the phrase ends (never searched for further on), so parsing stays linear in the text.
+NUMBER_AFTER_PHRASE = re.compile(r"([ :*]*(?:[$-][ :*]*)?)(-?\$?\s*)(\d[\d,]*(?:\.\d+)?|\.\d+)")
 MAX_EXPONENT = 1000  # larger or smaller numbers are no answer anyone writes
 
 
@@ -76,12 +78,12 @@ def parse_answer(text: str, official: bool = False) -> str | None:
     if official:
         return official_answer(text)
     for phrase in ANSWER_PHRASE.finditer(text):
-        match = NUMBER.search(text, phrase.end())
-        # The number must follow the phrase directly (allowing ':', '$' and spaces), not be
-        # one found a sentence later ("The answer is therefore 3" reads on to the next one).
-        if match is not None and text[phrase.end() : match.start()].strip(" :*") in ("", "$", "-"):
-            sign = "-" if match.group(0).lstrip().startswith("-") else ""
-            return normalize_number(sign + match.group(1))
+        # The number must follow the phrase directly, not be one found a sentence later
+        # ("The answer is therefore 3" reads on to the next phrase).
+        match = NUMBER_AFTER_PHRASE.match(text, phrase.end())
+        if match is not None:
+            sign = "-" if "-" in match.group(1) + match.group(2) else ""
+            return normalize_number(sign + match.group(3))
     return None
 
 

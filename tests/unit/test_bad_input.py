@@ -21,7 +21,8 @@ from dsw_ray.errors import BadRow, ConfigError, DataError, UserError
 from dsw_ray.io import read_text
 from dsw_ray.models import check_model_dir
 from dsw_ray.pipeline import check_splits, write_inputs
-from dsw_ray.tasks import gsm8k, svamp
+from dsw_ray.tasks import get_task, gsm8k, svamp
+from dsw_ray.tasks.answers import fold, parse_text
 from dsw_ray.tasks.numeric import Example, Splits, is_correct, normalize_number, parse_answer
 from dsw_ray.tasks.rows import RAW_CHARS, array_items
 from tests.conftest import ROOT
@@ -620,3 +621,24 @@ def test_array_items_finds_every_element_and_its_line(values, indent):
     assert [json.loads(raw) for _, raw in items] == [json.loads(json.dumps(v)) for v in values]
     for line, raw in items:
         assert raw.split("\n")[0] in text.split("\n")[line - 1]
+
+
+@pytest.mark.parametrize(
+    "parse, text",
+    [
+        (lambda t: parse_answer(t), "the answer is x " * 65_536),  # was quadratic: each phrase searched to the end
+        (lambda t: parse_answer(t, official=True), "the answer is = " * 65_536),
+        (lambda t: get_task("openbookqa").parse_answer(t), "The answer is " * 75_000),
+        (lambda t: get_task("openbookqa").parse_answer(t, official=True), "the answer is (" * 70_000),
+        (lambda t: fold(t), "." * 500_000 + "x" + "." * 500_000),  # was quadratic: the trailing-edge regex
+        (lambda t: parse_text("The answer is " + t), "." * 1_000_000 + "x"),
+    ],
+)
+def test_parsers_are_linear_on_a_megabyte_of_hostile_text(parse, text):
+    """1 MB of text that made a parser quadratic (minutes) parses in well under a second; the
+    bound is loose so that a busy machine does not fail it, and a quadratic parser would."""
+    import time
+
+    start = time.perf_counter()
+    parse(text)
+    assert time.perf_counter() - start < 2.0

@@ -154,3 +154,16 @@ def test_config_errors_are_one_paragraph_and_suggest_misspelt_keys(tmp_path):
     assert "generate.vllm.tensor_parallel: Extra inputs are not permitted (did you mean tensor_parallel_size?)" in message
     assert "colour: Extra inputs are not permitted (not a field of this section)" in message
     assert "filter.keep_fraction: Input should be less than or equal to 1" in message
+
+
+def test_a_key_given_twice_is_an_error_not_a_silent_merge(tmp_path):
+    twice = MINIMAL + "train:\n  epochs: 2\ntrain:\n  micro_batch_size: 2\n"
+    with pytest.raises(ConfigError, match=r"(?s)the key 'train' is given twice in one mapping.*line 6"):
+        load_job(write(tmp_path, twice))
+    with pytest.raises(ConfigError, match="the key 'r' is given twice"):
+        load_job(write(tmp_path, MINIMAL), ["train.lora={r: 4, r: 8}"])
+
+
+def test_an_override_keeps_a_hash_that_yaml_would_read_as_a_comment(tmp_path):
+    assert load_job(write(tmp_path, MINIMAL), ["run_dir=runs/a #1"]).run_dir == "runs/a #1"
+    assert load_job(write(tmp_path, MINIMAL), ["run_dir=runs/a#1"]).run_dir == "runs/a#1"
