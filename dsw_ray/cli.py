@@ -110,7 +110,7 @@ def run_job_file(args, session) -> int:
         overrides = args.overrides + ([f"rerun_from={args.rerun_from}"] if args.rerun_from else [])
         job = load_job(args.job, overrides)
         from dsw_ray.pipeline import run_job
-        from dsw_ray.report import text_table
+        from dsw_ray.report import paper_valid_loss_line, text_table
 
         summary = run_job(job)
     except StageFailed as failure:
@@ -125,6 +125,8 @@ def run_job_file(args, session) -> int:
     out = session.stdout
     print(f"\n{summary['task']}: {summary['questions']} questions, {summary['valid']} valid, {summary['test']} test", file=out)
     print(text_table(summary), file=out)
+    if paper_valid_loss_line(summary):
+        print(paper_valid_loss_line(summary), file=out)
     print(f"\nrun directory: {job.run_dir} (summary.json, report.md); {time.time() - started:.0f} s", file=out)
     return 0
 

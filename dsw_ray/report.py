@@ -87,6 +87,20 @@ def aligned(rows) -> str:
     return "\n".join(lines)
 
 
+def paper_valid_loss_line(summary: dict) -> str | None:
+    """The first round's Lv beside the paper's, for a task the paper reports one for."""
+    if summary["task"] not in PAPER_VALID_LOSS:
+        return None
+    candidates = next(iter(summary["rounds"][0]["methods"].values()))["candidates"]
+    if "valid_loss" not in candidates:
+        return None
+    v = candidates["valid_loss"]
+    return (
+        f"Lv = {v['mean']:.4f} ± {v['stderr']:.4f} (n = {v['n']}, semantics {summary['semantics']}); "
+        f"the paper's: {PAPER_VALID_LOSS[summary['task']]}"
+    )
+
+
 def text_table(summary: dict) -> str:
     return aligned([HEADER, *table_rows(summary)])
 

@@ -189,6 +189,21 @@ def gather(value, world_size: int) -> list:
     return values
 
 
+class NonFiniteLoss(RuntimeError):
+    """A fine-tune's loss became NaN or infinite: the weights are ruined, so it stops there."""
+
+
+def all_finite(loss, world_size: int) -> bool:
+    """Whether the loss is finite on every rank (a collective, so that every rank stops together)."""
+    import torch
+    import torch.distributed as dist
+
+    flag = torch.isfinite(loss.detach()).float().reshape(1)
+    if world_size > 1:
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
 def parameter_digest(module) -> str:
     """A short fingerprint of the (gathered) weights: equal digests, equal weights to within
     float summation order. Per-tensor sums are cheap even for large models."""
@@ -300,6 +315,12 @@ def train_worker(
                 padded = pad_batch([examples[i] for i in batch], tokenizer.pad_token_id)
                 losses = sequence_losses(engine, {k: v.to(engine.device) for k, v in padded.items()})
             loss = (losses * weights).mean()
+            if not all_finite(loss, world_size):
+                raise NonFiniteLoss(
+                    f"the fine-tune's loss became NaN or infinite at optimizer step {int(engine.global_steps) + 1} "
+                    f"(epoch {epoch + 1}; this rank's loss: {loss.item()}): the weights diverged. Lower "
+                    f"train.learning_rate (now {settings['learning_rate']}) or clip the gradients (train.max_grad_norm)."
+                )
             engine.backward(loss)
             engine.step()
             micro_batches_run += 1

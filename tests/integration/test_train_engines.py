@@ -72,6 +72,9 @@ def launch(runs: list[tuple[dict, str, str]]) -> list[tuple[list, list]]:
     assert result.returncode == 0, result.stderr[-4000:]
     results = []
     for _, _, out in runs:
+        if os.path.exists(os.path.join(out, "error-0.txt")):
+            results.append([open(os.path.join(out, f"error-{rank}.txt")).read() for rank in range(WORLD)])
+            continue
         metrics = []
         for rank in range(WORLD):
             with open(os.path.join(out, f"metrics-{rank}.json")) as f:
@@ -103,8 +106,26 @@ def runs(tiny_model, data, tmp_path_factory):
             "deepspeed": {"zero_optimization": {"stage3_param_persistence_threshold": 0}},
         },
     }
-    results = launch([(settings_for(tiny_model, heldout, **train), data_path, base / name) for name, train in configs.items()])
-    return {name: (*result, str(base / name / "export")) for name, result in zip(configs, results)}
+    runs = [(settings_for(tiny_model, heldout, **train), data_path, base / name) for name, train in configs.items()]
+    # Last, in the same launch: rows whose loss turns NaN on one rank only (a NaN loss weight
+    # in rank 1's shard; bf16 overflow does the same on GPUs).
+    rows = pq.read_table(data_path)
+    weights = [float("nan") if i == 5 else 1.0 for i in range(rows.num_rows)]
+    pq.write_table(rows.append_column("loss_weight", pa.array(weights)), base / "nan_rows.parquet")
+    runs.append((settings_for(tiny_model, heldout, zero_stage=2), str(base / "nan_rows.parquet"), base / "diverged"))
+    results = launch(runs)
+    diverged = results.pop()
+    return {name: (*result, str(base / name / "export")) for name, result in zip(configs, results)} | {"diverged": diverged}
+
+
+def test_a_nan_loss_on_one_rank_stops_every_rank_at_the_same_step(runs):
+    """A NaN or infinite loss stops the fine-tune on every rank together (the check is a
+    collective), naming the optimizer step and what to change."""
+    errors = runs["diverged"]
+    assert len(errors) == WORLD and all("loss became NaN or infinite at optimizer step" in e for e in errors)
+    assert len({e.split("optimizer step ")[1].split(" ")[0] for e in errors}) == 1
+    assert "this rank's loss: nan" in errors[1] and "this rank's loss: nan" not in errors[0]
+    assert "train.learning_rate" in errors[0]
 
 
 @pytest.mark.parametrize("name", ["ddp", "ddp_packed", "zero2", "zero3", "zero3_offload", "lora_ddp", "lora_zero3"])

@@ -6,7 +6,8 @@ to give each rank exactly the same rows in the same order under every ZeRO stage
 SPEC: a list of fine-tunes, run one after the other in the same processes (a launch's
 process start and imports cost more than a tiny fine-tune), each with ``settings`` (as
 ``training_settings`` makes them), ``data`` (a parquet file of ``question``/``text`` rows)
-and ``out`` (a folder: ``metrics-<rank>.json`` and ``export/``). Rank r trains on rows r,
+and ``out`` (a folder: ``metrics-<rank>.json`` and ``export/``, or ``error-<rank>.txt`` when
+the loss diverged). Rank r trains on rows r,
 r + world, ... of the file (``train.shard``), in the seeded order ``train_worker`` gives
 each epoch, as a Ray Train worker does.
 """
@@ -19,7 +20,7 @@ import sys
 import pyarrow.parquet as pq
 import torch.distributed as dist
 
-from dsw_ray.train import shard, train_worker
+from dsw_ray.train import NonFiniteLoss, shard, train_worker
 
 
 def fine_tune(spec: dict, rank: int, world: int) -> None:
@@ -33,7 +34,11 @@ def fine_tune(spec: dict, rank: int, world: int) -> None:
         if directory:
             shutil.copytree(directory, os.path.join(spec["out"], "export"))
 
-    train_worker(spec["settings"], rows, report, rank, world, identity=f"rank-{rank}")
+    try:
+        train_worker(spec["settings"], rows, report, rank, world, identity=f"rank-{rank}")
+    except NonFiniteLoss as error:  # every rank stops at the same step; the test reads why
+        with open(os.path.join(spec["out"], f"error-{rank}.txt"), "w") as f:
+            f.write(str(error))
     dist.barrier()
 
 

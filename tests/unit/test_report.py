@@ -151,3 +151,14 @@ def test_a_k_sweep_is_tabled_and_plotted_by_keep_fraction(tmp_path):
     with open(path, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert plot_sweep(summary({"iwsi": (48, 0.75, 0.31)}), 0.8, str(tmp_path / "none.png")) is None
+
+
+def test_a_gsm8k_run_prints_its_lv_beside_the_papers():
+    from dsw_ray.report import paper_valid_loss_line
+
+    s = summary({"lmsi": (60, 0.7, 0.3)})
+    s.update(task="gsm8k", semantics="official")
+    s["rounds"][0]["methods"]["lmsi"]["candidates"] = {"valid_loss": {"mean": 2.1969, "stderr": 0.0969, "n": 16}}
+    line = paper_valid_loss_line(s)
+    assert line.startswith("Lv = 2.1969 ± 0.0969 (n = 16, semantics official); the paper's: about 2.05-2.09")
+    assert paper_valid_loss_line({**s, "task": "arith"}) is None
