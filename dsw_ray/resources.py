@@ -13,6 +13,10 @@ import math
 from dsw_ray.errors import ConfigError
 
 RESERVED_CPUS = 1.0
+# A pool's actor is restarted, and its batch retried, this many times (Ray Data's default is
+# without end): a batch that kills every actor it reaches fails its stage instead of looping
+# until the job's deadline, and a one-off death (a node lost, an OOM kill) is still survived.
+ACTOR_RESTARTS = 3
 
 
 def pool_cpus(actors: int, cpus_per_actor: float | None, cluster_cpus: float, what: str) -> float:
@@ -77,5 +81,7 @@ def pool_map(
         batch_format="numpy",
         compute=ActorPoolStrategy(size=section.actors),
         num_cpus=cpus,
+        max_restarts=ACTOR_RESTARTS,
+        max_task_retries=ACTOR_RESTARTS,
         **{"num_gpus": section.gpus_per_actor, **placement},
     )

@@ -404,3 +404,36 @@ print("ROWS", rows)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ROWS 16" in result.stdout
+
+
+def test_a_batch_that_kills_every_actor_fails_its_stage_in_bounded_time(ray_session):
+    """An actor pool restarts a dead actor and retries its batch a bounded number of times
+    (Ray Data's default is without end): a batch that always kills its actor fails the stage."""
+    import time
+
+    import pyarrow as pa
+    import ray
+
+    from dsw_ray.resources import ACTOR_RESTARTS, pool_input, pool_map
+
+    class Poisoned:  # defined here, so that Ray ships it by value
+        def __init__(self, threads):
+            self.pid = os.getpid()
+
+        def __call__(self, batch):
+            if "poison" in list(batch["question_id"]):
+                os._exit(1)  # as a segfault or the OOM killer would
+            return {**batch, "pid": [self.pid] * len(batch["question_id"])}
+
+    class Section:
+        actors, cpus_per_actor, gpus_per_actor, batch_size = 1, None, 0, 2
+
+    rows = pa.table({"question_id": ["q0", "q1", "poison", "q3"]})
+    started = time.time()
+    with pytest.raises(Exception) as failure:
+        pool_map(pool_input(rows, 2), Poisoned, {}, Section, "poisoned").take_all()
+    assert time.time() - started < 300, "bounded: it did not loop until the test's timeout"
+    assert "ActorDiedError" in repr(failure.value) or "died" in str(failure.value), failure.value
+    assert ACTOR_RESTARTS == 3
+    # A pool without the poisoned row still answers, through the same code.
+    assert len(pool_map(pool_input(rows.slice(0, 2), 2), Poisoned, {}, Section, "healthy").take_all()) == 2
