@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import time
 
-from dsw_ray.errors import StageFailed, UserError
+from dsw_ray.errors import Interrupted, StageFailed, Terminated, UserError, raise_terminated
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,6 +107,7 @@ def run_job_file(args, session) -> int:
     from dsw_ray.config import load_job
 
     started = time.time()
+    signal.signal(signal.SIGTERM, raise_terminated)  # start_ray sets it again once Ray has started
     try:
         overrides = args.overrides + ([f"rerun_from={args.rerun_from}"] if args.rerun_from else [])
         job = load_job(args.job, overrides)
@@ -113,6 +115,11 @@ def run_job_file(args, session) -> int:
         from dsw_ray.report import paper_valid_loss_line, text_table
 
         summary = run_job(job)
+    except (Interrupted, KeyboardInterrupt) as interrupt:
+        if not isinstance(interrupt, Interrupted):  # outside any stage
+            interrupt = Interrupted(None, isinstance(interrupt, Terminated))
+        session.report_interrupt(interrupt)
+        return 143 if interrupt.terminated else 130
     except StageFailed as failure:
         session.report_failure(failure, failure.stage)
         return 1

@@ -131,6 +131,14 @@ class Session:
         where = f"{stage} failed" if stage else "the run failed"
         print(f"dsw-ray: {where}: {cause_text(error)}\nThe full trace is in {self.log_path}", file=self.stderr)
 
+    def report_interrupt(self, interrupt: BaseException) -> None:
+        """The trace to the log, one line on the terminal: where the run stopped, and that a
+        rerun resumes (finished stages are kept; the interrupted one restarts)."""
+        self.failed = True
+        traceback.print_exception(interrupt, file=sys.stderr)
+        sys.stderr.flush()
+        print(f"\ndsw-ray: {interrupt}; rerun the same command to resume.", file=self.stderr)
+
     def __exit__(self, *exc) -> None:
         global _session
         ray = sys.modules.get("ray")  # not imported when the job stopped before Ray

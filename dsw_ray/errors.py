@@ -28,3 +28,22 @@ class StageFailed(Exception):
     def __init__(self, stage: str):
         super().__init__(f"{stage} failed")
         self.stage = stage
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what Kubernetes and ``kill`` send), raised in the driver as Ctrl-C's
+    KeyboardInterrupt is, so that both stop the run the same way."""
+
+
+def raise_terminated(signum, frame) -> None:
+    """A SIGTERM handler: the signal becomes ``Terminated`` in the main thread."""
+    raise Terminated()
+
+
+class Interrupted(BaseException):
+    """The run was stopped by Ctrl-C or SIGTERM while ``stage`` ran (None: between stages).
+    A BaseException, as KeyboardInterrupt is: no handler of errors may swallow it."""
+
+    def __init__(self, stage: str | None, terminated: bool):
+        super().__init__(f"interrupted in {stage}" if stage else "interrupted")
+        self.stage, self.terminated = stage, terminated

@@ -11,6 +11,8 @@ import json
 import logging
 import math
 import os
+import signal
+import threading
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 
@@ -24,7 +26,7 @@ from dsw_ray import columns as C
 from dsw_ray import progress, stats
 from dsw_ray.config import JobConfig, TaskConfig
 from dsw_ray.console import attach_run_log
-from dsw_ray.errors import UserError
+from dsw_ray.errors import UserError, raise_terminated
 from dsw_ray.evaluate import MODEL, evaluate, models_per_pass
 from dsw_ray.events import EVENTS, write_training_events
 from dsw_ray.filters import answers_correct, variant
@@ -629,6 +631,10 @@ def start_ray(job: JobConfig) -> None:
             start_local_ray(job.ray.num_cpus)
     # Ray Data's bars count blocks; the CLI shows each stage's progress in its own units.
     ray.data.DataContext.get_current().enable_progress_bars = False
+    if threading.current_thread() is threading.main_thread():
+        # Now, after ray.init: Ray's core worker installs a SIGTERM handler that aborts the
+        # process. SIGTERM (Kubernetes, `kill`) then stops the run as Ctrl-C does.
+        signal.signal(signal.SIGTERM, raise_terminated)
 
 
 def start_local_ray(num_cpus: int | None) -> None:

@@ -233,9 +233,10 @@ def kept_sets(summary: dict) -> list[tuple[str, ...]]:
                 continue
             all_correct = c["correct"] * c["generated"]
             share = numbers["kept"] * numbers["kept_correct"] / all_correct if all_correct else None
+            majority = c["majority_correct"]  # None when no candidate is in a majority
             rows.append((
                 variant(method).title, str(result["round"]), str(numbers["kept"]), percent(numbers["kept_correct"]),
-                percent(c["majority_correct"]), f"{(numbers['kept_correct'] - c['majority_correct']) * 100:+.1f}",
+                percent(majority), "-" if majority is None else f"{(numbers['kept_correct'] - majority) * 100:+.1f}",
                 percent(share),
             ))  # fmt: skip
     return rows
@@ -319,8 +320,7 @@ def plot_losses(run_dir: str, summary: dict, keep_fraction: float, path: str) ->
     kept = (official_keep if official else keep_lowest)(scored[C.DS_WEIGHT].to_numpy(), keep_fraction)
     groups = [("majority candidates", loss), (f"kept by IWSI (k = {keep_fraction})", loss[kept])]
     valid = valid_losses(run_dir, candidates_dir)
-    if len(valid):
-        groups.insert(0, ("valid set", valid))
+    groups = [(name, values) for name, values in [("valid set", valid), *groups] if len(values)]
     figure, axis = plt.subplots(figsize=(6.4, 4))
     bins = np.linspace(min(g.min() for _, g in groups), max(g.max() for _, g in groups), 40)
     for name, values in groups:

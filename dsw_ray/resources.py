@@ -9,6 +9,7 @@ error, raised before any work starts.
 from __future__ import annotations
 
 import math
+import warnings
 
 from dsw_ray.errors import ConfigError
 
@@ -74,14 +75,18 @@ def pool_map(
     if progress.tracking_pools():
         actor_class = progress.counted(actor_class)
     cpus = pool_cpus(section.actors, section.cpus_per_actor, ray.cluster_resources().get("CPU", 1), what)
-    return dataset.map_batches(
+    with warnings.catch_warnings():
+        # Ray 2.60 takes max_restarts and max_task_retries only among the remote arguments it
+        # deprecates (for 2.64), and has no other way to bound them.
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        return dataset.map_batches(
         actor_class,
-        fn_constructor_kwargs={**constructor_kwargs, "threads": torch_threads(cpus)},
-        batch_size=batch_size or section.batch_size,
-        batch_format="numpy",
-        compute=ActorPoolStrategy(size=section.actors),
-        num_cpus=cpus,
-        max_restarts=ACTOR_RESTARTS,
-        max_task_retries=ACTOR_RESTARTS,
-        **{"num_gpus": section.gpus_per_actor, **placement},
-    )
+            fn_constructor_kwargs={**constructor_kwargs, "threads": torch_threads(cpus)},
+            batch_size=batch_size or section.batch_size,
+            batch_format="numpy",
+            compute=ActorPoolStrategy(size=section.actors),
+            num_cpus=cpus,
+            max_restarts=ACTOR_RESTARTS,
+            max_task_retries=ACTOR_RESTARTS,
+            **{"num_gpus": section.gpus_per_actor, **placement},
+        )

@@ -18,7 +18,7 @@ import time
 from typing import Callable
 
 from dsw_ray import progress
-from dsw_ray.errors import StageFailed, UserError
+from dsw_ray.errors import Interrupted, StageFailed, Terminated, UserError
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,8 @@ def run_stages(
         total = None if any(rows[i] is None for i in pending) else sum(rows[i] for i in pending)
         with progress.tracking(name, stage, total) as measured:
             infos = produce([paths[i] + ".partial" for i in pending])
+    except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM (errors.Terminated)
+        raise Interrupted(name, isinstance(interrupt, Terminated)) from interrupt
     except Exception as error:
         import ray.exceptions
 

@@ -90,17 +90,64 @@ def write_job(path, model: str, run_dir) -> str:
     return str(path)
 
 
+def interrupted(job: str, number: int, to_group: bool) -> tuple[int, str]:
+    """``dsw-ray run JOB`` through a pipe, sent signal ``number`` two seconds into its generate
+    stage: to its process group, as Ctrl-C in a terminal does, or to it alone, as Kubernetes
+    and ``kill`` do. Its exit status and output."""
+    import signal  # noqa: F401  (the caller's numbers)
+
+    from tests.integration.processes import kill_session
+
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "dsw_ray", "run", job], cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        seen = []
+        for line in driver.stdout:
+            seen.append(line)
+            if "round-1/generate: started" in line:
+                time.sleep(2)  # into the stage's work
+                (os.killpg if to_group else os.kill)(driver.pid, number)
+                break
+        seen += driver.stdout.readlines()
+        return driver.wait(timeout=120), "".join(seen)
+    finally:
+        kill_session(driver)
+
+
 @pytest.fixture(scope="module")
 def job_runs(tiny_model, tmp_path_factory):
-    """The job in a terminal, then its evaluations again (``--from evaluate``) through a pipe."""
+    """The job stopped by Ctrl-C, then by SIGTERM, in its generate stage; then run in a terminal,
+    where it resumes and finishes; then its evaluations again (``--from evaluate``) through a pipe."""
+    import signal
+
     where = tmp_path_factory.mktemp("terminal")
     job = write_job(where / "job.yaml", tiny_model, where / "run")
+    stops = {"ctrl_c": interrupted(job, signal.SIGINT, True), "sigterm": interrupted(job, signal.SIGTERM, False)}
+    partial = (where / "run" / "round-1" / "generate.partial").is_dir()
     status, terminal = run_in_terminal(["run", job])
     (where / "terminal.txt").write_text(terminal)  # what a user saw, for a failing assertion's reader
     assert status == 0, terminal[-5000:]
     piped = run_in_pipe(["run", job, "--from", "evaluate"])
     assert piped.returncode == 0, piped.stderr[-5000:]
-    return {"run_dir": str(where / "run"), "terminal": terminal, "piped": piped}
+    return {"run_dir": str(where / "run"), "terminal": terminal, "piped": piped, "stops": stops, "partial": partial}
+
+
+def test_ctrl_c_and_sigterm_stop_with_one_line_and_the_rerun_resumes(job_runs):
+    """Ctrl-C and SIGTERM each stop the run in its stage with one line, exit 130 and 143, no
+    traceback on the terminal (the log has it); the same command then resumes and finishes."""
+    for name, expected in (("ctrl_c", 130), ("sigterm", 143)):
+        status, output = job_runs["stops"][name]
+        assert status == expected, output[-3000:]
+        last = output.rstrip().splitlines()[-1]
+        assert last == "dsw-ray: interrupted in round-1/generate; rerun the same command to resume.", output[-3000:]
+        assert "Traceback" not in output and "KeyboardInterrupt" not in output
+    assert job_runs["partial"], "the interrupted stage was left unfinished, not marked done"
+    with open(os.path.join(job_runs["run_dir"], "dsw-ray.log")) as f:
+        log = f.read()
+    assert log.count("Interrupted: interrupted in round-1/generate") == 2 and "dsw_ray.errors.Terminated" in log
+    assert "round-1/generate: started (an earlier run stopped before it finished)" in job_runs["terminal"]
 
 
 # A round's models are evaluated in one pass: its stages' done lines say so.
@@ -117,12 +164,12 @@ def test_the_terminal_shows_our_stages_bars_and_table_only(job_runs):
     lines = [line.strip() for line in re.split(r"[\r\n]", terminal) if line.strip()]
     for foreign in FOREIGN:
         assert not [line for line in lines if foreign in line], f"{foreign!r} reached the terminal:\n{terminal[-3000:]}"
-    for stage, counts in (
-        ("round-1/generate", "12 questions in, 24 candidates out"),
-        ("round-1/none/filter", "24 candidates in, 24 kept out"),
-        ("base/evaluate", "10 questions in, 10 answers out"),
+    for stage, counts, why in (
+        ("round-1/generate", "12 questions in, 24 candidates out", "an earlier run stopped before it finished"),
+        ("round-1/none/filter", "24 candidates in, 24 kept out", "not run yet"),
+        ("base/evaluate", "10 questions in, 10 answers out", "not run yet"),
     ):
-        assert re.search(rf"\d\d:\d\d:\d\d {stage}: started \(not run yet\)", terminal)
+        assert re.search(rf"\d\d:\d\d:\d\d {stage}: started \({why}\)", terminal)
         assert re.search(rf"{stage}: done in [\d.]+ s{ONE_PASS}, {counts}", terminal), terminal[-3000:]
     assert re.search(r"round-1/none/train: done in [\d.]+ s, 24 samples in, 12 optimizer steps, final loss [\d.]+", terminal)
     assert "method  round  kept" in terminal and f"run directory: {job_runs['run_dir']}" in terminal
@@ -152,7 +199,7 @@ def test_a_pipe_gets_plain_progress_lines_and_the_log_gets_everything_else(job_r
 
     with open(os.path.join(run_dir, "dsw-ray.log")) as f:
         log = f.read()
-    assert log.count("==== dsw-ray run") == 2, "each run appends its own section"
+    assert log.count("==== dsw-ray run") == 4, "each run appends its own section (two interrupted, two whole)"
     assert "Started a local Ray instance" in log and "streaming_executor" in log  # Ray's and Ray Data's
     assert "RayTrainWorker" in log and "DeepSpeed" in log  # what the training workers printed
     assert "round-1/none/train: done in" in log  # our lines too, for context
@@ -199,3 +246,4 @@ def test_a_worker_failure_is_one_paragraph_naming_the_stage_and_the_log(tiny_mod
     assert "deserializing header" in message and "Traceback" not in result.stderr
     trace = log.read_text()
     assert "Traceback" in trace and "SafetensorError" in trace and "StageFailed: round-1/generate failed" in trace
+

@@ -127,6 +127,9 @@ def test_kept_sets_give_each_filters_precision_beside_the_majority_and_the_oracl
     assert rows["IWSI"]["precision"] == "75.0%" and rows["IWSI"]["vs majority"] == "+5.0"
     assert rows["IWSI"]["of all correct"] == "72.0%" and rows["LMSI"]["of all correct"] == "84.0%"
     assert rows["oracle"]["of all correct"] == "100.0%" and rows["oracle"]["vs majority"] == "+30.0"
+    nobody = summary({"none": (24, 0.0, 0.1)})  # no majority: no majority share to compare with
+    nobody["rounds"][0]["methods"]["none"]["candidates"] = {**candidates, "correct": 0.0, "majority_correct": None}
+    assert kept_sets(nobody)[0][4:] == ("-", "-", "-")
     unlabeled = summary({"lmsi": (60, None, 0.3)})
     unlabeled["rounds"][0]["methods"]["lmsi"]["candidates"] = {**candidates, "correct": None}
     assert kept_sets(unlabeled) == []
@@ -162,3 +165,19 @@ def test_a_gsm8k_run_prints_its_lv_beside_the_papers():
     line = paper_valid_loss_line(s)
     assert line.startswith("Lv = 2.1969 ± 0.0969 (n = 16, semantics official); the paper's: about 2.05-2.09")
     assert paper_valid_loss_line({**s, "task": "arith"}) is None
+
+
+def test_the_loss_plot_leaves_out_an_empty_kept_set(tmp_path):
+    """One scored candidate at k = 0.3 keeps none: the plot shows the others (the paper's Figure 4)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dsw_ray.report import plot_losses
+
+    score = tmp_path / "round-1" / "score"
+    (score / "data").mkdir(parents=True)
+    pq.write_table(pa.table({"ds_weight": [1.2], "loss": [0.8], "answer": ["1"], "gold": ["1"]}), score / "data" / "p.parquet")
+    pq.write_table(pa.table({"question_id": ["v0", "v1"], "loss": [0.9, 1.1]}), score / "valid_losses.parquet")
+    run = {"semantics": "paper", "rounds": [{"methods": {"iwsi": {"candidates": {"dir": "round-1"}}}}]}
+    with open(plot_losses(str(tmp_path), run, 0.3, str(tmp_path / "losses.png")), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
