@@ -35,7 +35,7 @@ from dsw_ray.generate import HF_SAMPLING, PAPER_SAMPLING, generate, with_samplin
 from dsw_ray.gguf_import import import_gguf, read_record
 from dsw_ray.models import check_model_dir, load_tokenizer
 from dsw_ray.prompting import check_chat_template
-from dsw_ray.rundir import claim_run_dir, fingerprint, run_stage, run_stages, stage_fingerprint
+from dsw_ray.rundir import DATA, claim_run_dir, fingerprint, holding, run_stage, run_stages, stage_fingerprint, write_json
 from dsw_ray.report import write_report
 from dsw_ray.resources import pool_input
 from dsw_ray.rate import rate
@@ -49,7 +49,6 @@ from dsw_ray.vote import vote
 
 log = logging.getLogger(__name__)
 
-DATA = "data"  # the parquet folder inside a stage's artifact folder
 DRIVER_READ_BYTES = 64 << 20  # stages up to this size on disk are read by the driver (read_dataset)
 BASE_EVALUATION = os.path.join("base", "evaluate")  # the base model's graded answers, in the run directory
 
@@ -676,6 +675,12 @@ def run_job(job: JobConfig) -> dict:
     guard_submitted_job(job)
     run_dir = os.path.abspath(job.run_dir)
     os.makedirs(run_dir, exist_ok=True)
+    with holding(run_dir):
+        return run_held(job, run_dir, splits, model_path)
+
+
+def run_held(job: JobConfig, run_dir: str, splits: Splits, model_path: str) -> dict:
+    """``run_job`` in the run directory this process holds."""
     claim_run_dir(run_dir, {"task": job.task.name, "model": model_path})
     attach_run_log(run_dir)
     start_ray(job)
@@ -710,7 +715,6 @@ def run_job(job: JobConfig) -> dict:
     summary["base_accuracy"] = accuracy(os.path.join(run_dir, BASE_EVALUATION))
     summary["methods"] = summary["rounds"][-1]["methods"]
     add_statistics(summary, run_dir)
-    with open(os.path.join(run_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+    write_json(os.path.join(run_dir, "summary.json"), summary)
     write_report(run_dir, summary, job.filter.keep_fraction)
     return summary

@@ -20,7 +20,7 @@ import pyarrow.dataset as pads
 from dsw_ray import columns as C
 from dsw_ray.errors import UserError
 from dsw_ray.filters import answers_correct, variant
-from dsw_ray.rundir import stage_states
+from dsw_ray.rundir import stage_states, write_json
 from dsw_ray.score import PAPER_VALID_LOSS, VALID_LOSSES
 from dsw_ray.train import LOSS_HISTORY
 from dsw_ray.weights import keep_lowest, official_keep
@@ -498,8 +498,7 @@ def sweep_section(summary: dict, keep_fraction: float) -> list[str]:
 def write_report(run_dir: str, summary: dict, keep_fraction: float) -> str:
     """Write ``report.md``, its PNGs and ``diagnostics.json`` into the run directory; returns the report's path."""
     numbers = diagnostics(run_dir, summary, keep_fraction)
-    with open(os.path.join(run_dir, DIAGNOSTICS), "w") as f:
-        json.dump(numbers, f, indent=1)
+    write_json(os.path.join(run_dir, DIAGNOSTICS), numbers)
     figures = [
         ("DS weights", plot_ds_weights(run_dir, summary, keep_fraction, os.path.join(run_dir, "ds_weights.png"))),
         ("Loss distributions", plot_losses(run_dir, summary, keep_fraction, os.path.join(run_dir, "losses.png"))),

@@ -8,6 +8,7 @@ fingerprints chain, so is everything downstream of it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -23,6 +24,7 @@ from dsw_ray.errors import Interrupted, StageFailed, Terminated, UserError
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+DATA = "data"  # the parquet folder inside a stage's artifact folder
 LOG_FILE = "dsw-ray.log"  # the run's log: Ray's, the libraries' and the workers' output (see console)
 
 # A stage's code version: bumped when its code changes what it writes, so that a rerun
@@ -45,6 +47,44 @@ def fingerprint(*parts) -> str:
     """A short stable hash of JSON-able parts."""
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def damaged(path: str, manifest: dict) -> str | None:
+    """What is wrong with a finished stage's output, or None: its parquet files must hold the
+    rows its manifest counts (their footers are read, not the data), and a fine-tune's model
+    must have its config and weights. A stage found damaged is computed again, not trusted."""
+    data = os.path.join(path, DATA)
+    if "rows" in manifest:
+        try:
+            files = sorted(f for f in os.listdir(data) if f.endswith(".parquet")) if os.path.isdir(data) else []
+            found = sum(pq_rows(os.path.join(data, f)) for f in files)
+        except Exception as error:  # a cut or overwritten file: pyarrow says why
+            return f"{type(error).__name__}: {error}"
+        if found != manifest["rows"]:
+            return f"its parquet files hold {found} rows, its manifest {manifest['rows']}"
+    if manifest.get("stage") == "train":
+        model = os.path.join(path, "model")
+        weights = [f for f in os.listdir(model) if f.endswith(".safetensors")] if os.path.isdir(model) else []
+        if not os.path.exists(os.path.join(model, "config.json")) or not weights:
+            return "its model folder has no config.json or no weights"
+    return None
+
+
+def pq_rows(path: str) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.read_metadata(path).num_rows
+
+
+def write_json(path: str, data) -> None:
+    """``data`` as JSON at ``path``, atomically: a crash leaves the old file or the new one,
+    never a cut one (written beside it, flushed to disk, then renamed over it)."""
+    partial = path + ".partial"
+    with open(partial, "w") as f:
+        json.dump(data, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(partial, path)
 
 
 def read_manifest(path: str) -> dict | None:
@@ -91,7 +131,9 @@ def run_stages(
     manifests has the pass's times. ``rows_in``: each stage's (one number: the same for all)."""
     rows = rows_in if isinstance(rows_in, list) else [rows_in] * len(paths)
     manifests = [read_manifest(path) for path in paths]
-    done = [m is not None and m.get("fingerprint") == fp and not force for m, fp in zip(manifests, stage_fps)]
+    current = [m is not None and m.get("fingerprint") == fp and not force for m, fp in zip(manifests, stage_fps)]
+    damage = [damaged(path, m) if fresh else None for path, m, fresh in zip(paths, manifests, current)]
+    done = [fresh and not harm for fresh, harm in zip(current, damage)]
     for path, manifest, skip in zip(paths, manifests, done):
         if skip:
             log.info("%s: skipped, done already with these settings and inputs (%s)", display_name(path), manifest.get("finished", "?"))
@@ -103,6 +145,8 @@ def run_stages(
     for i in pending:
         if force:
             why = "rerun as asked (--from)"
+        elif damage[i]:
+            why = f"its output is damaged: {damage[i]}"
         elif manifests[i] is not None:
             why = "its settings, its inputs or its code changed since it ran"
         elif os.path.isdir(paths[i] + ".partial"):
@@ -143,8 +187,7 @@ def run_stages(
             **info,
         }
         partial = paths[i] + ".partial"
-        with open(os.path.join(partial, MANIFEST), "w") as f:
-            json.dump(manifest, f, indent=1)
+        write_json(os.path.join(partial, MANIFEST), manifest)
         shutil.rmtree(paths[i], ignore_errors=True)
         os.rename(partial, paths[i])
         together = f" (one pass for {len(pending)} stages)" if len(pending) > 1 else ""
@@ -203,6 +246,37 @@ def stage_states(run_dir: str) -> list[dict]:
 
 
 RUN_FILE = "run.json"
+LOCK_FILE = "run.lock"  # held by the one process writing the run directory; says who it is
+
+
+@contextlib.contextmanager
+def holding(run_dir: str):
+    """Hold ``run_dir`` for this process while the block runs: a second run of it (another
+    job with the same run_dir, or the same job started twice) is refused, naming the holder,
+    instead of interleaving its stage folders with this one's. A POSIX lock: released when
+    the process ends, however it ends, and honoured on NFS."""
+    import fcntl
+    import socket
+
+    handle = open(os.path.join(run_dir, LOCK_FILE), "a+")
+    try:
+        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise UserError(
+            f"run_dir {run_dir} is in use by {holder}: two runs writing one run directory would mix their "
+            "stages. Wait for that run to end (or stop it), or give this job its own run_dir."
+        ) from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"dsw-ray (pid {os.getpid()} on {socket.gethostname()}, since {timestamp(time.time())[:19]})\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
 LAYOUT = 2  # the run directory's layout: 2 since stage manifests carry versions and times
 
 
@@ -217,13 +291,12 @@ def claim_run_dir(run_dir: str, identity: dict) -> None:
         with open(path) as f:
             found = json.load(f)
     except FileNotFoundError:
-        if any(entry.name != LOG_FILE for entry in os.scandir(run_dir)):
+        if any(entry.name not in (LOG_FILE, LOCK_FILE) for entry in os.scandir(run_dir)):
             raise UserError(
                 f"run_dir {run_dir} is not empty and has no {RUN_FILE}: it was not written by this version of "
                 "dsw-ray (or is not a run directory). Give a new run_dir, or empty this one to start over."
             ) from None
-        with open(path, "w") as f:
-            json.dump(wanted, f, indent=1)
+        write_json(path, wanted)
         return
     except json.JSONDecodeError as error:
         raise UserError(f"{path} is damaged ({error}); restore it, or give a new run_dir.") from None

@@ -16,7 +16,6 @@ of the suite resumes every job where it stopped and redoes only what changed.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
@@ -25,6 +24,7 @@ from pydantic import Field, ValidationError
 from dsw_ray.config import JobConfig, Section, format_validation_error, load_job, read_mapping
 from dsw_ray.errors import ConfigError
 from dsw_ray.filters import variant
+from dsw_ray.rundir import write_json
 
 TABLE = "table1"  # table1.md and table1.json in the suite's out folder
 
@@ -79,8 +79,7 @@ def markdown(rows: dict[str, dict[str, float | None]], titles: list[str]) -> str
 def write_table(suite: SuiteConfig, summaries: dict[str, dict]) -> str:
     rows = accuracy_table(summaries, suite.methods)
     os.makedirs(suite.out, exist_ok=True)
-    with open(os.path.join(suite.out, TABLE + ".json"), "w") as f:
-        json.dump({"accuracy": rows, "run_dirs": {t: s["run_dir"] for t, s in summaries.items()}}, f, indent=1)
+    write_json(os.path.join(suite.out, TABLE + ".json"), {"accuracy": rows, "run_dirs": {t: s["run_dir"] for t, s in summaries.items()}})
     text = markdown(rows, list(summaries))
     with open(os.path.join(suite.out, TABLE + ".md"), "w") as f:
         f.write("# Accuracy (%, greedy, test set)\n\n" + text + "\n")

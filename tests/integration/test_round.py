@@ -412,7 +412,6 @@ def test_a_batch_that_kills_every_actor_fails_its_stage_in_bounded_time(ray_sess
     import time
 
     import pyarrow as pa
-    import ray
 
     from dsw_ray.resources import ACTOR_RESTARTS, pool_input, pool_map
 

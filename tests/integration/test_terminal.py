@@ -94,8 +94,6 @@ def interrupted(job: str, number: int, to_group: bool) -> tuple[int, str]:
     """``dsw-ray run JOB`` through a pipe, sent signal ``number`` two seconds into its generate
     stage: to its process group, as Ctrl-C in a terminal does, or to it alone, as Kubernetes
     and ``kill`` do. Its exit status and output."""
-    import signal  # noqa: F401  (the caller's numbers)
-
     from tests.integration.processes import kill_session
 
     driver = subprocess.Popen(

@@ -4,7 +4,10 @@ states `dsw-ray status` shows."""
 import json
 import logging
 import os
+import shutil
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from dsw_ray.errors import StageFailed, UserError
@@ -14,8 +17,8 @@ from dsw_ray.rundir import STAGE_VERSIONS, read_manifest, run_stage, stage_finge
 def writer(rows: int, calls: list):
     def produce(out: str) -> dict:
         calls.append(out)
-        with open(os.path.join(out, "rows.txt"), "w") as f:
-            f.write("x\n" * rows)
+        os.makedirs(os.path.join(out, "data"))
+        pq.write_table(pa.table({"x": list(range(rows))}), os.path.join(out, "data", "part-0.parquet"))
         return {"rows": rows}
 
     return produce
@@ -50,6 +53,7 @@ def test_a_stage_runs_once_then_is_skipped_until_its_fingerprint_changes(tmp_pat
 def test_a_stage_that_failed_leaves_its_last_good_output_and_says_so_next_time(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="dsw_ray.rundir")
     stage = str(tmp_path / "round-1" / "score")
+    run_stage(stage, "fp-old", writer(2, []))  # the last good output, of other settings
 
     def crash(out: str) -> dict:
         raise RuntimeError("killed")
@@ -57,8 +61,10 @@ def test_a_stage_that_failed_leaves_its_last_good_output_and_says_so_next_time(t
     with pytest.raises(StageFailed, match="round-1/score failed") as failed:
         run_stage(stage, "fp", crash)
     assert isinstance(failed.value.__cause__, RuntimeError), "the cause stays chained, for the run's log"
-    assert os.path.isdir(stage + ".partial") and not os.path.exists(stage)
-    assert [s["state"] for s in stage_states(str(tmp_path))] == ["partial"]
+    assert os.path.isdir(stage + ".partial")
+    assert read_manifest(stage)["fingerprint"] == "fp-old" and pq.read_table(os.path.join(stage, "data")).num_rows == 2
+    assert sorted(s["state"] for s in stage_states(str(tmp_path))) == ["done", "partial"]
+    shutil.rmtree(stage)
     def refuse(out: str) -> dict:
         raise UserError("the user's to fix")
 
@@ -110,3 +116,90 @@ def test_a_run_directory_belongs_to_one_run(tmp_path):
     (run_dir / "run.json").write_text("{broken")
     with pytest.raises(UserError, match="damaged"):
         claim_run_dir(str(run_dir), identity)
+
+
+@pytest.mark.parametrize(
+    "harm, why",
+    [
+        (lambda stage: os.truncate(os.path.join(stage, "data", "part-0.parquet"), 40), "ArrowInvalid"),
+        (lambda stage: shutil.rmtree(os.path.join(stage, "data")), "its parquet files hold 0 rows, its manifest 3"),
+        (lambda stage: pq.write_table(pa.table({"x": [1]}), os.path.join(stage, "data", "part-0.parquet")),
+         "its parquet files hold 1 rows, its manifest 3"),
+    ],
+)
+def test_a_finished_stage_whose_output_is_damaged_is_computed_again(tmp_path, caplog, harm, why):
+    """A skip trusts the fingerprint only while the output is whole: a cut, missing or replaced
+    parquet file is noticed from its footer and the stage runs again."""
+    caplog.set_level(logging.INFO, logger="dsw_ray.rundir")
+    stage, calls = str(tmp_path / "round-1" / "vote"), []
+    run_stage(stage, "fp", writer(3, calls))
+    assert run_stage(stage, "fp", writer(3, calls))["skipped"] and len(calls) == 1
+    harm(stage)
+    again = run_stage(stage, "fp", writer(3, calls))
+    assert again["skipped"] is False and len(calls) == 2 and "its output is damaged" in caplog.text and why in caplog.text
+    assert pq.read_table(os.path.join(stage, "data")).num_rows == 3
+
+
+def test_a_fine_tune_without_its_model_is_computed_again(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="dsw_ray.rundir")
+    stage, calls = str(tmp_path / "round-1" / "iwsi" / "train"), []
+
+    def fine_tune(out: str) -> dict:
+        calls.append(out)
+        os.makedirs(os.path.join(out, "model"))
+        for name in ("config.json", "model.safetensors"):
+            with open(os.path.join(out, "model", name), "w") as f:
+                f.write("{}")
+        return {"optimizer_steps": 3, "final_loss": 0.5}
+
+    run_stage(stage, "fp", fine_tune)
+    assert run_stage(stage, "fp", fine_tune)["skipped"]
+    os.remove(os.path.join(stage, "model", "model.safetensors"))
+    assert run_stage(stage, "fp", fine_tune)["skipped"] is False and len(calls) == 2
+    assert "its model folder has no config.json or no weights" in caplog.text
+
+
+def test_json_files_are_replaced_whole(tmp_path):
+    from dsw_ray.rundir import write_json
+
+    path = str(tmp_path / "summary.json")
+    write_json(path, {"a": 1})
+    write_json(path, {"a": 2})
+    assert json.load(open(path)) == {"a": 2} and os.listdir(tmp_path) == ["summary.json"]
+
+
+def test_a_run_directory_has_one_writer_and_the_second_is_told_who(tmp_path, tiny_model):
+    """A second process that claims a held run directory is refused, naming the holder; the CLI
+    exits 2 with that one line; once the holder is gone, the directory is free again."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from dsw_ray.rundir import holding
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from dsw_ray.rundir import holding\n"
+         f"with holding({str(run_dir)!r}):\n    print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(UserError, match=rf"run_dir {run_dir} is in use by dsw-ray \(pid {holder.pid} on "):
+            with holding(str(run_dir)):
+                pass
+        job = tmp_path / "job.yaml"
+        job.write_text(yaml.safe_dump({
+            "run_dir": str(run_dir), "task": {"name": "arith", "num_questions": 4, "num_valid": 2, "num_test": 2},
+            "model": {"path": tiny_model},
+        }))  # fmt: skip
+        cli = subprocess.run([sys.executable, "-m", "dsw_ray", "run", str(job)], capture_output=True, text=True, timeout=300)
+        assert cli.returncode == 2 and f"is in use by dsw-ray (pid {holder.pid}" in cli.stderr, cli.stderr
+        assert "Traceback" not in cli.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    with holding(str(run_dir)):  # the holder's end released it
+        pass
