@@ -17,6 +17,31 @@ SAFETENSORS = ("model.safetensors", "model.safetensors.index.json")  # one file,
 PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
+SMALL_FILE = 1 << 20  # a model folder's files up to this size are hashed; larger ones are known by size and time
+
+
+def model_identity(path: str) -> list:
+    """What a model folder holds, for the fingerprints of the stages that read it: each file's
+    name, and its sha256 (config, tokenizer, generation config: small files) or its size and
+    modification time (weights: rewriting them changes both, and hashing gigabytes at every
+    start would not pay). New weights at the same path then recompute what they feed."""
+    import hashlib
+
+    if "://" in path or not os.path.isdir(path):
+        return [path]
+    identity = []
+    for entry in sorted(os.scandir(path), key=lambda e: e.name):
+        if not entry.is_file():
+            continue
+        stat = entry.stat()
+        if stat.st_size <= SMALL_FILE:
+            with open(entry.path, "rb") as f:
+                identity.append((entry.name, hashlib.sha256(f.read()).hexdigest()))
+        else:
+            identity.append((entry.name, stat.st_size, stat.st_mtime_ns))
+    return identity
+
+
 def check_model_dir(
     path: str, kind: str = "causal LM", trust_remote_code: bool = False, field: str = "model.path"
 ) -> None:

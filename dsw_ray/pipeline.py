@@ -33,7 +33,7 @@ from dsw_ray.filters import answers_correct, variant
 from dsw_ray.filters import apply as apply_filter
 from dsw_ray.generate import HF_SAMPLING, PAPER_SAMPLING, generate, with_sampling_defaults
 from dsw_ray.gguf_import import import_gguf, read_record
-from dsw_ray.models import check_model_dir, load_tokenizer
+from dsw_ray.models import check_model_dir, load_tokenizer, model_identity
 from dsw_ray.prompting import check_chat_template
 from dsw_ray.rundir import DATA, claim_run_dir, fingerprint, holding, run_stage, run_stages, stage_fingerprint, write_json
 from dsw_ray.report import write_report
@@ -304,7 +304,9 @@ def make_candidates(
 
     scored = run_stage(stage("score"), fps["score"], score_stage, rows_in=generated["rows"], force=job.forced("score"))
     if job.uses("rm"):
-        fps["reward"] = stage_fingerprint("reward", fps["vote"], job.reward, job.train.max_length, job.semantics)
+        fps["reward"] = stage_fingerprint(
+            "reward", fps["vote"], job.reward, job.train.max_length, job.semantics, model_identity(job.reward.model_path)
+        )
 
         def reward_stage(out: str) -> dict:
             progress.expect(scored["rows"])  # the reward model reads the majority candidates only
@@ -692,9 +694,10 @@ def run_held(job: JobConfig, run_dir: str, splits: Splits, model_path: str) -> d
             os.path.join(run_dir, "inputs", QUARANTINE),
         )
 
-    # An imported GGUF model is known by its file's content, not only by the folder it went to.
+    # The base model is known by what its folder holds, not only by its path (and an imported
+    # GGUF model by its file's content).
     imported = [read_record(model_path)["sha256"]] if job.model.gguf is not None else []
-    model_fp = fingerprint("base", model_path, job.model.toy, job.model.dtype, *imported)
+    model_fp = fingerprint("base", model_path, job.model.toy, job.model.dtype, model_identity(model_path), *imported)
     summary = {
         "task": job.task.name,
         "model": model_path,

@@ -167,3 +167,23 @@ def test_a_key_given_twice_is_an_error_not_a_silent_merge(tmp_path):
 def test_an_override_keeps_a_hash_that_yaml_would_read_as_a_comment(tmp_path):
     assert load_job(write(tmp_path, MINIMAL), ["run_dir=runs/a #1"]).run_dir == "runs/a #1"
     assert load_job(write(tmp_path, MINIMAL), ["run_dir=runs/a#1"]).run_dir == "runs/a#1"
+
+
+def test_a_model_folder_is_known_by_what_it_holds(tmp_path):
+    """New weights at the same path (same size, new bytes) or a changed config change the
+    identity the stage fingerprints include; an untouched folder keeps it."""
+    import time
+
+    from dsw_ray.models import SMALL_FILE, model_identity
+
+    (tmp_path / "config.json").write_text('{"a": 1}')
+    (tmp_path / "model.safetensors").write_bytes(b"\0" * (SMALL_FILE + 1))
+    first = model_identity(str(tmp_path))
+    assert model_identity(str(tmp_path)) == first
+    time.sleep(0.01)
+    (tmp_path / "model.safetensors").write_bytes(b"\1" * (SMALL_FILE + 1))
+    second = model_identity(str(tmp_path))
+    assert second != first
+    (tmp_path / "config.json").write_text('{"a": 2}')
+    assert model_identity(str(tmp_path)) != second
+    assert model_identity("s3://bucket/model") == ["s3://bucket/model"]
