@@ -48,6 +48,7 @@ OWNED_ENGINE_ARGS = {
     "max_lora_rank",
     "max_loras",
     "distributed_executor_backend",
+    "load_format",
 }
 
 # On CPU: vLLM would size the KV cache from the machine's free memory (most of it).
@@ -112,6 +113,7 @@ def engine_args(
         "tensor_parallel_size": engine["tensor_parallel_size"],
         "gpu_memory_utilization": engine["gpu_memory_utilization"],
         "enforce_eager": engine["enforce_eager"],
+        "load_format": "safetensors",  # never pickle weights, as every other stage loads them
         **{k: engine[k] for k in ("max_model_len", "max_num_seqs", "kv_cache_memory_bytes") if engine[k] is not None},
         **engine["engine_kwargs"],
     }

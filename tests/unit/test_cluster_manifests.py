@@ -31,7 +31,9 @@ from dsw_ray.resources import pool_cpus
 from tests.conftest import ROOT
 
 SCHEMAS = os.path.join(ROOT, "..", "shared", "schemas", "kuberay")
-MANIFESTS = sorted(glob.glob(os.path.join(ROOT, "cluster", "*.yaml")))
+# The KubeRay manifests; cluster/networkpolicy.yaml is a core Kubernetes object, checked apart.
+MANIFESTS = sorted(p for p in glob.glob(os.path.join(ROOT, "cluster", "*.yaml")) if not p.endswith("networkpolicy.yaml"))
+NETWORK_POLICY = os.path.join(ROOT, "cluster", "networkpolicy.yaml")
 DOCKERFILE = os.path.join(ROOT, "cluster", "Dockerfile")
 JOBS = sorted(glob.glob(os.path.join(ROOT, "jobs", "*.yaml")))
 # Cluster jobs keep their data here on the shared volume; the tests read ../shared/data instead.
@@ -524,3 +526,28 @@ def test_shared_memory_holds_the_object_store(path):
         assert shm and shm[0].get("emptyDir", {}).get("medium") == "Memory", f"{group}: /dev/shm is not in memory"
         if "object-store-memory" in params and "sizeLimit" in shm[0]["emptyDir"]:
             assert int(params["object-store-memory"]) <= quantity(shm[0]["emptyDir"]["sizeLimit"]), group
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=name)
+def test_ray_asks_every_client_for_a_token(path):
+    """Token authentication on every cluster (KubeRay's authOptions), from one Secret the
+    docs say how to make."""
+    assert cluster_spec(read_yaml(path))["authOptions"] == {"mode": "token", "secretName": "dsw-ray-auth"}
+    with open(os.path.join(ROOT, "docs", "cluster.md")) as f:
+        assert "kubectl create secret generic dsw-ray-auth" in f.read()
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=name)
+def test_the_network_policy_admits_every_pod_of_the_manifests_and_no_other(path):
+    """Every pod the manifests run carries the label the NetworkPolicy selects, and the policy
+    lets in traffic from those pods only."""
+    manifest, policy = read_yaml(path), read_yaml(NETWORK_POLICY)
+    label = policy["spec"]["podSelector"]["matchLabels"]
+    assert (policy["apiVersion"], policy["kind"], policy["spec"]["policyTypes"]) == ("networking.k8s.io/v1", "NetworkPolicy", ["Ingress"])
+    assert policy["spec"]["ingress"] == [{"from": [{"podSelector": {"matchLabels": label}}]}], "from our own pods only"
+    templates = [group["template"] for group in [cluster_spec(manifest)["headGroupSpec"], *cluster_spec(manifest)["workerGroupSpecs"]]]
+    if manifest["kind"] == "RayJob":
+        templates.append(manifest["spec"]["submitterPodTemplate"])
+        assert manifest["spec"]["backoffLimit"] >= 1, "a retry resumes where the failed attempt stopped"
+    for template in templates:
+        assert label.items() <= template["metadata"]["labels"].items()

@@ -74,6 +74,7 @@ def test_engine_args_from_the_job():
         "tensor_parallel_size": 4,
         "gpu_memory_utilization": 0.8,
         "enforce_eager": False,
+        "load_format": "safetensors",
         "max_model_len": 2048,
         "kv_cache_dtype": "fp8",
         "distributed_executor_backend": "ray",
@@ -238,6 +239,10 @@ def test_placement_one_gpu_or_a_tensor_parallel_group():
         (
             {"generate": {"backend": "vllm", "gpus_per_actor": 1, "vllm": {"engine_kwargs": {"seed": 3}}}},
             r"engine_kwargs sets \['seed'\]",
+        ),
+        (  # pickle weights (load_format pt) stay out, as everywhere else
+            {"generate": {"backend": "vllm", "gpus_per_actor": 1, "vllm": {"engine_kwargs": {"load_format": "pt"}}}},
+            r"engine_kwargs sets \['load_format'\]",
         ),
         ({"evaluate": {"backend": "vllm", "vllm": {"kv_cache_memory_bytes": 1000}}}, "evaluate.vllm.kv_cache_memory_bytes"),
         ({"generate": {"backend": "vlm"}}, "generate.backend"),
