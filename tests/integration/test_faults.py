@@ -183,6 +183,24 @@ def wait_for(path: str, driver: subprocess.Popen, job_file: str, timeout: float 
         time.sleep(POLL)
 
 
+def wait_for_scoring(driver: subprocess.Popen, job_file: str, cpu_seconds: float = 2.0) -> None:
+    """Until the scoring pool's actor is alive and has worked ``cpu_seconds``: the stage's
+    folder appears before any actor starts, so a kill at that moment tested no scoring. On
+    this toy the scoring itself is under a second, so the kill lands in the actor's start-up
+    (imports, the model's load) or its scoring."""
+    deadline = time.time() + RUN_TIMEOUT
+    while True:
+        for process in in_session(driver.pid):
+            try:
+                if "MapBatches(Scorer)" in " ".join(process.cmdline()) and sum(process.cpu_times()[:2]) >= cpu_seconds:
+                    return
+            except psutil.Error:
+                pass
+        assert driver.poll() is None, driver_log(job_file)[-5000:]
+        assert time.time() < deadline, "the scoring actor never worked"
+        time.sleep(POLL)
+
+
 @pytest.mark.timeout(1800)
 def test_a_driver_killed_while_scoring_resumes_to_the_uninterrupted_result(reference, toy_model, tmp_path):
     """SIGKILL the driver (and its local Ray) while the score stage runs, then run the same
@@ -196,6 +214,7 @@ def test_a_driver_killed_while_scoring_resumes_to_the_uninterrupted_result(refer
     driver = start_cli(job_file)
     try:
         wait_for(os.path.join(round_dir, "score.partial"), driver, job_file)
+        wait_for_scoring(driver, job_file)
     finally:
         kill_session(driver)
     # A kill that landed after scoring must fail here, not test nothing.

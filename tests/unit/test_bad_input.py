@@ -557,10 +557,21 @@ def test_fuzz_gsm8k_random_rows(tmp_path, gsm8k_lines, rows):
 
 
 @FUZZ
-@given(data=st.binary(max_size=300))
-def test_fuzz_svamp_random_bytes(tmp_path, data):
-    (tmp_path / "SVAMP.json").write_bytes(data)
-    loads_or_our_error(svamp.load, str(tmp_path), None, None, None, 0, bad_rows="skip")
+@given(
+    data=st.text(max_size=10).map(str.encode) | st.binary(max_size=10),
+    at=st.integers(0, 110_000),
+    length=st.integers(0, 10),
+)
+def test_fuzz_svamp_random_bytes(tmp_path, svamp_rows, data, at, length):
+    """Random text or bytes written over part of the published file: about half the text
+    mutations leave it valid JSON (inside a string, a number changed, a key renamed) and so
+    reach the rows' parsing, which a whole random file never does; the rest are file-level
+    errors. Each is our error or a load."""
+    valid = json.dumps(svamp_rows, indent=4).encode()
+    at = at % len(valid)
+    (tmp_path / "SVAMP.json").write_bytes(valid[:at] + data + valid[at + length :])
+    for policy in ("fail", "skip"):
+        loads_or_our_error(svamp.load, str(tmp_path), None, None, None, 0, bad_rows=policy)
 
 
 @FUZZ
