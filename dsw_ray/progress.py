@@ -201,6 +201,7 @@ class Tracker:
         self.terminal, self.bar = terminal, None
         self.started = self.last_line = time.time()
         self.quarters_shown = 0
+        self.first: tuple[float, int] | None = None  # when work was first seen done, and how much
 
     def update(self, counts: dict) -> None:
         done = counts.get("step", counts.get("done", 0))
@@ -232,21 +233,29 @@ class Tracker:
 
     def line(self, done: int, extra: dict) -> None:
         now = time.time()
-        if now - self.started < QUIET_SECONDS or not done:
+        if now - self.started < QUIET_SECONDS:
             return
+        if done and self.first is None:
+            self.first = (now, done)
         quarters = 4 * done // self.total if self.total else 0
         if quarters <= self.quarters_shown and now - self.last_line < LINE_EVERY_SECONDS:
             return
         if quarters >= 4:  # the stage's done line says the rest
             return
         self.quarters_shown, self.last_line = max(quarters, self.quarters_shown), now
-        elapsed = now - self.started
-        rate = done / elapsed
         text = f"{self.name}: {done}" + (f"/{self.total} {self.unit} ({100 * done / self.total:.0f}%)" if self.total else f" {self.unit}")
+        if not done:  # a slow start (loading a model, a long first batch) still says it is alive
+            log.info("%s, started %.0f s ago, the first batch not done yet", text, now - self.started)
+            return
         text += "".join(f", {value} {key}" if key != "loss" else f", loss {value}" for key, value in extra.items())
-        text += f", {rate:.2f} {self.unit}/s"
-        if self.total:
-            text += f", about {(self.total - done) / rate:.0f} s left"
+        # The rate since work was first seen done: the start (actors loading models, Ray Train's
+        # workers starting) is no measure of the rest, and one step is no rate at all.
+        since, before = self.first
+        if now > since and done > before:
+            rate = (done - before) / (now - since)
+            text += f", {rate:.2f} {self.unit}/s"
+            if self.total:
+                text += f", about {(self.total - done) / rate:.0f} s left"
         log.info("%s", text)
 
     def close(self) -> None:

@@ -27,7 +27,29 @@ def test_a_fine_tune_reports_its_total_steps_and_loss(monkeypatch, caplog):
     tracker = progress.Tracker("round-1/iwsi/train", "steps", None, total=255, terminal=None)  # rows in, until told
     tracker.update({"step": 3, "total": 12, "loss": 1.23456})
     (line,) = [record.getMessage() for record in caplog.records]
-    assert line.startswith("round-1/iwsi/train: 3/12 steps (25%), loss 1.2346, ")
+    assert line == "round-1/iwsi/train: 3/12 steps (25%), loss 1.2346", "one observation is no rate"
+
+
+def test_time_left_comes_from_the_rate_since_work_was_first_seen(monkeypatch, caplog):
+    """A fine-tune whose workers took 100 s to start, then 1 step a second: its lines promise
+    what is left at 1 step/s, not at the 1 step per 100 s of the first step (which promised
+    132051 s once); a start slower than a minute still logs that it is alive."""
+    clock = [1000.0]
+    monkeypatch.setattr(progress.time, "time", lambda: clock[0])
+    monkeypatch.setattr(progress, "QUIET_SECONDS", 0.0)
+    caplog.set_level(logging.INFO, logger="dsw_ray.progress")
+    tracker = progress.Tracker("round-1/iwsi/train", "steps", None, total=400, terminal=None)
+    clock[0] += 61
+    tracker.update({"step": 0})
+    clock[0] += 39
+    tracker.update({"step": 1})  # a quarter not reached, a minute not passed: no line
+    clock[0] += 99
+    tracker.update({"step": 100})  # a quarter: 99 steps in 99 s since the first
+    lines = [record.getMessage() for record in caplog.records]
+    assert lines == [
+        "round-1/iwsi/train: 0/400 steps (0%), started 61 s ago, the first batch not done yet",
+        "round-1/iwsi/train: 100/400 steps (25%), 1.00 steps/s, about 300 s left",
+    ]
 
 
 def test_on_a_terminal_the_bar_ends_at_the_stage_full_count(monkeypatch):
