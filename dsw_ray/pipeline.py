@@ -638,6 +638,9 @@ def start_ray(job: JobConfig) -> None:
         signal.signal(signal.SIGTERM, raise_terminated)
 
 
+STARTUP_ATTEMPTS = 3  # tries at starting a local Ray node before giving up
+
+
 def start_local_ray(num_cpus: int | None) -> None:
     """A private Ray instance on this machine, as a job without a cluster starts it ("local":
     even when `ray start` left one running here)."""
@@ -656,7 +659,17 @@ def start_local_ray(num_cpus: int | None) -> None:
     saved = {name: os.environ.get(name) for name in env_vars}
     os.environ.update(env_vars)
     try:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
+        for attempt in range(1, STARTUP_ATTEMPTS + 1):
+            try:
+                ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
+                break
+            except Exception as error:
+                # Ray waits a fixed 30 s for its new node to register; a machine under heavy
+                # load (the test suite's two processes on two cores) can take longer.
+                if "timed out during startup" not in str(error) or attempt == STARTUP_ATTEMPTS:
+                    raise
+                log.warning("Ray's local node did not start within its 30 s (a busy machine?); starting it again.")
+                ray.shutdown()
     finally:
         for name, value in saved.items():
             if value is None:
