@@ -156,12 +156,13 @@ def entropy(candidates: pa.Table, settings: FilterConfig, official: bool) -> Fil
     by_question: dict[str, list] = {}
     for question_id, answer in zip(candidates[C.QUESTION_ID].to_pylist(), candidates[C.ANSWER].to_pylist()):
         by_question.setdefault(question_id, []).append(answer)
-    def uncertain(answers: list) -> bool:
+
+    def too_uncertain(answers: list) -> bool:
         if official:  # the authors' code also drops a question with one parsable answer (log 1 = 0)
             return sum(a is not None for a in answers) < 2 or answer_entropy(answers) > settings.entropy_threshold
         return answer_entropy(answers, len(answers)) > settings.entropy_threshold
 
-    uncertain = [q for q, answers in by_question.items() if uncertain(answers)]
+    uncertain = [q for q, answers in by_question.items() if too_uncertain(answers)]
     confident = candidates.filter(pc.invert(pc.is_in(candidates[C.QUESTION_ID], pa.array(uncertain, pa.string()))))
     majority, dropped = vote_drops(confident)
     return Filtered(with_weights(majority), {"high_entropy": candidates.num_rows - confident.num_rows, **dropped})

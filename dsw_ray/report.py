@@ -163,6 +163,29 @@ def first_round_scores(run_dir: str, summary: dict) -> tuple[str, pa.Table | Non
     return candidates_dir, scored if scored is not None and scored.num_rows else None
 
 
+def iwsi_kept(summary: dict, scored: pa.Table, keep_fraction: float) -> np.ndarray:
+    """Which scored majority candidates IWSI keeps at ``keep_fraction``, in the run's semantics."""
+    keep = official_keep if summary["semantics"] == "official" else keep_lowest
+    return keep(scored[C.DS_WEIGHT].to_numpy(), keep_fraction)
+
+
+def pyplot():
+    """matplotlib's pyplot, drawing to files only (no display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save(figure, path: str) -> str:
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    pyplot().close(figure)
+    return path
+
+
 def quartiles(values) -> dict:
     values = np.asarray(values, dtype=np.float64)
     if not len(values):
@@ -181,7 +204,7 @@ def diagnostics(run_dir: str, summary: dict, keep_fraction: float) -> dict | Non
         return None
     official = summary["semantics"] == "official"
     ds, loss = scored[C.DS_WEIGHT].to_numpy(), scored[C.LOSS].to_numpy()
-    kept = (official_keep if official else keep_lowest)(ds, keep_fraction)
+    kept = iwsi_kept(summary, scored, keep_fraction)
     correct = answers_correct(scored, official) if scored[C.GOLD].null_count == 0 else None
     bins = []
     for low, high in zip(DS_BINS, DS_BINS[1:]):
@@ -192,7 +215,11 @@ def diagnostics(run_dir: str, summary: dict, keep_fraction: float) -> dict | Non
             "correct": float(correct[inside].mean()) if correct is not None and n else None,
             "kept_by_iwsi": float(kept[inside].mean()) if n else None,
         })  # fmt: skip
-    losses = {"valid set": quartiles(valid_losses(run_dir, candidates_dir)), "majority candidates": quartiles(loss), "kept by IWSI": quartiles(loss[kept])}
+    losses = {
+        "valid set": quartiles(valid_losses(run_dir, candidates_dir)),
+        "majority candidates": quartiles(loss),
+        "kept by IWSI": quartiles(loss[kept]),
+    }
     if correct is not None:
         losses["majority, correct"] = quartiles(loss[correct])
         losses["majority, incorrect"] = quartiles(loss[~correct])
@@ -275,11 +302,7 @@ def sweep_rows(summary: dict, keep_fraction: float) -> list[tuple[str, ...]]:
 def plot_sweep(summary: dict, keep_fraction: float, path: str) -> str | None:
     """Accuracy against the keep fraction k with 95% intervals (the paper's Figure 2), LMSI and
     the base model as lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     found = sweeps(summary, keep_fraction)
     if not found:
         return None
@@ -298,26 +321,18 @@ def plot_sweep(summary: dict, keep_fraction: float, path: str) -> str | None:
     axis.set_ylabel("test accuracy (%)")
     axis.set_title(f"{summary['task']}: accuracy against k (95% intervals)")
     axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save(figure, path)
 
 
 def plot_losses(run_dir: str, summary: dict, keep_fraction: float, path: str) -> str | None:
     """The first round's loss distributions under the base model (the paper's Figure 4): the
     valid set's gold rationales, the majority candidates and the set IWSI keeps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     candidates_dir, scored = first_round_scores(run_dir, summary)
     if scored is None:
         return None
-    official = summary["semantics"] == "official"
     loss = scored[C.LOSS].to_numpy()
-    kept = (official_keep if official else keep_lowest)(scored[C.DS_WEIGHT].to_numpy(), keep_fraction)
+    kept = iwsi_kept(summary, scored, keep_fraction)
     groups = [("majority candidates", loss), (f"kept by IWSI (k = {keep_fraction})", loss[kept])]
     valid = valid_losses(run_dir, candidates_dir)
     groups = [(name, values) for name, values in [("valid set", valid), *groups] if len(values)]
@@ -331,10 +346,7 @@ def plot_losses(run_dir: str, summary: dict, keep_fraction: float, path: str) ->
     axis.set_ylabel("density")
     axis.set_title("Loss distributions, round 1")
     axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save(figure, path)
 
 
 def valid_losses(run_dir: str, candidates_dir: str) -> np.ndarray:
@@ -344,17 +356,13 @@ def valid_losses(run_dir: str, candidates_dir: str) -> np.ndarray:
 
 def plot_ds_weights(run_dir: str, summary: dict, keep_fraction: float, path: str) -> str | None:
     """Histogram of the first round's DS weights, split by correctness when labels exist."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     _, scored = first_round_scores(run_dir, summary)
     if scored is None:
         return None
     official = summary["semantics"] == "official"
     ds = scored[C.DS_WEIGHT].to_numpy()
-    kept = (official_keep if official else keep_lowest)(ds, keep_fraction)
+    kept = iwsi_kept(summary, scored, keep_fraction)
     figure, axis = plt.subplots(figsize=(6.4, 4))
     bins = np.linspace(1.0, max(float(ds.max()), 1.0 + 1e-6), 30)
     if scored[C.GOLD].null_count == 0:
@@ -369,18 +377,11 @@ def plot_ds_weights(run_dir: str, summary: dict, keep_fraction: float, path: str
     axis.set_ylabel("majority candidates")
     axis.set_title("DS weights of the round-1 majority candidates")
     axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save(figure, path)
 
 
 def plot_accuracy(summary: dict, path: str) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     last = summary["rounds"][-1]
     names = [variant(m).title for m in last["methods"]]
     values = [100 * (r["accuracy"] or 0.0) for r in last["methods"].values()]
@@ -390,10 +391,7 @@ def plot_accuracy(summary: dict, path: str) -> str:
     axis.set_ylabel("test accuracy (%)")
     axis.set_title(f"{summary['task']}: greedy accuracy after round {last['round']}")
     axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save(figure, path)
 
 
 def loss_history(model_dir: str) -> dict | None:
@@ -408,11 +406,7 @@ def plot_training(summary: dict, path: str) -> str | None:
     """Each fine-tune's training loss per optimizer step (mean over its micro batches), and its
     held-out loss on the valid set after each epoch; epoch 0 is the base model's ``Lv``
     (the same loss in the paper's semantics), so a rising curve shows overfitting at once."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     figure, (steps_axis, epochs_axis) = plt.subplots(1, 2, figsize=(11, 4))
     plotted = False
     for result in summary["rounds"]:
@@ -443,10 +437,7 @@ def plot_training(summary: dict, path: str) -> str | None:
     epochs_axis.set_title("Held-out loss on the labeled valid set")
     for axis in (steps_axis, epochs_axis):
         axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save(figure, path)
 
 
 def candidate_lines(summary: dict) -> list[str]:
