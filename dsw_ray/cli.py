@@ -11,7 +11,7 @@ import signal
 import sys
 import time
 
-from dsw_ray.errors import Interrupted, StageFailed, Terminated, UserError, raise_terminated
+from dsw_ray.errors import Interrupted, StageFailed, Terminated, UserError, on_signal, stop_requested
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,7 +107,8 @@ def run_job_file(args, session) -> int:
     from dsw_ray.config import load_job
 
     started = time.time()
-    signal.signal(signal.SIGTERM, raise_terminated)  # start_ray sets it again once Ray has started
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)  # start_ray sets it again once Ray has started
     try:
         overrides = args.overrides + ([f"rerun_from={args.rerun_from}"] if args.rerun_from else [])
         job = load_job(args.job, overrides)
@@ -117,7 +118,7 @@ def run_job_file(args, session) -> int:
         summary = run_job(job)
     except (Interrupted, KeyboardInterrupt) as interrupt:
         if not isinstance(interrupt, Interrupted):  # outside any stage
-            interrupt = Interrupted(None, isinstance(interrupt, Terminated))
+            interrupt = Interrupted(None, isinstance(interrupt, Terminated) or stop_requested() == signal.SIGTERM)
         session.report_interrupt(interrupt)
         return 143 if interrupt.terminated else 130
     except StageFailed as failure:

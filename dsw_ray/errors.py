@@ -1,5 +1,7 @@
 """Errors that are the user's to fix: the CLI prints them as one paragraph, no traceback."""
 
+import signal
+
 
 class UserError(Exception):
     """A mistake in a job file, a dataset or a run directory, with what would fix it."""
@@ -35,9 +37,21 @@ class Terminated(KeyboardInterrupt):
     KeyboardInterrupt is, so that both stop the run the same way."""
 
 
-def raise_terminated(signum, frame) -> None:
-    """A SIGTERM handler: the signal becomes ``Terminated`` in the main thread."""
-    raise Terminated()
+_received: list[int] = []  # the signals that asked this process to stop, as the handler saw them
+
+
+def on_signal(signum, frame) -> None:
+    """The SIGINT and SIGTERM handler of a run: the signal is remembered, then raised as
+    KeyboardInterrupt (``Terminated`` for SIGTERM) in the main thread. Remembered because Ray
+    can turn the exception into a plain KeyboardInterrupt, or swallow it inside its own calls:
+    the next stage's start then stops the run (``stop_requested``)."""
+    _received.append(signum)
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def stop_requested() -> int | None:
+    """The last signal that asked the run to stop, or None."""
+    return _received[-1] if _received else None
 
 
 class Interrupted(BaseException):

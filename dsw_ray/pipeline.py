@@ -26,7 +26,7 @@ from dsw_ray import columns as C
 from dsw_ray import progress, stats
 from dsw_ray.config import JobConfig, TaskConfig
 from dsw_ray.console import attach_run_log
-from dsw_ray.errors import UserError, raise_terminated
+from dsw_ray.errors import UserError, on_signal
 from dsw_ray.evaluate import MODEL, evaluate, models_per_pass
 from dsw_ray.events import EVENTS, write_training_events
 from dsw_ray.filters import answers_correct, variant
@@ -635,7 +635,7 @@ def start_ray(job: JobConfig) -> None:
     if threading.current_thread() is threading.main_thread():
         # Now, after ray.init: Ray's core worker installs a SIGTERM handler that aborts the
         # process. SIGTERM (Kubernetes, `kill`) then stops the run as Ctrl-C does.
-        signal.signal(signal.SIGTERM, raise_terminated)
+        signal.signal(signal.SIGTERM, on_signal)
 
 
 STARTUP_ATTEMPTS = 3  # tries at starting a local Ray node before giving up

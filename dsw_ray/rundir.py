@@ -15,11 +15,12 @@ import json
 import logging
 import os
 import shutil
+import signal
 import time
 from typing import Callable
 
 from dsw_ray import progress
-from dsw_ray.errors import Interrupted, StageFailed, Terminated, UserError
+from dsw_ray.errors import Interrupted, StageFailed, Terminated, UserError, stop_requested
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,8 @@ def run_stages(
     answers for, the fine-tunes one Ray Train run holds): ``produce(partial_dirs) -> infos``
     runs once, for the stages not done already with their fingerprints; each of their
     manifests has the pass's times. ``rows_in``: each stage's (one number: the same for all)."""
+    if stop_requested() is not None:  # a signal Ray swallowed while the last stage ran
+        raise Interrupted(display_name(paths[0]), stop_requested() == signal.SIGTERM)
     rows = rows_in if isinstance(rows_in, list) else [rows_in] * len(paths)
     manifests = [read_manifest(path) for path in paths]
     current = [m is not None and m.get("fingerprint") == fp and not force for m, fp in zip(manifests, stage_fps)]
@@ -162,8 +165,11 @@ def run_stages(
         total = None if any(rows[i] is None for i in pending) else sum(rows[i] for i in pending)
         with progress.tracking(name, stage, total) as measured:
             infos = produce([paths[i] + ".partial" for i in pending])
+        if stop_requested() is not None:  # the signal came while the stage ran, and Ray swallowed it
+            raise KeyboardInterrupt()
     except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM (errors.Terminated)
-        raise Interrupted(name, isinstance(interrupt, Terminated)) from interrupt
+        terminated = isinstance(interrupt, Terminated) or stop_requested() == signal.SIGTERM
+        raise Interrupted(name, terminated) from interrupt
     except Exception as error:
         import ray.exceptions
 
