@@ -11,7 +11,7 @@ import signal
 import sys
 import time
 
-from dsw_ray.errors import Interrupted, StageFailed, Terminated, UserError, on_signal, stop_requested
+from dsw_ray.errors import Interrupted, StageFailed, UserError, on_signal, stop_requested
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,9 +118,9 @@ def run_job_file(args, session) -> int:
         summary = run_job(job)
     except (Interrupted, KeyboardInterrupt) as interrupt:
         if not isinstance(interrupt, Interrupted):  # outside any stage
-            interrupt = Interrupted(None, isinstance(interrupt, Terminated) or stop_requested() == signal.SIGTERM)
+            interrupt = Interrupted(None)
         session.report_interrupt(interrupt)
-        return 143 if interrupt.terminated else 130
+        return 143 if stop_requested() == signal.SIGTERM else 130
     except StageFailed as failure:
         session.report_failure(failure, failure.stage)
         return 1
@@ -133,8 +133,9 @@ def run_job_file(args, session) -> int:
     out = session.stdout
     print(f"\n{summary['task']}: {summary['questions']} questions, {summary['valid']} valid, {summary['test']} test", file=out)
     print(text_table(summary), file=out)
-    if paper_valid_loss_line(summary):
-        print(paper_valid_loss_line(summary), file=out)
+    valid_loss = paper_valid_loss_line(summary)
+    if valid_loss:
+        print(valid_loss, file=out)
     print(f"\nrun directory: {job.run_dir} (summary.json, report.md); {time.time() - started:.0f} s", file=out)
     return 0
 

@@ -1,7 +1,5 @@
 """Errors that are the user's to fix: the CLI prints them as one paragraph, no traceback."""
 
-import signal
-
 
 class UserError(Exception):
     """A mistake in a job file, a dataset or a run directory, with what would fix it."""
@@ -32,21 +30,17 @@ class StageFailed(Exception):
         self.stage = stage
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (what Kubernetes and ``kill`` send), raised in the driver as Ctrl-C's
-    KeyboardInterrupt is, so that both stop the run the same way."""
-
-
 _received: list[int] = []  # the signals that asked this process to stop, as the handler saw them
 
 
 def on_signal(signum, frame) -> None:
-    """The SIGINT and SIGTERM handler of a run: the signal is remembered, then raised as
-    KeyboardInterrupt (``Terminated`` for SIGTERM) in the main thread. Remembered because Ray
-    can turn the exception into a plain KeyboardInterrupt, or swallow it inside its own calls:
-    the next stage's start then stops the run (``stop_requested``)."""
+    """The SIGINT and SIGTERM handler of a run (SIGTERM: what Kubernetes and ``kill`` send): the
+    signal is remembered, then raised as KeyboardInterrupt in the main thread, so that both stop
+    the run the same way. Remembered because Ray can swallow the exception inside its own calls:
+    the stage then stops when its work returns (``stop_requested``), and the exit status says
+    which signal it was."""
     _received.append(signum)
-    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+    raise KeyboardInterrupt()
 
 
 def stop_requested() -> int | None:
@@ -58,6 +52,6 @@ class Interrupted(BaseException):
     """The run was stopped by Ctrl-C or SIGTERM while ``stage`` ran (None: between stages).
     A BaseException, as KeyboardInterrupt is: no handler of errors may swallow it."""
 
-    def __init__(self, stage: str | None, terminated: bool):
+    def __init__(self, stage: str | None):
         super().__init__(f"interrupted in {stage}" if stage else "interrupted")
-        self.stage, self.terminated = stage, terminated
+        self.stage = stage

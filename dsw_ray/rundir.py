@@ -15,12 +15,11 @@ import json
 import logging
 import os
 import shutil
-import signal
 import time
 from typing import Callable
 
 from dsw_ray import progress
-from dsw_ray.errors import Interrupted, StageFailed, Terminated, UserError, stop_requested
+from dsw_ray.errors import Interrupted, StageFailed, UserError, stop_requested
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +130,7 @@ def run_stages(
     runs once, for the stages not done already with their fingerprints; each of their
     manifests has the pass's times. ``rows_in``: each stage's (one number: the same for all)."""
     if stop_requested() is not None:  # a signal Ray swallowed while the last stage ran
-        raise Interrupted(display_name(paths[0]), stop_requested() == signal.SIGTERM)
+        raise Interrupted(display_name(paths[0]))
     rows = rows_in if isinstance(rows_in, list) else [rows_in] * len(paths)
     manifests = [read_manifest(path) for path in paths]
     current = [m is not None and m.get("fingerprint") == fp and not force for m, fp in zip(manifests, stage_fps)]
@@ -167,9 +166,8 @@ def run_stages(
             infos = produce([paths[i] + ".partial" for i in pending])
         if stop_requested() is not None:  # the signal came while the stage ran, and Ray swallowed it
             raise KeyboardInterrupt()
-    except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM (errors.Terminated)
-        terminated = isinstance(interrupt, Terminated) or stop_requested() == signal.SIGTERM
-        raise Interrupted(name, terminated) from interrupt
+    except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM (errors.on_signal)
+        raise Interrupted(name) from interrupt
     except Exception as error:
         import ray.exceptions
 

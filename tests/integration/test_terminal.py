@@ -144,8 +144,8 @@ def test_ctrl_c_and_sigterm_stop_with_one_line_and_the_rerun_resumes(job_runs):
     assert job_runs["partial"], "the interrupted stage was left unfinished, not marked done"
     with open(os.path.join(job_runs["run_dir"], "dsw-ray.log")) as f:
         log = f.read()
-    # (Ray can hand SIGTERM's exception on as a plain KeyboardInterrupt: the exit status comes
-    # from the signal the handler saw.)
+    # (Both signals are raised as KeyboardInterrupt: the exit status comes from the signal the
+    # handler saw.)
     assert log.count("dsw_ray.errors.Interrupted: interrupted in round-1/generate") == 2
     assert "round-1/generate: started (an earlier run stopped before it finished)" in job_runs["terminal"]
 
