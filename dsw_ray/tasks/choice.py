@@ -26,6 +26,7 @@ import re
 import string
 
 from dsw_ray.errors import BadRow
+from dsw_ray.tasks import numeric
 
 ANSWER_PHRASE = re.compile(r"the answer is", re.IGNORECASE)
 # "(b)", "(B)", or a bare capital letter that ends there ("The answer is B." / "is B" at the end).
@@ -44,8 +45,7 @@ def letters(count: int) -> str:
 def parse_answer(text: str, valid: str, official: bool = False) -> str | None:
     """The choice letter the text answers with (one of ``valid``), or None."""
     if official:
-        suffix = text.lower().split("the answer is")[-1]
-        match = PARENTHESIZED.search(suffix.split("=")[-1])
+        match = PARENTHESIZED.search(numeric.authors_suffix(text))
         letter = match.group(1).upper() if match else None
         return letter if letter is not None and letter in valid else None
     for phrase in ANSWER_PHRASE.finditer(text):

@@ -59,14 +59,16 @@ def as_integer(answer: str | None) -> str | None:
 UNSIGNED = re.compile(r"\d+\.?\d*")
 
 
+def authors_suffix(text: str) -> str:
+    """Where the authors' parsers (numbers and letters alike) look: the lower-cased text after
+    its last "the answer is" (all of it without one), and then after its last ``=``."""
+    return text.lower().split("the answer is")[-1].split("=")[-1]
+
+
 def official_answer(text: str) -> str | None:
-    """The authors' ``derive_num_from_output`` then ``int(float(x))``: after the last "the answer
-    is" (else the whole text), after the last ``=`` there, commas removed, the first unsigned
-    number of at most 30 characters, truncated to an integer."""
-    suffix = text.lower().split("the answer is")[-1].strip()
-    if "=" in suffix:
-        suffix = suffix.split("=")[-1].strip()
-    match = UNSIGNED.search(suffix.replace(",", ""))
+    """The authors' ``derive_num_from_output`` then ``int(float(x))``: in ``authors_suffix``,
+    commas removed, the first unsigned number of at most 30 characters, truncated to an integer."""
+    match = UNSIGNED.search(authors_suffix(text).replace(",", ""))
     if match is None or len(match.group()) > 30:
         return None
     return as_integer(match.group())
