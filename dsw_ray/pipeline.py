@@ -448,7 +448,8 @@ def train_round(job: JobConfig, run_dir: str, round_dir: str, tunes: list[Tune],
         )
 
     manifests = run_stages(
-        paths, [t.fingerprint for t in tunes], produce, rows_in=[t.kept_rows for t in tunes], force=job.forced("train")
+        paths, [t.fingerprint for t in tunes], produce, rows_in=[t.kept_rows for t in tunes], force=job.forced("train"),
+        resumable=True,  # a fine-tune an interrupted run finished is not trained again
     )
     results = []
     for tune, path, trained in zip(tunes, paths, manifests):

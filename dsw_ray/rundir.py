@@ -24,6 +24,7 @@ from dsw_ray.errors import Interrupted, StageFailed, UserError, stop_requested
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+PARTIAL_OF = "partial_of.json"  # in a partial folder: the fingerprint of the stage run writing it
 DATA = "data"  # the parquet folder inside a stage's artifact folder
 LOG_FILE = "dsw-ray.log"  # the run's log: Ray's, the libraries' and the workers' output (see console)
 
@@ -87,6 +88,15 @@ def write_json(path: str, data) -> None:
     os.replace(partial, path)
 
 
+def partial_of(partial: str) -> str | None:
+    """The fingerprint of the stage run that made a partial folder, or None."""
+    try:
+        with open(os.path.join(partial, PARTIAL_OF)) as f:
+            return json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
 def read_manifest(path: str) -> dict | None:
     try:
         with open(os.path.join(path, MANIFEST)) as f:
@@ -123,12 +133,14 @@ def run_stage(
 
 def run_stages(
     paths: list[str], stage_fps: list[str], produce: Callable[[list[str]], list[dict]],
-    rows_in: int | list[int] | None = None, force: bool = False,
+    rows_in: int | list[int] | None = None, force: bool = False, resumable: bool = False,
 ) -> list[dict]:
     """``run_stage`` for stages of one kind that one pass computes (the models one evaluation pool
     answers for, the fine-tunes one Ray Train run holds): ``produce(partial_dirs) -> infos``
     runs once, for the stages not done already with their fingerprints; each of their
-    manifests has the pass's times. ``rows_in``: each stage's (one number: the same for all)."""
+    manifests has the pass's times. ``rows_in``: each stage's (one number: the same for all).
+    ``resumable``: ``produce`` can go on from what an interrupted run with the same
+    fingerprint left in a partial folder, so that folder is kept (any other is emptied)."""
     if stop_requested() is not None:  # a signal Ray swallowed while the last stage ran
         raise Interrupted(display_name(paths[0]))
     rows = rows_in if isinstance(rows_in, list) else [rows_in] * len(paths)
@@ -155,9 +167,14 @@ def run_stages(
             why = "an earlier run stopped before it finished"
         else:
             why = "not run yet"
+        partial = paths[i] + ".partial"
+        if resumable and not force and partial_of(partial) == stage_fps[i]:
+            why += "; going on from what it left"
+        else:
+            shutil.rmtree(partial, ignore_errors=True)
+            os.makedirs(partial)
+            write_json(os.path.join(partial, PARTIAL_OF), stage_fps[i])
         log.info("%s: started (%s)%s", display_name(paths[i]), why, "" if rows[i] is None else f", {rows[i]} {units(stage)[0]} in")
-        shutil.rmtree(paths[i] + ".partial", ignore_errors=True)
-        os.makedirs(paths[i] + ".partial")
     name = display_name(paths[pending[0]]) + (f" and {len(pending) - 1} more" if len(pending) > 1 else "")
     started = time.time()
     try:
@@ -191,6 +208,7 @@ def run_stages(
             **info,
         }
         partial = paths[i] + ".partial"
+        os.remove(os.path.join(partial, PARTIAL_OF))
         write_json(os.path.join(partial, MANIFEST), manifest)
         shutil.rmtree(paths[i], ignore_errors=True)
         os.rename(partial, paths[i])

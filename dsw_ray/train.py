@@ -193,6 +193,55 @@ class NonFiniteLoss(RuntimeError):
     """A fine-tune's loss became NaN or infinite: the weights are ruined, so it stops there."""
 
 
+class UnsafeCheckpoint(UserError):
+    """An epoch checkpoint holds more than tensors and DeepSpeed's own records: resuming from it
+    would run whatever its pickle says, so it is refused."""
+
+
+def load_weights_only(path: str, map_location=None):
+    """A DeepSpeed checkpoint file through torch's weights-only unpickler: tensors, plain data
+    and the few DeepSpeed records its optimizer states hold, never code. DeepSpeed's own loader
+    unpickles anything, and the checkpoints lie on the run's shared storage."""
+    import pickle
+
+    import torch
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    with torch.serialization.safe_globals([LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]):
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as error:
+            reason = str(error).split("WeightsUnpickler error: ")[-1].split(". ")[0]
+            raise UnsafeCheckpoint(
+                f"the epoch checkpoint {path} was not resumed: it holds more than weights ({reason}). "
+                "Delete the run's ray_train folder to train this fine-tune from its start."
+            ) from None
+
+
+def require_space(folder: str, needed_bytes: int, what: str) -> None:
+    """Fail before writing ``what`` into ``folder`` when its disk has less than ``needed_bytes``
+    free: a clear error, not a checkpoint cut off by a full disk."""
+    free = shutil.disk_usage(folder).free
+    if free < needed_bytes:
+        raise UserError(
+            f"train: {what} needs about {needed_bytes / 2**30:.2f} GiB in {folder}, which has {free / 2**30:.2f} GiB "
+            "free. Point TMPDIR at a larger disk for the training workers (runtime_env env_vars), or free space there."
+        )
+
+
+def checkpoint_bytes(engine, settings: dict, world_size: int) -> int:
+    """About what one rank's epoch checkpoint writes: the weights it saves (the adapter alone
+    with LoRA) and 12 bytes per trainable parameter (fp32 copy and AdamW's two moments),
+    partitioned across ranks above ZeRO stage 0."""
+    saved = [p for p in engine.module.parameters() if p.requires_grad or not settings.get("lora")]
+    weights = sum(p.ds_numel * p.element_size() if hasattr(p, "ds_numel") else p.numel() * p.element_size() for p in saved)
+    trainable = sum(getattr(p, "ds_numel", p.numel()) for p in engine.module.parameters() if p.requires_grad)
+    states = 12 * trainable // (world_size if settings["zero_stage"] else 1)
+    return weights + states
+
+
 def all_finite(loss, world_size: int) -> bool:
     """Whether the loss is finite on every rank (a collective, so that every rank stops together)."""
     import torch
@@ -299,8 +348,10 @@ def train_worker(
         dist_init_required=False,
     )
     first_epoch, history, heldout_history = 0, [], []
+    engine.checkpoint_engine.load = load_weights_only
     if restore:
-        _, client_state = engine.load_checkpoint(restore)
+        # A LoRA checkpoint holds the adapter alone: the frozen base weights come from the model.
+        _, client_state = engine.load_checkpoint(restore, load_module_strict=not settings.get("lora"))
         first_epoch, history = client_state["epoch"], client_state["history"]
         heldout_history = client_state.get("heldout_history", [])
     started, micro_batches_run = time.time(), 0
@@ -339,9 +390,13 @@ def train_worker(
         if heldout is not None:
             heldout_history.append({"epoch": epoch + 1, "optimizer_step": int(engine.global_steps), "loss": heldout})
         if epoch + 1 < settings["epochs"]:
+            require_space(tempfile.gettempdir(), checkpoint_bytes(engine, settings, world_size), f"epoch {epoch + 1}'s checkpoint")
             checkpoint_dir = tempfile.mkdtemp(prefix="dsw-checkpoint-")
             client_state = {"epoch": epoch + 1, "history": history, "heldout_history": heldout_history}
-            engine.save_checkpoint(checkpoint_dir, tag=f"epoch-{epoch + 1}", client_state=client_state)
+            engine.save_checkpoint(
+                checkpoint_dir, tag=f"epoch-{epoch + 1}", client_state=client_state,
+                exclude_frozen_parameters=bool(settings.get("lora")),
+            )  # fmt: skip
             report({"epoch": epoch + 1, "optimizer_steps": int(engine.global_steps)}, checkpoint_dir)
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
     # Every rank joins the gather (a collective under ZeRO-3); rank 0 keeps a CPU copy.
@@ -363,6 +418,7 @@ def train_worker(
     if rank != 0:
         report(metrics, None)
         return
+    require_space(tempfile.gettempdir(), sum(v.numel() * v.element_size() for v in state.values()), "the export")
     out_dir = tempfile.mkdtemp(prefix="dsw-export-")
     export(state, settings, out_dir)
     with open(os.path.join(out_dir, LOSS_HISTORY), "w") as f:
@@ -408,6 +464,7 @@ def ray_train_loop(settings: dict) -> None:
                 with open(os.path.join(out_dir, FINE_TUNE_OF), "w") as f:
                     json.dump({"export": export}, f)
                 saved = ray.train.Checkpoint.from_directory(out_dir)
+                metrics = {**metrics, "fine_tune": export}
             ray.train.report(metrics, checkpoint=saved)
 
         columns = [C.QUESTION, C.TEXT]
@@ -496,7 +553,9 @@ def fine_tune_all(
 
     Ray Train keeps the run's checkpoints under ``storage_dir/run_name``: when a worker dies
     it restarts the workers from the last one (up to ``train.max_failures`` times), and a
-    later call with the same name resumes an interrupted run.
+    later call with the same name resumes an interrupted run. An ``out_dir`` that holds a
+    finished export (its loss history) is kept, not trained again: give fresh folders, or the
+    ones an interrupted call of these same fine-tunes filled.
     """
     import pyarrow.dataset as pads
     import ray
@@ -522,7 +581,8 @@ def fine_tune_all(
             "data": os.path.abspath(run.kept), "model_path": run.model_path, "seed": run.seed,
             "export": os.path.abspath(run.out_dir), "steps": optimizer_steps(num_samples // train.num_workers, settings),
         })  # fmt: skip
-        shutil.rmtree(run.out_dir, ignore_errors=True)
+        if not os.path.exists(os.path.join(run.out_dir, LOSS_HISTORY)):  # kept: an earlier attempt finished it
+            shutil.rmtree(run.out_dir, ignore_errors=True)
     settings["total_steps"] = sum(run["steps"] for run in settings["runs"])
     progress.expect(settings["total_steps"])  # the stage's progress counts optimizer steps
     trainer = TorchTrainer(

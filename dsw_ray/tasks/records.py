@@ -69,6 +69,15 @@ def records_of_text(path: str, text: str, format: str, row: str) -> list[Record]
             Record(i, line, f"{path}, row {i + 1} (line {line})", raw, lambda v=value: object_row(v, row))
             for i, ((line, raw), value) in enumerate(zip(array_items(text, len(values)), values))
         ]
+    # A field may be as long as the file: csv's own limit (128 KiB) failed a whole file.
+    limit = csv.field_size_limit(max(len(text), csv.field_size_limit()))
+    try:
+        return csv_records(path, text)
+    finally:
+        csv.field_size_limit(limit)
+
+
+def csv_records(path: str, text: str) -> list[Record]:
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader)

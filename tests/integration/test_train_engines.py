@@ -4,6 +4,7 @@ with each micro batch packed into one sequence."""
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from safetensors.torch import load_file
 from dsw_ray import get_task
 from dsw_ray.config import JobConfig
 from dsw_ray.score import LossModel
-from dsw_ray.train import training_settings
+from dsw_ray.train import load_weights_only, training_settings
 
 # LoRA on the barely pre-trained tiny model learns slowly: its loss falls by about 1% here.
 LORA = {"lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "up_proj"]}, "learning_rate": 1e-2}
@@ -55,14 +56,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(runs: list[tuple[dict, str, str]]) -> list[tuple[list, list]]:
-    """Fine-tunes ``(settings, data_path, out)`` one after the other in one ``torchrun``
-    launch of WORLD ranks; each one's per-rank metrics and loss history."""
-    for _, _, out in runs:
+def launch(runs: list[tuple]) -> list[tuple[list, list]]:
+    """Fine-tunes ``(settings, data_path, out)`` or ``(settings, data_path, out, restore)`` one
+    after the other in one ``torchrun`` launch of WORLD ranks; each one's per-rank metrics and
+    loss history, or its per-rank errors."""
+    for _, _, out, *_ in runs:
         os.makedirs(out, exist_ok=True)
     spec = os.path.join(runs[0][2], "spec.json")
     with open(spec, "w") as f:
-        json.dump([{"settings": settings, "data": data, "out": str(out)} for settings, data, out in runs], f)
+        json.dump([{"settings": run[0], "data": run[1], "out": str(run[2]), "restore": (run[3:] or [None])[0]} for run in runs], f)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD), "--master_port", str(free_port()),
@@ -71,7 +73,7 @@ def launch(runs: list[tuple[dict, str, str]]) -> list[tuple[list, list]]:
     )
     assert result.returncode == 0, result.stderr[-4000:]
     results = []
-    for _, _, out in runs:
+    for _, _, out, *_ in runs:
         if os.path.exists(os.path.join(out, "error-0.txt")):
             results.append([open(os.path.join(out, f"error-{rank}.txt")).read() for rank in range(WORLD)])
             continue
@@ -179,6 +181,76 @@ def test_export_round_trip_gives_the_workers_heldout_loss(runs, data, name):
     heldout = data[1]
     losses = LossModel(export, "float32", False, 512, "answer").losses([q for q, _ in heldout], [a for _, a in heldout], 4)
     assert losses.mean() == pytest.approx(metrics[0]["heldout_loss"], abs=1e-5)
+
+
+class Poison:
+    """Unpickled, it creates a file: what a checkpoint planted on the shared volume could do."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def checkpoint_of(runs, name: str, epoch: int) -> str:
+    """The epoch checkpoint (every rank's part) that run ``name`` saved."""
+    return os.path.join(os.path.dirname(runs[name][2]), "checkpoints", f"epoch-{epoch}")
+
+
+@pytest.fixture(scope="module")
+def resumed(runs, data, tiny_model, tmp_path_factory):
+    """Fine-tunes resumed from the runs' epoch checkpoints (ZeRO-2 after epoch 2, LoRA under
+    ZeRO-3 after epoch 1), and one from a ZeRO-2 checkpoint whose optimizer states were
+    replaced by a pickle that runs code."""
+    data_path, heldout = data
+    base = tmp_path_factory.mktemp("resumed")
+    poisoned = base / "poisoned_checkpoint"
+    shutil.copytree(checkpoint_of(runs, "zero2", 1), poisoned)
+    marker = base / "the_pickle_ran"
+    for states in poisoned.glob("epoch-1/*optim_states.pt"):
+        torch.save({"optimizer_state_dict": Poison(str(marker))}, states)
+    lora_zero3 = {"zero_stage": 3, **LORA, "deepspeed": {"zero_optimization": {"stage3_param_persistence_threshold": 0}}}
+    results = launch([
+        (settings_for(tiny_model, heldout, zero_stage=2), data_path, base / "zero2", checkpoint_of(runs, "zero2", 2)),
+        (settings_for(tiny_model, heldout, **lora_zero3), data_path, base / "lora_zero3", checkpoint_of(runs, "lora_zero3", 1)),
+        (settings_for(tiny_model, heldout, zero_stage=2), data_path, base / "poisoned", str(poisoned)),
+    ])  # fmt: skip
+    return {"zero2": results[0], "lora_zero3": results[1], "poisoned": (results[2], poisoned), "marker": marker}
+
+
+@pytest.mark.parametrize("name, epoch", [("zero2", 2), ("lora_zero3", 1)])
+def test_a_resumed_fine_tune_ends_with_the_weights_of_one_never_stopped(runs, resumed, name, epoch):
+    metrics, history = resumed[name]
+    assert metrics[0]["resumed_from_epoch"] == epoch and metrics[0]["optimizer_steps"] == 9
+    assert metrics[0]["micro_batches"] == 6 * (3 - epoch), "only the epochs after the checkpoint ran"
+    assert history == runs[name][1], "the loss history goes on from the checkpoint's"
+    assert metrics[0]["parameter_digests"] == runs[name][0][0]["parameter_digests"]
+
+
+@pytest.mark.parametrize("name, states", [("lora_ddp", "mp_rank_00_model_states.pt"),
+                                          ("lora_zero3", "zero_pp_rank_0_mp_rank_00_model_states.pt")])
+def test_a_lora_checkpoint_holds_the_adapter_not_the_frozen_model(runs, tiny_model, name, states):
+    """The base weights are in the model folder already: a LoRA checkpoint that saved them too
+    would be as large as the model, every epoch. (DeepSpeed keeps a tied output embedding
+    under its own name: at most that much of the base.)"""
+    saved = load_weights_only(os.path.join(checkpoint_of(runs, name, 1), "epoch-1", states))
+    adapter = [key for key in saved["module"] if "lora_" in key]
+    assert len(adapter) == 12, "A and B for 3 modules in 2 layers"
+    frozen = sum(t.numel() for k, t in saved["module"].items() if k not in adapter)
+    frozen += sum(t.numel() for t in (saved.get("frozen_param_fragments") or {}).values())
+    assert frozen <= load_file(os.path.join(tiny_model, "model.safetensors"))["model.embed_tokens.weight"].numel()
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(resumed):
+    errors, poisoned = resumed["poisoned"]
+    assert len(errors) == WORLD and all("was not resumed: it holds more than weights" in e for e in errors), errors
+    assert "ray_train folder" in errors[0]
+    assert not resumed["marker"].exists(), "the checkpoint's pickle ran"
+    # The poison is real: DeepSpeed's own loader would have run it.
+    states = next(poisoned.glob("epoch-1/*optim_states.pt"))
+    torch.load(states, weights_only=False)
+    assert resumed["marker"].exists()
 
 
 @pytest.mark.parametrize("stage", [0, 3])

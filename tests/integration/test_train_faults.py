@@ -1,6 +1,7 @@
-"""The train stage under Ray Train with a driver killed mid-run and started again: the run
-resumes from its last epoch checkpoint. Real processes, real signals. (A training worker
-killed mid-run is tested on a whole job in test_faults.py.)"""
+"""The train stage under Ray Train with a driver killed mid-run and started again: the
+fine-tune it finished is kept, the one it was in resumes from its last epoch checkpoint.
+Real processes, real signals. (A training worker killed mid-run is tested on a whole job in
+test_faults.py.)"""
 
 import json
 import os
@@ -46,7 +47,7 @@ def start(tmp_path, model, rows_file, workers: int):
         },
         "model": model,
         "data": rows_file,
-        "out": str(tmp_path / "model"),
+        "outs": [str(tmp_path / "first"), str(tmp_path / "second")],
         "storage": str(tmp_path / "ray_train"),
         "run_name": "train-test",
         "num_cpus": 2,
@@ -59,27 +60,28 @@ def start(tmp_path, model, rows_file, workers: int):
     )
 
 
-def committed_epochs(tmp_path) -> list[int]:
-    """Epoch checkpoints Ray Train has registered (every rank reported), from its snapshot file."""
+def committed_epochs(tmp_path, fine_tune: str) -> list[int]:
+    """Epoch checkpoints of ``fine_tune`` (its export folder) that Ray Train has registered
+    (every rank reported), from its snapshot file."""
     try:
         with open(tmp_path / "ray_train" / "train-test" / "checkpoint_manager_snapshot.json") as f:
             results = json.load(f)["checkpoint_results"]
     except (FileNotFoundError, json.JSONDecodeError, KeyError):
         return []
-    return [r["metrics"]["epoch"] for r in results if "epoch" in r["metrics"]]
+    return [r["metrics"]["epoch"] for r in results if r["metrics"].get("fine_tune") == fine_tune]
 
 
-def wait_for_checkpoint(tmp_path, process, timeout=240) -> None:
+def wait_for_checkpoint(tmp_path, process, fine_tune: str, timeout=400) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if committed_epochs(tmp_path):
+        if committed_epochs(tmp_path, fine_tune):
             return
         assert process.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
         time.sleep(0.1)
-    raise AssertionError("no epoch checkpoint was registered")
+    raise AssertionError(f"no epoch checkpoint of {fine_tune} was registered")
 
 
-def metrics_of(tmp_path, process, timeout=400) -> dict:
+def metrics_of(tmp_path, process, timeout=400) -> list[dict]:
     process.wait(timeout=timeout)
     output = (tmp_path / "driver.log").read_text()
     assert process.returncode == 0, output[-4000:]
@@ -88,19 +90,23 @@ def metrics_of(tmp_path, process, timeout=400) -> dict:
     return json.JSONDecoder().raw_decode(line[len("METRICS "):])[0]
 
 
-@pytest.mark.timeout(600)
-def test_killed_driver_resumes_its_run_when_started_again(tiny_model, rows_file, tmp_path):
+@pytest.mark.timeout(900)
+def test_killed_driver_keeps_the_finished_fine_tune_and_resumes_the_next(tiny_model, rows_file, tmp_path):
     first = start(tmp_path, tiny_model, rows_file, workers=1)
     try:
-        wait_for_checkpoint(tmp_path, first)
+        wait_for_checkpoint(tmp_path, first, str(tmp_path / "second"))
     finally:
         # The driver, the Ray it started and its training worker, which leads a process group
         # of its own: none of them may outlive the kill and share the rerun's cores.
         kill_session(first)
+    finished = tmp_path / "first" / "loss_history.json"
+    before = (finished.read_bytes(), finished.stat().st_mtime_ns)
     again = start(tmp_path, tiny_model, rows_file, workers=1)
     try:
-        metrics = metrics_of(tmp_path, again)
+        kept, resumed = metrics_of(tmp_path, again)
     finally:
         kill_session(again)
-    assert 1 <= metrics["resumed_from_epoch"] < EPOCHS, "killed between two epochs, not after the last"
-    assert metrics["optimizer_steps"] == expected_steps(1)
+    assert (finished.read_bytes(), finished.stat().st_mtime_ns) == before, "the finished fine-tune was trained again"
+    assert kept["resumed_from_epoch"] == 0 and kept["optimizer_steps"] == expected_steps(1)
+    assert 1 <= resumed["resumed_from_epoch"] < EPOCHS, "killed between two epochs, not after the last"
+    assert resumed["optimizer_steps"] == expected_steps(1)

@@ -5,9 +5,10 @@ to give each rank exactly the same rows in the same order under every ZeRO stage
 
 SPEC: a list of fine-tunes, run one after the other in the same processes (a launch's
 process start and imports cost more than a tiny fine-tune), each with ``settings`` (as
-``training_settings`` makes them), ``data`` (a parquet file of ``question``/``text`` rows)
-and ``out`` (a folder: ``metrics-<rank>.json`` and ``export/``, or ``error-<rank>.txt`` when
-the loss diverged). Rank r trains on rows r,
+``training_settings`` makes them), ``data`` (a parquet file of ``question``/``text`` rows),
+``out`` (a folder: ``metrics-<rank>.json``, ``export/`` and each epoch's checkpoint in
+``checkpoints/epoch-<n>``, or ``error-<rank>.txt`` when the loss diverged or a checkpoint was
+refused) and optionally ``restore`` (a checkpoint folder to resume from). Rank r trains on rows r,
 r + world, ... of the file (``train.shard``), in the seeded order ``train_worker`` gives
 each epoch, as a Ray Train worker does.
 """
@@ -20,14 +21,15 @@ import sys
 import pyarrow.parquet as pq
 import torch.distributed as dist
 
-from dsw_ray.train import NonFiniteLoss, shard, train_worker
+from dsw_ray.train import NonFiniteLoss, UnsafeCheckpoint, shard, train_worker
 
 
 def fine_tune(spec: dict, rank: int, world: int) -> None:
     rows = shard(pq.read_table(spec["data"]), rank, world)
 
     def report(metrics: dict, directory: str | None) -> None:
-        if "parameter_digests" not in metrics:  # an epoch checkpoint
+        if "parameter_digests" not in metrics:  # an epoch checkpoint: every rank's part in one folder
+            shutil.copytree(directory, os.path.join(spec["out"], "checkpoints", f"epoch-{metrics['epoch']}"), dirs_exist_ok=True)
             return
         with open(os.path.join(spec["out"], f"metrics-{rank}.json"), "w") as f:
             json.dump(metrics, f)
@@ -35,8 +37,8 @@ def fine_tune(spec: dict, rank: int, world: int) -> None:
             shutil.copytree(directory, os.path.join(spec["out"], "export"))
 
     try:
-        train_worker(spec["settings"], rows, report, rank, world, identity=f"rank-{rank}")
-    except NonFiniteLoss as error:  # every rank stops at the same step; the test reads why
+        train_worker(spec["settings"], rows, report, rank, world, spec.get("restore"), identity=f"rank-{rank}")
+    except (NonFiniteLoss, UnsafeCheckpoint) as error:  # every rank stops at the same step; the test reads why
         with open(os.path.join(spec["out"], f"error-{rank}.txt"), "w") as f:
             f.write(str(error))
     dist.barrier()

@@ -135,6 +135,19 @@ def test_a_custom_task_may_not_take_a_builtin_name_and_needs_its_file(tmp_path):
         load_job(path, [f"task.data_path={tmp_path}/none.csv"])
 
 
+def test_a_csv_field_longer_than_the_csv_modules_limit_is_read(tmp_path):
+    """Python's csv stops at fields of 128 KiB by default, which failed the whole file."""
+    import csv
+
+    long_why = "Whales breathe air. " * 10_000  # 200 KB
+    data = CHOICE_CSV.replace("Whales breathe air and feed milk to their young.", long_why)
+    job = load_job(job_file(tmp_path, CHOICE_TASK, "data.csv", data))
+    limit = csv.field_size_limit()
+    splits = task_of(job.task).load(job.task.data_path, None, None, None, 0)
+    assert [e.question_id for e in splits.questions] == ["r0", "r1", "r2"]
+    assert csv.field_size_limit() == limit, "the csv module's limit is left as it was"
+
+
 def test_bad_rows_name_file_and_line_and_skip_keeps_places(tmp_path):
     bad = CHOICE_CSV.replace("r1,Which is a metal?,iron,wood,glass,A,", "r1,Which is a metal?,iron,wood,glass,Z,")
     bad = bad.replace("r3,Which is a planet?,moon,mars,sun,mars,Mars orbits the sun.", "r3,Which is a planet?,moon,mars,sun,mars,")

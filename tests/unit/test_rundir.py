@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dsw_ray.errors import StageFailed, UserError
-from dsw_ray.rundir import STAGE_VERSIONS, read_manifest, run_stage, stage_fingerprint, stage_states
+from dsw_ray.rundir import STAGE_VERSIONS, read_manifest, run_stage, run_stages, stage_fingerprint, stage_states
 
 
 def writer(rows: int, calls: list):
@@ -73,6 +73,34 @@ def test_a_stage_that_failed_leaves_its_last_good_output_and_says_so_next_time(t
     run_stage(stage, "fp", writer(1, []))
     assert "an earlier run stopped before it finished" in caplog.text
     assert [s["state"] for s in stage_states(str(tmp_path))] == ["done"]
+
+
+def test_a_resumable_stage_goes_on_from_its_own_partial_folder_only(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="dsw_ray.rundir")
+    stages = [str(tmp_path / "round-1" / m / "train") for m in ("lmsi", "iwsi")]
+    seen = []
+
+    def first_done_then_killed(outs: list[str]) -> list[dict]:
+        with open(os.path.join(outs[0], "finished"), "w") as f:
+            f.write("lmsi")
+        raise RuntimeError("killed")
+
+    def look(outs: list[str]) -> list[dict]:
+        seen.append(sorted(os.listdir(outs[0])))
+        return [{} for _ in outs]
+
+    with pytest.raises(StageFailed):
+        run_stages(stages, ["fp-a", "fp-b"], first_done_then_killed, resumable=True)
+    run_stages(stages, ["fp-a", "fp-b"], look, resumable=True)
+    assert seen == [["finished", "partial_of.json"]] and "going on from what it left" in caplog.text
+    assert sorted(os.listdir(stages[0])) == ["finished", "manifest.json"], "the marker goes with the partial folder"
+
+    # Another fingerprint's partial folder, or one of a stage that cannot resume, is emptied.
+    for fingerprints, resumable in ((["fp-c", "fp-d"], True), (["fp-a2", "fp-b2"], False)):
+        with pytest.raises(StageFailed):
+            run_stages(stages, ["fp-a2", "fp-b2"], first_done_then_killed, resumable=True)
+        run_stages(stages, fingerprints, look, resumable=resumable)
+        assert seen[-1] == ["partial_of.json"]
 
 
 def test_stage_fingerprints_carry_the_stage_version(monkeypatch):

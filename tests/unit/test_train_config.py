@@ -1,13 +1,16 @@
 """What the training settings turn into: DeepSpeed's config, the optimizer, the schedule."""
 
 import math
+import types
 
 import pytest
 import torch
 
 from dsw_ray.config import JobConfig, load_job
-from dsw_ray.errors import ConfigError
-from dsw_ray.train import deepspeed_config, lr_schedule, make_optimizer, optimizer_steps, training_settings
+from dsw_ray.errors import ConfigError, UserError
+from dsw_ray.train import (
+    checkpoint_bytes, deepspeed_config, lr_schedule, make_optimizer, optimizer_steps, require_space, training_settings,
+)
 
 
 def settings(tmp_path, **train):
@@ -97,3 +100,18 @@ def test_each_epoch_visits_every_row_once_in_its_own_seeded_order():
     assert len({tuple(i for b in batches for i in b) for batches in epochs}) == 3, "the order changes every epoch"
     assert micro_batches(10, 4, seed=0, epoch=1) == epochs[1], "a resumed epoch repeats its order"
     assert micro_batches(10, 4, seed=1, epoch=1) != epochs[1]
+
+
+def test_a_checkpoint_is_sized_before_it_is_written_and_a_full_disk_is_a_clear_error(tmp_path):
+    """An epoch checkpoint holds the saved weights and AdamW's fp32 copy and two moments (12
+    bytes) per trainable parameter, partitioned across ranks above ZeRO stage 0; with LoRA
+    only the trainable weights are saved."""
+    layer = torch.nn.Linear(10, 10)  # 110 fp32 parameters
+    engine = types.SimpleNamespace(module=layer)
+    assert checkpoint_bytes(engine, {"zero_stage": 0}, 4) == 110 * 4 + 110 * 12
+    assert checkpoint_bytes(engine, {"zero_stage": 2}, 4) == 110 * 4 + 110 * 12 // 4
+    layer.weight.requires_grad_(False)
+    assert checkpoint_bytes(engine, {"zero_stage": 0, "lora": {"r": 8}}, 1) == 10 * 4 + 10 * 12
+    require_space(str(tmp_path), 1, "epoch 1's checkpoint")
+    with pytest.raises(UserError, match=rf"epoch 1's checkpoint needs about .* GiB in {tmp_path}, which has .* GiB free.*TMPDIR"):
+        require_space(str(tmp_path), 2**60, "epoch 1's checkpoint")
