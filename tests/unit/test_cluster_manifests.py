@@ -461,7 +461,7 @@ def test_runs_the_image_the_dockerfile_builds(path):
     with open(os.path.join(ROOT, "pyproject.toml")) as f:
         version = re.search(r'^version = "(.+)"$', f.read(), re.M).group(1)
     assert image_tag().split(":")[-1].startswith(version + "-"), "the image tag names the project version"
-    ray_pin = re.search(r"\bray\[[a-z,]+\]==([0-9.]+)", dockerfile()).group(1)
+    ray_pin = locked_packages()["ray"][0]
     assert cluster_spec(manifest).get("rayVersion") == ray_pin, "KubeRay picks its health checks by rayVersion"
 
 
@@ -551,3 +551,42 @@ def test_the_network_policy_admits_every_pod_of_the_manifests_and_no_other(path)
         assert manifest["spec"]["backoffLimit"] >= 1, "a retry resumes where the failed attempt stopped"
     for template in templates:
         assert label.items() <= template["metadata"]["labels"].items()
+
+
+def locked_packages() -> dict[str, tuple[str, list[str]]]:
+    """cluster/requirements.lock: each package's normalized name -> (version, its sha256 hashes)."""
+    from packaging.utils import canonicalize_name
+
+    with open(os.path.join(ROOT, "cluster", "requirements.lock")) as f:
+        entries = re.split(r"\n(?=\S)", f.read())
+    locked = {}
+    for entry in entries:
+        pin = re.match(r"([A-Za-z0-9_.\-]+)==(\S+)", entry)
+        if pin:
+            locked[canonicalize_name(pin.group(1))] = (pin.group(2), re.findall(r"--hash=sha256:([0-9a-f]{64})", entry))
+    return locked
+
+
+def test_the_image_installs_a_hashed_lock_that_holds_its_pins_and_dsw_rays_needs():
+    """The image's whole Python tree comes from cluster/requirements.lock, every file checked
+    against its hashes; the lock keeps each pin of cluster/requirements.in and satisfies
+    dsw-ray's own requirements (what the build's `pip check` would otherwise find)."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    locked = locked_packages()
+    assert len(locked) > 100 and all(hashes for _, hashes in locked.values()), "every package with its hashes"
+    with open(os.path.join(ROOT, "cluster", "requirements.in")) as f:
+        pins = [Requirement(line) for line in f.read().splitlines() if line.strip() and not line.startswith("#")]
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        needs = [Requirement(r) for r in tomllib.load(f)["project"]["dependencies"]]
+    for requirement in pins + needs:
+        version = locked.get(canonicalize_name(requirement.name), (None,))[0]
+        assert version is not None and requirement.specifier.contains(version), f"{requirement} against {version}"
+    installs = [line for line in re.split(r"(?<!\\)\n", dockerfile()) if "pip install" in line and not line.startswith("#")]
+    assert len(installs) == 2, installs
+    assert "--require-hashes --no-deps -r /opt/dsw-ray/requirements.lock" in installs[0]
+    assert os.path.normpath(image_path("/opt/dsw-ray/requirements.lock")) == os.path.join(ROOT, "cluster", "requirements.lock")
+    assert "--no-deps /opt/dsw-ray" in installs[1], "dsw-ray itself may pull nothing the lock did not choose"
