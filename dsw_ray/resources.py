@@ -8,6 +8,7 @@ error, raised before any work starts.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 
@@ -80,7 +81,7 @@ def pool_map(
         # deprecates (for 2.64), and has no other way to bound them.
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
         return dataset.map_batches(
-        actor_class,
+            actor_class,
             fn_constructor_kwargs={**constructor_kwargs, "threads": torch_threads(cpus)},
             batch_size=batch_size or section.batch_size,
             batch_format="numpy",
@@ -90,3 +91,34 @@ def pool_map(
             max_task_retries=ACTOR_RESTARTS,
             **{"num_gpus": section.gpus_per_actor, **placement},
         )
+
+
+# Placement groups this process made for its pools' actors, oldest first (see pool_group).
+_GROUPS: list = []
+
+
+def pool_group(bundles: list[dict], strategy: str = "STRICT_PACK"):
+    """A placement group for one actor of a pool, removed when the stage that made it ends
+    (``groups_released``): a group outlives its actor and would keep its GPUs from the next
+    stage's engines until the job ends (ray#64035)."""
+    from ray.util.placement_group import placement_group
+
+    group = placement_group(bundles, strategy=strategy)
+    _GROUPS.append(group)
+    return group
+
+
+@contextlib.contextmanager
+def groups_released():
+    """Remove the placement groups ``pool_group`` made while the block ran, however it ends."""
+    first = len(_GROUPS)
+    try:
+        yield
+    finally:
+        made = _GROUPS[first:]
+        del _GROUPS[first:]
+        if made:
+            from ray.util.placement_group import remove_placement_group
+
+            for group in made:
+                remove_placement_group(group)

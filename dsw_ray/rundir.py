@@ -20,6 +20,7 @@ from typing import Callable
 
 from dsw_ray import progress
 from dsw_ray.errors import Interrupted, StageFailed, UserError, stop_requested
+from dsw_ray.resources import groups_released
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +180,7 @@ def run_stages(
     started = time.time()
     try:
         total = None if any(rows[i] is None for i in pending) else sum(rows[i] for i in pending)
-        with progress.tracking(name, stage, total) as measured:
+        with progress.tracking(name, stage, total) as measured, groups_released():
             infos = produce([paths[i] + ".partial" for i in pending])
         if stop_requested() is not None:  # the signal came while the stage ran, and Ray swallowed it
             raise KeyboardInterrupt()

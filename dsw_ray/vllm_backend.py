@@ -28,6 +28,7 @@ from dsw_ray import columns as C
 from dsw_ray.decoding import Completion, candidate_rows, requests
 from dsw_ray.models import STOPS, load_tokenizer
 from dsw_ray.prompting import Prompter
+from dsw_ray.resources import pool_group
 from dsw_ray.rundir import display_name
 from dsw_ray.sft import IGNORE, encode_example
 from dsw_ray.tasks import Task
@@ -189,11 +190,11 @@ def placement(section) -> dict:
 
 
 def tensor_parallel_group(size: int) -> dict:
-    """Ray remote args that place an actor in a fresh group of ``size`` GPU bundles on one node."""
-    from ray.util.placement_group import placement_group
+    """Ray remote args that place an actor in a fresh group of ``size`` GPU bundles on one node
+    (removed when its stage ends)."""
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    group = placement_group([{"GPU": 1, "CPU": 1}] * size, strategy="STRICT_PACK")
+    group = pool_group([{"GPU": 1, "CPU": 1}] * size)
     return {
         "scheduling_strategy": PlacementGroupSchedulingStrategy(group, placement_group_capture_child_tasks=True)
     }
