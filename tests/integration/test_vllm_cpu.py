@@ -248,8 +248,8 @@ def test_losses_from_prompt_logprobs_equal_the_transformers_scorers(toy_model, l
 
 
 def test_the_vllm_bench_compares_the_stages_with_raw_vllm(toy_model, tmp_path):
-    """``dsw-ray bench --vllm`` on a few rows: the generate stage's candidates are raw vLLM's,
-    seed for seed, and every rate is measured."""
+    """``dsw-ray bench --vllm`` on a few rows: the generate stage's candidates are raw vLLM's and
+    Ray Data LLM's, seed for seed, and every rate is measured."""
     import json
     import subprocess
     import sys
@@ -263,6 +263,8 @@ def test_the_vllm_bench_compares_the_stages_with_raw_vllm(toy_model, tmp_path):
     assert completed.returncode == 0, completed.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["generate_raw"]["candidates"] == 16 and result["generate_candidates_differing"] == 0
+    assert result["generate_ray_data_llm"]["candidates"] == 16 and result["ray_data_llm_candidates_differing"] == 0
+    assert result["generate_ray_data_llm"]["new_tokens"] == result["generate_raw"]["new_tokens"]
     for key, unit in (("generate_raw", "new_tokens"), ("generate_vllm_stage", "new_tokens"),
                       ("generate_transformers_stage", "new_tokens"), ("score_raw", "tokens"),
                       ("score_vllm_stage", "tokens"), ("score_transformers_stage", "tokens")):  # fmt: skip
