@@ -294,6 +294,18 @@ class RayConfig(Section):
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a locally started Ray (None: this machine's).")
 
 
+class MlflowConfig(Section):
+    enabled: bool = Field(False, description="Log the job to MLflow when it ends (the `tracking` extra installs it).")
+    tracking_uri: str | None = Field(
+        None, description="Where to log (None: MLFLOW_TRACKING_URI, else a file store in RUN_DIR/mlruns)."
+    )
+    experiment: str = Field("dsw-ray", description="The MLflow experiment the job's runs go under.")
+
+
+class TrackingConfig(Section):
+    mlflow: MlflowConfig = MlflowConfig()
+
+
 # The stages of a round in the order they run; reward runs only for the rm method, rate for self.
 STAGES = ("generate", "vote", "score", "reward", "rate", "filter", "train", "evaluate")
 Stage = Literal[STAGES]
@@ -358,6 +370,9 @@ class JobConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = EvaluateConfig()
     ray: RayConfig = RayConfig()
+    tracking: TrackingConfig = Field(
+        TrackingConfig(), description="Experiment tracking: the finished job's runs, metrics and report."
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -44,6 +44,7 @@ from dsw_ray.score import PAPER_VALID_LOSS, VALID_LOSSES, rows_per_call, score_l
 from dsw_ray.tasks import Splits, Task, task_of
 from dsw_ray.tasks.rows import question_key
 from dsw_ray.toy import build_toy_model
+from dsw_ray.tracking import log_job, require_tracking
 from dsw_ray.train import LOSS_HISTORY, FineTune, fine_tune_all
 from dsw_ray.vote import vote
 
@@ -689,6 +690,7 @@ def run_job(job: JobConfig) -> dict:
     check_splits(splits, job.task)
     model_path = base_model(job, splits)
     guard_submitted_job(job)
+    require_tracking(job)
     run_dir = os.path.abspath(job.run_dir)
     os.makedirs(run_dir, exist_ok=True)
     with holding(run_dir):
@@ -734,4 +736,6 @@ def run_held(job: JobConfig, run_dir: str, splits: Splits, model_path: str) -> d
     add_statistics(summary, run_dir)
     write_json(os.path.join(run_dir, "summary.json"), summary)
     write_report(run_dir, summary, job.filter.keep_fraction)
+    if job.tracking.mlflow.enabled:
+        log_job(job, run_dir, summary)
     return summary

@@ -285,7 +285,8 @@ def test_official_semantics_reward_model_and_weighted_loss(toy_model, tiny_rewar
 
 def test_two_rounds_each_method_continues_its_own_model(tiny_model, tmp_path, ray_session):
     """Round 2 generates from each method's round-1 export; a method that keeps nothing is
-    reported as such, not fine-tuned, and goes on from the model it had."""
+    reported as such, not fine-tuned, and goes on from the model it had. With tracking on,
+    MLflow holds the job and each method's round (read back through MLflow's client)."""
     from dsw_ray.pipeline import run_job
 
     job = tiny_job(
@@ -296,6 +297,7 @@ def test_two_rounds_each_method_continues_its_own_model(tiny_model, tmp_path, ra
         task={"name": "arith", "num_questions": 6, "num_valid": 4, "num_test": 4, "seed": 2},
         generate={"samples_per_question": 2, "max_new_tokens": 8, "batch_size": 6},
         evaluate={"max_new_tokens": 8, "batch_size": 4},
+        tracking={"mlflow": {"enabled": True, "experiment": "two-rounds"}},
     )
     summary = run_job(job)
     run_dir = job.run_dir
@@ -317,6 +319,39 @@ def test_two_rounds_each_method_continues_its_own_model(tiny_model, tmp_path, ra
     with open(os.path.join(run_dir, "report.md")) as f:
         report = f.read()
     assert "| oracle | 1 | 0 | - | - |" in report and "round-2/none" in report
+    check_mlflow(run_dir, summary, second_run=lambda: run_job(job))
+
+
+def check_mlflow(run_dir: str, summary: dict, second_run) -> None:
+    """What a job with tracking.mlflow logged to the file store in its run directory."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"file://{run_dir}/mlruns")
+    experiment = client.get_experiment_by_name("two-rounds").experiment_id
+    runs = {r.info.run_name: r for r in client.search_runs([experiment])}
+    assert sorted(runs) == ["round-1/none", "round-1/oracle", "round-2/none", "round-2/oracle", "run"]
+    job_run = runs["run"]
+    assert job_run.data.params["train.learning_rate"] == "0.001" and job_run.data.params["methods"] == '["none", "oracle"]'
+    assert job_run.data.metrics["base_accuracy"] == summary["base_accuracy"]
+    with open(os.path.join(run_dir, "round-2", "none", "train", "manifest.json")) as f:
+        trained = json.load(f)
+    assert job_run.data.metrics["round-2/none/train/seconds"] == trained["seconds"]
+    assert {a.path for a in client.list_artifacts(job_run.info.run_id)} >= {"report.md", "summary.json", "accuracy.png"}
+    for name in ("round-1/none", "round-1/oracle", "round-2/none", "round-2/oracle"):
+        assert runs[name].data.tags["mlflow.parentRunId"] == job_run.info.run_id
+    second = runs["round-2/none"]
+    assert second.data.metrics["accuracy"] == summary["rounds"][1]["methods"]["none"]["accuracy"]
+    assert "accuracy" not in runs["round-1/oracle"].data.metrics, "a method that kept nothing has no accuracy"
+    losses = client.get_metric_history(second.info.run_id, "train/loss")
+    assert [m.step for m in losses] == list(range(1, trained["optimizer_steps"] + 1))
+    with open(os.path.join(run_dir, "round-2", "none", "train", "model", "loss_history.json")) as f:
+        history = json.load(f)["history"]
+    assert losses[0].value == pytest.approx(history[0]["loss"])  # one micro batch a step here
+    assert len(client.get_metric_history(second.info.run_id, "train/learning_rate")) == len(losses)
+    # A rerun (every stage skipped) logs the job again in place of the earlier runs.
+    second_run()
+    again = client.search_runs([experiment])
+    assert len(again) == 5 and not {r.info.run_id for r in again} & {r.info.run_id for r in runs.values()}
 
 
 def test_same_seed_same_candidates_whatever_the_batching(tiny_model, tmp_path, ray_session):
