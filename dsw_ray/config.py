@@ -302,8 +302,18 @@ class MlflowConfig(Section):
     experiment: str = Field("dsw-ray", description="The MLflow experiment the job's runs go under.")
 
 
+class WandbConfig(Section):
+    enabled: bool = Field(False, description="Log the job to Weights & Biases when it ends (the `tracking` extra installs it).")
+    project: str = Field("dsw-ray", description="The W&B project; the job's runs are grouped by its run directory's name.")
+    mode: Literal["offline", "online"] = Field(
+        "offline", description="offline: written under `dir` for `wandb sync` (no network); online: sent as logged."
+    )
+    dir: str | None = Field(None, description="Where W&B writes its files (None: the run directory).")
+
+
 class TrackingConfig(Section):
     mlflow: MlflowConfig = MlflowConfig()
+    wandb: WandbConfig = WandbConfig()
 
 
 # The stages of a round in the order they run; reward runs only for the rm method, rate for self.

@@ -736,6 +736,5 @@ def run_held(job: JobConfig, run_dir: str, splits: Splits, model_path: str) -> d
     add_statistics(summary, run_dir)
     write_json(os.path.join(run_dir, "summary.json"), summary)
     write_report(run_dir, summary, job.filter.keep_fraction)
-    if job.tracking.mlflow.enabled:
-        log_job(job, run_dir, summary)
+    log_job(job, run_dir, summary)
     return summary

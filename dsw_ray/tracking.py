@@ -1,7 +1,7 @@
-"""Tracking: a finished job in MLflow, one run per method and round under one experiment.
+"""Tracking: a finished job in MLflow and Weights & Biases, one run per method and round.
 
-``log_job`` reads what the run directory holds once the summary is written and logs it: the
-job as a parent run (its config as params, each stage's seconds and rows, the base model's
+``log_job`` reads what the run directory holds once the summary is written and logs it to
+each tracker the job's ``tracking`` section turns on. In MLflow: the job as a parent run (its config as params, each stage's seconds and rows, the base model's
 accuracy; ``report.md``, ``summary.json`` and the plots as artifacts) and, nested under it,
 each method's round (its accuracy with its interval and differences, what its filter kept,
 the fine-tune's loss and learning rate per optimizer step and its held-out loss per epoch,
@@ -9,14 +9,16 @@ each seed of ``repeats`` under its own prefix).
 
 Logged from the driver after the stages, not from the training workers: every number is in
 the run directory already, so the workers need no tracking server or credentials, and a
-stage skipped on a rerun is logged as it is on disk. A rerun logs the job again and deletes
-the runs an earlier attempt logged for the same run directory: an experiment holds each
-run directory once.
+stage skipped on a rerun is logged as it is on disk. A rerun logs the job again and, in
+MLflow, deletes the runs an earlier attempt logged for the same run directory: an experiment
+holds each run directory once. W&B gets the same runs (grouped by the run directory's name,
+as it has no nesting) and keeps every run it was sent.
 """
 
 from __future__ import annotations
 
 import glob
+import importlib
 import json
 import logging
 import os
@@ -94,19 +96,31 @@ def loss_histories(run_dir: str, round_index: int, method: str) -> dict[str, str
     return found
 
 
-def log_history(client, run_id: str, prefix: str, path: str, accumulation: int) -> None:
-    """A fine-tune's curves: per optimizer step ``PREFIX/loss`` and ``PREFIX/learning_rate`` (as
-    the TensorBoard files have them), per epoch ``PREFIX/heldout_loss``."""
-    from mlflow.entities import Metric
+def curves(run_dir: str, round_index: int, method: str, accumulation: int) -> list[tuple[str, int, float]]:
+    """``(name, optimizer step, value)`` of a method's fine-tunes in one round: per step
+    ``PREFIX/loss`` and ``PREFIX/learning_rate`` (as the TensorBoard files have them), per epoch
+    ``PREFIX/heldout_loss`` (PREFIX: ``loss_histories``)."""
+    points = []
+    for prefix, path in loss_histories(run_dir, round_index, method).items():
+        with open(path) as f:
+            losses = json.load(f)
+        for step, loss, learning_rate in step_series(losses["history"], accumulation):
+            points += [(f"{prefix}/loss", step, loss), (f"{prefix}/learning_rate", step, learning_rate)]
+        points += [(f"{prefix}/heldout_loss", e["optimizer_step"], e["loss"]) for e in losses.get("heldout_history", [])]
+    return points
 
-    with open(path) as f:
-        losses = json.load(f)
-    metrics = []
-    for step, loss, learning_rate in step_series(losses["history"], accumulation):
-        metrics += [Metric(f"{prefix}/loss", loss, 0, step), Metric(f"{prefix}/learning_rate", learning_rate, 0, step)]
-    metrics += [Metric(f"{prefix}/heldout_loss", e["loss"], 0, e["optimizer_step"]) for e in losses.get("heldout_history", [])]
-    for start in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics a batch
-        client.log_batch(run_id, metrics=metrics[start : start + 1000])
+
+def artifacts(run_dir: str) -> list[str]:
+    """The files a job's run carries: its report, summary and plots."""
+    names = ["report.md", "summary.json", *sorted(os.path.basename(p) for p in glob.glob(os.path.join(run_dir, "*.png")))]
+    return [os.path.join(run_dir, name) for name in names if os.path.exists(os.path.join(run_dir, name))]
+
+
+def method_runs(summary: dict):
+    """``(round, method, its result)`` for every method of every round."""
+    for round_summary in summary["rounds"]:
+        for method, result in round_summary["methods"].items():
+            yield round_summary["round"], method, result
 
 
 def tracking_uri(section: MlflowConfig, run_dir: str) -> str:
@@ -122,17 +136,26 @@ def tracking_uri(section: MlflowConfig, run_dir: str) -> str:
 
 
 def require_tracking(job: JobConfig) -> None:
-    """Fail before any stage runs when the job asks for MLflow and it is not installed."""
+    """Fail before any stage runs when the job asks for a tracker that is not installed."""
+    for name, module in (("mlflow", "mlflow"), ("wandb", "wandb")):
+        if getattr(job.tracking, name).enabled:
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                raise UserError(
+                    f"tracking.{name}.enabled needs {module}: pip install 'dsw-ray[tracking]', or turn it off."
+                ) from None
+
+
+def log_job(job: JobConfig, run_dir: str, summary: dict) -> None:
+    """Log the finished job in ``run_dir`` to the trackers its ``tracking`` section turns on."""
     if job.tracking.mlflow.enabled:
-        try:
-            import mlflow  # noqa: F401
-        except ImportError:
-            raise UserError(
-                "tracking.mlflow.enabled needs MLflow: pip install 'dsw-ray[tracking]' (or mlflow), or turn it off."
-            ) from None
+        log_mlflow(job, run_dir, summary)
+    if job.tracking.wandb.enabled:
+        log_wandb(job, run_dir, summary)
 
 
-def log_job(job: JobConfig, run_dir: str, summary: dict) -> str:
+def log_mlflow(job: JobConfig, run_dir: str, summary: dict) -> str:
     """Log the finished job in ``run_dir`` to MLflow (``job.tracking.mlflow``); the parent run's id."""
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
@@ -151,25 +174,56 @@ def log_job(job: JobConfig, run_dir: str, summary: dict) -> str:
         client.log_batch(parent_id, params=params[start : start + 100])
     numbers = {"base_accuracy": summary["base_accuracy"], **stage_metrics(run_dir)}
     client.log_batch(parent_id, metrics=[Metric(k, v, 0, 0) for k, v in numbers.items() if v is not None])
-    for name in ("report.md", "summary.json", *sorted(os.path.basename(p) for p in glob.glob(os.path.join(run_dir, "*.png")))):
-        if os.path.exists(os.path.join(run_dir, name)):
-            client.log_artifact(parent_id, os.path.join(run_dir, name))
+    for path in artifacts(run_dir):
+        client.log_artifact(parent_id, path)
     client.set_terminated(parent_id)
 
-    for round_summary in summary["rounds"]:
-        round_index = round_summary["round"]
-        for method, result in round_summary["methods"].items():
-            child = client.create_run(experiment_id, run_name=f"round-{round_index}/{method}", tags={
-                RUN_DIR_TAG: run_dir, "mlflow.parentRunId": parent_id, "method": method, "round": str(round_index),
-            })  # fmt: skip
-            run_id = child.info.run_id
-            client.log_batch(
-                run_id,
-                metrics=[Metric(k, v, 0, 0) for k, v in method_metrics(result).items()],
-                params=[Param("method", method), Param("round", str(round_index))],
-            )
-            for prefix, path in loss_histories(run_dir, round_index, method).items():
-                log_history(client, run_id, prefix, path, job.train.gradient_accumulation_steps)
-            client.set_terminated(run_id)
+    for round_index, method, result in method_runs(summary):
+        child = client.create_run(experiment_id, run_name=f"round-{round_index}/{method}", tags={
+            RUN_DIR_TAG: run_dir, "mlflow.parentRunId": parent_id, "method": method, "round": str(round_index),
+        })  # fmt: skip
+        run_id = child.info.run_id
+        client.log_batch(
+            run_id,
+            metrics=[Metric(k, v, 0, 0) for k, v in method_metrics(result).items()],
+            params=[Param("method", method), Param("round", str(round_index))],
+        )
+        points = [Metric(name, value, 0, step) for name, step, value in
+                  curves(run_dir, round_index, method, job.train.gradient_accumulation_steps)]  # fmt: skip
+        for start in range(0, len(points), 1000):  # MLflow takes at most 1000 metrics a batch
+            client.log_batch(run_id, metrics=points[start : start + 1000])
+        client.set_terminated(run_id)
     log.info("tracking: the job's runs are in MLflow (%s, experiment %s)", client.tracking_uri, section.experiment)
     return parent_id
+
+
+def log_wandb(job: JobConfig, run_dir: str, summary: dict) -> list[str]:
+    """Log the finished job in ``run_dir`` to Weights & Biases (``job.tracking.wandb``): a run for
+    the job and one per method and round, grouped by the run directory's name; their ids.
+    W&B has no nested runs and keeps every run it was sent: a rerun logs new ones."""
+    import wandb
+
+    section = job.tracking.wandb
+    config = flat(job.model_dump(mode="json"))
+    common = {
+        "project": section.project, "group": os.path.basename(run_dir), "dir": section.dir or run_dir,
+        "mode": section.mode, "settings": wandb.Settings(console="off", x_disable_stats=True, silent=True),
+    }  # fmt: skip
+    ids = []
+    with wandb.init(name=os.path.basename(run_dir), job_type="job", config=config, **common) as run:
+        run.summary.update({"base_accuracy": summary["base_accuracy"], **stage_metrics(run_dir)})
+        for path in artifacts(run_dir):
+            run.save(path, base_path=run_dir, policy="now")
+        ids.append(run.id)
+    for round_index, method, result in method_runs(summary):
+        name = f"round-{round_index}/{method}"
+        with wandb.init(name=name, job_type="method", config={**config, "method": method, "round": round_index}, **common) as run:
+            steps: dict[int, dict] = {}  # W&B wants each step logged once, in order
+            for metric, step, value in curves(run_dir, round_index, method, job.train.gradient_accumulation_steps):
+                steps.setdefault(step, {})[metric] = value
+            for step in sorted(steps):
+                run.log(steps[step], step=step)
+            run.summary.update(method_metrics(result))
+            ids.append(run.id)
+    log.info("tracking: the job's %d runs are in W&B (project %s, %s)", len(ids), section.project, section.mode)
+    return ids

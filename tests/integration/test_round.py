@@ -1,5 +1,6 @@
 """The whole job on a real local Ray with a tiny model: every stage, its artifacts, a rerun."""
 
+import glob
 import json
 import os
 import subprocess
@@ -297,7 +298,7 @@ def test_two_rounds_each_method_continues_its_own_model(tiny_model, tmp_path, ra
         task={"name": "arith", "num_questions": 6, "num_valid": 4, "num_test": 4, "seed": 2},
         generate={"samples_per_question": 2, "max_new_tokens": 8, "batch_size": 6},
         evaluate={"max_new_tokens": 8, "batch_size": 4},
-        tracking={"mlflow": {"enabled": True, "experiment": "two-rounds"}},
+        tracking={"mlflow": {"enabled": True, "experiment": "two-rounds"}, "wandb": {"enabled": True}},
     )
     summary = run_job(job)
     run_dir = job.run_dir
@@ -319,7 +320,62 @@ def test_two_rounds_each_method_continues_its_own_model(tiny_model, tmp_path, ra
     with open(os.path.join(run_dir, "report.md")) as f:
         report = f.read()
     assert "| oracle | 1 | 0 | - | - |" in report and "round-2/none" in report
+    check_wandb(run_dir, summary)
     check_mlflow(run_dir, summary, second_run=lambda: run_job(job))
+
+
+def wandb_records(path: str) -> list:
+    """The records of a W&B offline run file (``run-ID.wandb``): W&B's 7-byte header, then
+    LevelDB's log format (32 KiB blocks of chunks: CRC, length, type; FULL or FIRST..LAST),
+    each record a protobuf ``Record``. W&B ships no reader of its own."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    with open(path, "rb") as f:
+        data = f.read()
+    assert data[:4] == b":W&B"
+    position, records, pending = 7, [], b""
+    while position + 7 <= len(data):
+        if 32768 - position % 32768 < 7:  # a block's tail too short for a chunk header is padding
+            position += 32768 - position % 32768
+            continue
+        length, kind = struct.unpack("<HB", data[position + 4 : position + 7])
+        pending += data[position + 7 : position + 7 + length]
+        position += 7 + length
+        if kind in (1, 4):  # FULL, LAST
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+def check_wandb(run_dir: str, summary: dict) -> None:
+    """What a job with tracking.wandb (offline) wrote in its run directory: a run for the job and
+    one per method and round, each method's curves and final numbers."""
+    runs = {}
+    for path in glob.glob(os.path.join(run_dir, "wandb", "offline-run-*", "run-*.wandb")):
+        records = wandb_records(path)
+        (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+        history = [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+                   for r in records if r.WhichOneof("record_type") == "history"]  # fmt: skip
+        final = {}
+        for r in records:
+            if r.WhichOneof("record_type") == "summary":
+                final.update({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.summary.update})
+        runs[run.display_name] = (run, history, final)
+    assert sorted(runs) == ["round-1/none", "round-1/oracle", "round-2/none", "round-2/oracle", "run"]
+    assert {run.run_group for run, _, _ in runs.values()} == {"run"}
+    job_config = {i.key: json.loads(i.value_json) for i in runs["run"][0].config.update}
+    assert job_config["train.learning_rate"] == 0.001
+    assert runs["run"][2]["base_accuracy"] == summary["base_accuracy"]
+    _, history, final = runs["round-2/none"]
+    assert final["accuracy"] == summary["rounds"][1]["methods"]["none"]["accuracy"]
+    with open(os.path.join(run_dir, "round-2", "none", "train", "manifest.json")) as f:
+        steps = json.load(f)["optimizer_steps"]
+    assert [h["_step"] for h in history if "train/loss" in h] == list(range(1, steps + 1))
+    assert os.path.exists(glob.glob(os.path.join(run_dir, "wandb", "offline-run-*", "files", "report.md"))[0])
 
 
 def check_mlflow(run_dir: str, summary: dict, second_run) -> None:
