@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dsw_ray.errors import ConfigError
+from dsw_ray.stages import ROUND
 from dsw_ray.filters import METHODS, FilterConfig, variant
 from dsw_ray.tasks import AUTHORS_PROMPTS, TASKS, custom_task
 from dsw_ray.tasks.custom import CustomTask, check_exemplars
@@ -317,8 +318,7 @@ class TrackingConfig(Section):
 
 
 # The stages of a round in the order they run; reward runs only for the rm method, rate for self.
-STAGES = ("generate", "vote", "score", "reward", "rate", "filter", "train", "evaluate")
-Stage = Literal[STAGES]
+Stage = Literal[ROUND]
 
 
 # What ``semantics: official`` sets where the job leaves a setting out: the choices of the
@@ -405,7 +405,7 @@ class JobConfig(Section):
 
     def forced(self, stage: str) -> bool:
         """Whether ``stage`` reruns even if finished: it is ``rerun_from`` or comes after it."""
-        return self.rerun_from is not None and STAGES.index(stage) >= STAGES.index(self.rerun_from)
+        return self.rerun_from is not None and ROUND.index(stage) >= ROUND.index(self.rerun_from)
 
     @field_validator("methods")
     @classmethod

@@ -36,6 +36,7 @@ from dsw_ray.gguf_import import import_gguf, read_record
 from dsw_ray.models import check_model_dir, load_tokenizer, model_identity
 from dsw_ray.prompting import check_chat_template
 from dsw_ray.rundir import DATA, claim_run_dir, fingerprint, holding, run_stage, run_stages, stage_fingerprint, write_json
+from dsw_ray.stages import spec
 from dsw_ray.report import write_report
 from dsw_ray.resources import pool_input
 from dsw_ray.rate import rate
@@ -226,7 +227,7 @@ class Candidates:
         """Every candidate with its vote, joined with the stage a method needs ("score", "reward", "rate")."""
         table = read_table(self.stage("vote"))
         if needs is not None:
-            extra = NEEDED_COLUMNS[needs]
+            extra = list(spec(needs).adds)
             if count_rows(self.stage(needs)) == 0:  # nothing had a majority answer
                 for name in extra:
                     table = table.append_column(name, pa.nulls(table.num_rows, pa.float64()))
@@ -235,8 +236,6 @@ class Candidates:
         return table
 
 
-SCORE_COLUMNS = [C.LOSS, C.VALID_LOSS_MEAN, C.DS_WEIGHT]
-NEEDED_COLUMNS = {"score": SCORE_COLUMNS, "reward": [C.REWARD], "rate": [C.RATING]}  # by the stage a method needs
 
 
 def make_candidates(

@@ -20,22 +20,14 @@ import threading
 import time
 from typing import TextIO
 
+from dsw_ray.stages import BY_NAME
+
 log = logging.getLogger(__name__)
 
 TALLY = "dsw-ray-progress"  # the named actor, in the driver's job namespace
 POLL_SECONDS = 0.5
 QUIET_SECONDS = 3.0  # a stage shorter than this shows no bar and no progress line
 LINE_EVERY_SECONDS = 60.0  # a plain line at least this often while a long stage advances
-
-# A stage's progress unit, and what its actors' output rows are (shown beside the bar).
-UNITS = {
-    "generate": ("questions", "candidates"),
-    "evaluate": ("questions", None),
-    "score": ("candidates", None),
-    "reward": ("candidates", None),
-    "rate": ("candidates", None),
-    "train": ("steps", None),
-}
 
 _display: dict = {"terminal": None, "on": False}
 _current: Tracker | None = None
@@ -146,7 +138,7 @@ def tracking(name: str, stage: str, total: int | None):
     measured = Measured()
     import ray
 
-    if stage not in UNITS or not ray.is_initialized():
+    if stage not in BY_NAME or BY_NAME[stage].progress is None or not ray.is_initialized():
         yield measured
         return
     handle = tally()
@@ -158,7 +150,7 @@ def tracking(name: str, stage: str, total: int | None):
         # still finds it by name.
         _kept["tally"] = handle
     ray.get(handle.reset.remote())
-    tracker = Tracker(name, *UNITS[stage], total, _display["terminal"])
+    tracker = Tracker(name, BY_NAME[stage].progress, BY_NAME[stage].progress_rows, total, _display["terminal"])
     stop = threading.Event()
 
     def read() -> None:

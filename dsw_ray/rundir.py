@@ -21,6 +21,7 @@ from typing import Callable
 from dsw_ray import progress
 from dsw_ray.errors import Interrupted, StageFailed, UserError, stop_requested
 from dsw_ray.resources import groups_released
+from dsw_ray.stages import spec
 
 log = logging.getLogger(__name__)
 
@@ -28,22 +29,6 @@ MANIFEST = "manifest.json"
 PARTIAL_OF = "partial_of.json"  # in a partial folder: the fingerprint of the stage run writing it
 DATA = "data"  # the parquet folder inside a stage's artifact folder
 LOG_FILE = "dsw-ray.log"  # the run's log: Ray's, the libraries' and the workers' output (see console)
-
-# A stage's code version: bumped when its code changes what it writes, so that a rerun
-# recomputes it and, through the chained fingerprints, everything after it.
-STAGE_VERSIONS = {
-    "questions": 1,  # inputs/questions
-    "test": 1,  # inputs/test
-    "generate": 2,  # 2: BOS as the model's tokenizer adds it, the prompt's boundary from its exemplars
-    "vote": 2,  # 2: semantics official parses as the authors' derive_num_from_output does
-    "score": 3,  # 2: BOS, and the prompt/answer boundary of the text tokenized whole; 3: official BOS as the tokenizer adds it
-    "reward": 2,  # 2: semantics official reads the authors' 'question[SEP]answer'
-    "rate": 2,  # 2: BOS
-    "filter": 2,  # 2: the official entropy filter's scale; entropy_threshold 0.8 by default
-    "train": 3,  # 2: workers read the kept parquet and shuffle each epoch by seed; 3: as score's 2
-    "evaluate": 3,  # 2: as generate's 2; 3: as vote's 2
-}
-
 
 def fingerprint(*parts) -> str:
     """A short stable hash of JSON-able parts."""
@@ -89,21 +74,22 @@ def write_json(path: str, data) -> None:
     os.replace(partial, path)
 
 
-def partial_of(partial: str) -> str | None:
-    """The fingerprint of the stage run that made a partial folder, or None."""
+def read_json(path: str):
+    """The JSON in ``path``, or None where it is missing or cut."""
     try:
-        with open(os.path.join(partial, PARTIAL_OF)) as f:
+        with open(path) as f:
             return json.load(f)
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+
+
+def partial_of(partial: str) -> str | None:
+    """The fingerprint of the stage run that made a partial folder, or None."""
+    return read_json(os.path.join(partial, PARTIAL_OF))
 
 
 def read_manifest(path: str) -> dict | None:
-    try:
-        with open(os.path.join(path, MANIFEST)) as f:
-            return json.load(f)
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
+    return read_json(os.path.join(path, MANIFEST))
 
 
 def display_name(path: str) -> str:
@@ -116,7 +102,7 @@ def display_name(path: str) -> str:
 def stage_fingerprint(stage: str, *parts) -> str:
     """The fingerprint of a ``stage`` run: its code version and ``parts`` (its settings and its
     inputs' fingerprints, so that a change anywhere upstream reaches every later stage)."""
-    return fingerprint(stage, STAGE_VERSIONS[stage], *parts)
+    return fingerprint(stage, spec(stage).version, *parts)
 
 
 def run_stage(
@@ -175,7 +161,7 @@ def run_stages(
             shutil.rmtree(partial, ignore_errors=True)
             os.makedirs(partial)
             write_json(os.path.join(partial, PARTIAL_OF), stage_fps[i])
-        log.info("%s: started (%s)%s", display_name(paths[i]), why, "" if rows[i] is None else f", {rows[i]} {units(stage)[0]} in")
+        log.info("%s: started (%s)%s", display_name(paths[i]), why, "" if rows[i] is None else f", {rows[i]} {spec(stage).reads} in")
     name = display_name(paths[pending[0]]) + (f" and {len(pending) - 1} more" if len(pending) > 1 else "")
     started = time.time()
     try:
@@ -198,7 +184,7 @@ def run_stages(
     for i, info in zip(pending, infos):
         manifest = {
             "stage": stage,
-            "version": STAGE_VERSIONS[stage],
+            "version": spec(stage).version,
             "fingerprint": stage_fps[i],
             "rows_in": rows[i],
             "started": timestamp(started),
@@ -219,27 +205,9 @@ def run_stages(
     return manifests
 
 
-# What a stage reads and writes a row of, for its start and done lines.
-UNITS = {
-    "questions": ("questions", "questions"),
-    "test": ("questions", "questions"),
-    "generate": ("questions", "candidates"),
-    "vote": ("candidates", "candidates"),
-    "score": ("candidates", "majority candidates scored"),
-    "reward": ("candidates", "majority candidates scored"),
-    "filter": ("candidates", "kept"),
-    "train": ("samples", "optimizer steps"),
-    "evaluate": ("questions", "answers"),
-}
-
-
-def units(stage: str) -> tuple[str, str]:
-    return UNITS.get(stage, ("rows", "rows"))
-
-
 def outcome(manifest: dict) -> str:
     """``, 12 questions in, 24 candidates out``; a fine-tune's steps and last loss."""
-    into, out = units(manifest["stage"])
+    into, out = spec(manifest["stage"]).reads, spec(manifest["stage"]).writes
     parts = [] if manifest.get("rows_in") is None else [f"{manifest['rows_in']} {into} in"]
     if "rows" in manifest:
         parts.append(f"{manifest['rows']} {out} out")

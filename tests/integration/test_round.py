@@ -289,6 +289,7 @@ def test_two_rounds_each_method_continues_its_own_model(tiny_model, tmp_path, ra
     reported as such, not fine-tuned, and goes on from the model it had. With tracking on,
     MLflow holds the job and each method's round (read back through MLflow's client)."""
     from dsw_ray.pipeline import run_job
+    from dsw_ray.tracking import log_job
 
     job = tiny_job(
         tiny_model,
@@ -321,7 +322,7 @@ def test_two_rounds_each_method_continues_its_own_model(tiny_model, tmp_path, ra
         report = f.read()
     assert "| oracle | 1 | 0 | - | - |" in report and "round-2/none" in report
     check_wandb(run_dir, summary)
-    check_mlflow(run_dir, summary, second_run=lambda: run_job(job))
+    check_mlflow(run_dir, summary, log_again=lambda: log_job(job, run_dir, summary))
 
 
 def wandb_records(path: str) -> list:
@@ -378,7 +379,7 @@ def check_wandb(run_dir: str, summary: dict) -> None:
     assert os.path.exists(glob.glob(os.path.join(run_dir, "wandb", "offline-run-*", "files", "report.md"))[0])
 
 
-def check_mlflow(run_dir: str, summary: dict, second_run) -> None:
+def check_mlflow(run_dir: str, summary: dict, log_again) -> None:
     """What a job with tracking.mlflow logged to the file store in its run directory."""
     from mlflow.tracking import MlflowClient
 
@@ -404,8 +405,8 @@ def check_mlflow(run_dir: str, summary: dict, second_run) -> None:
         history = json.load(f)["history"]
     assert losses[0].value == pytest.approx(history[0]["loss"])  # one micro batch a step here
     assert len(client.get_metric_history(second.info.run_id, "train/learning_rate")) == len(losses)
-    # A rerun (every stage skipped) logs the job again in place of the earlier runs.
-    second_run()
+    # A rerun logs the job again (as run_job does at its end) in place of the earlier runs.
+    log_again()
     again = client.search_runs([experiment])
     assert len(again) == 5 and not {r.info.run_id for r in again} & {r.info.run_id for r in runs.values()}
 

@@ -1,6 +1,7 @@
 """The run directory's contract: atomic stage folders with manifests, skip or rerun, and the
 states `dsw-ray status` shows."""
 
+import dataclasses
 import json
 import logging
 import os
@@ -11,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from dsw_ray.errors import StageFailed, UserError
-from dsw_ray.rundir import STAGE_VERSIONS, read_manifest, run_stage, run_stages, stage_fingerprint, stage_states
+from dsw_ray.rundir import read_manifest, run_stage, run_stages, stage_fingerprint, stage_states
+from dsw_ray.stages import BY_NAME, spec
 
 
 def writer(rows: int, calls: list):
@@ -32,7 +34,7 @@ def test_a_stage_runs_once_then_is_skipped_until_its_fingerprint_changes(tmp_pat
     assert first["skipped"] is False and len(calls) == 1
     manifest = read_manifest(stage)
     assert {k: manifest[k] for k in ("stage", "version", "fingerprint", "rows_in", "rows")} == {
-        "stage": "generate", "version": STAGE_VERSIONS["generate"], "fingerprint": "fp-a", "rows_in": 2, "rows": 3,
+        "stage": "generate", "version": spec("generate").version, "fingerprint": "fp-a", "rows_in": 2, "rows": 3,
     }  # fmt: skip
     assert manifest["started"] <= manifest["finished"] and manifest["seconds"] >= 0
     assert not os.path.exists(stage + ".partial")
@@ -105,7 +107,7 @@ def test_a_resumable_stage_goes_on_from_its_own_partial_folder_only(tmp_path, ca
 
 def test_stage_fingerprints_carry_the_stage_version(monkeypatch):
     before = stage_fingerprint("vote", "x")
-    monkeypatch.setitem(STAGE_VERSIONS, "vote", STAGE_VERSIONS["vote"] + 1)
+    monkeypatch.setitem(BY_NAME, "vote", dataclasses.replace(spec("vote"), version=spec("vote").version + 1))
     assert stage_fingerprint("vote", "x") != before
 
 
