@@ -13,6 +13,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dsw_ray.deepspeed_settings import deepspeed_config
 from dsw_ray.errors import ConfigError
 from dsw_ray.stages import ROUND
 from dsw_ray.filters import METHODS, FilterConfig, variant
@@ -275,8 +276,6 @@ class TrainConfig(Section):
             raise ValueError("train.offload_params needs zero_stage 3")
         if self.offload_optimizer and self.zero_stage == 0:
             raise ValueError("train.offload_optimizer needs zero_stage 1, 2 or 3")
-        from dsw_ray.train import deepspeed_config
-
         deepspeed_config({**self.model_dump(), "dtype": "float32"}, self.num_workers)  # raw dict consistent?
         return self
 
@@ -376,8 +375,7 @@ class JobConfig(Section):
     rate: RateConfig = Field(
         RateConfig(), description="The self method's ratings: the generating model rates its majority candidates."
     )
-    # A factory: its validator imports dsw_ray.train, which imports this module.
-    train: TrainConfig = Field(default_factory=TrainConfig)
+    train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     ray: RayConfig = RayConfig()
     tracking: TrackingConfig = Field(

@@ -8,9 +8,8 @@ import torch
 
 from dsw_ray.config import JobConfig, load_job
 from dsw_ray.errors import ConfigError, UserError
-from dsw_ray.train import (
-    checkpoint_bytes, deepspeed_config, lr_schedule, make_optimizer, optimizer_steps, require_space, training_settings,
-)
+from dsw_ray.deepspeed_settings import deepspeed_config
+from dsw_ray.train import checkpoint_bytes, lr_schedule, make_optimizer, optimizer_steps, require_space, training_settings
 
 
 def settings(tmp_path, **train):
