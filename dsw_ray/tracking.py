@@ -1,11 +1,12 @@
 """Tracking: a finished job in MLflow and Weights & Biases, one run per method and round.
 
 ``log_job`` reads what the run directory holds once the summary is written and logs it to
-each tracker the job's ``tracking`` section turns on. In MLflow: the job as a parent run (its config as params, each stage's seconds and rows, the base model's
-accuracy; ``report.md``, ``summary.json`` and the plots as artifacts) and, nested under it,
-each method's round (its accuracy with its interval and differences, what its filter kept,
-the fine-tune's loss and learning rate per optimizer step and its held-out loss per epoch,
-each seed of ``repeats`` under its own prefix).
+each tracker the job's ``tracking`` section turns on. In MLflow: the job as a parent run
+(its config as params, each stage's seconds and rows, the base model's accuracy;
+``report.md``, ``summary.json`` and the plots as artifacts) and, nested under it, each
+method's round (its accuracy with its interval and differences, what its filter kept, the
+fine-tune's loss and learning rate per optimizer step and its held-out loss per epoch, each
+seed of ``repeats`` under its own prefix).
 
 Logged from the driver after the stages, not from the training workers: every number is in
 the run directory already, so the workers need no tracking server or credentials, and a
@@ -22,6 +23,7 @@ import importlib
 import json
 import logging
 import os
+import shutil
 
 from dsw_ray.config import JobConfig, MlflowConfig
 from dsw_ray.errors import UserError
@@ -204,6 +206,7 @@ def log_wandb(job: JobConfig, run_dir: str, summary: dict) -> list[str]:
     import wandb
 
     section = job.tracking.wandb
+    os.environ.setdefault("WANDB_SILENT", "true")  # its warnings on the terminal; the run's log has ours
     config = flat(job.model_dump(mode="json"))
     common = {
         "project": section.project, "group": os.path.basename(run_dir), "dir": section.dir or run_dir,
@@ -212,8 +215,8 @@ def log_wandb(job: JobConfig, run_dir: str, summary: dict) -> list[str]:
     ids = []
     with wandb.init(name=os.path.basename(run_dir), job_type="job", config=config, **common) as run:
         run.summary.update({"base_accuracy": summary["base_accuracy"], **stage_metrics(run_dir)})
-        for path in artifacts(run_dir):
-            run.save(path, base_path=run_dir, policy="now")
+        for path in artifacts(run_dir):  # files in the run's folder go with it (run.save would link them)
+            shutil.copy(path, run.dir)
         ids.append(run.id)
     for round_index, method, result in method_runs(summary):
         name = f"round-{round_index}/{method}"
@@ -225,5 +228,8 @@ def log_wandb(job: JobConfig, run_dir: str, summary: dict) -> list[str]:
                 run.log(steps[step], step=step)
             run.summary.update(method_metrics(result))
             ids.append(run.id)
+    # W&B's service writes the runs' files after finish() returns: wait for it, so that they
+    # are whole when the job ends (for `wandb sync`, or a reader right after).
+    wandb.teardown()
     log.info("tracking: the job's %d runs are in W&B (project %s, %s)", len(ids), section.project, section.mode)
     return ids
