@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from dsw_ray.deepspeed_settings import deepspeed_config
 from dsw_ray.errors import ConfigError
-from dsw_ray.stages import ROUND
 from dsw_ray.filters import METHODS, FilterConfig, variant
+from dsw_ray.stages import ROUND
 from dsw_ray.tasks import AUTHORS_PROMPTS, TASKS, custom_task
 from dsw_ray.tasks.custom import CustomTask, check_exemplars
 from dsw_ray.toy import ToyModelConfig

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation
 
 from dsw_ray.tasks.rows import Rejected
 
@@ -43,7 +43,8 @@ def normalize_number(value: str | float | int) -> str | None:
     # "1e999999999" would overflow, or be written out as a billion digits.
     if not number.is_finite() or abs(number.adjusted()) > MAX_EXPONENT:
         return None
-    canonical = format(number.normalize(), "f")
+    # Decimal's default context keeps 28 digits: a longer integer would lose its last ones.
+    canonical = format(number.normalize(Context(prec=max(28, len(number.as_tuple().digits)))), "f")
     return "0" if canonical in ("-0", "0") else canonical
 
 

@@ -14,6 +14,7 @@ import sys
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import example as fixed_example
 from hypothesis import strategies as st
 
 from dsw_ray.config import load_job
@@ -598,6 +599,7 @@ def test_fuzz_read_text(tmp_path, data):
 
 
 @settings(max_examples=300, deadline=None)
+@fixed_example(text="20000000000000000000000000000", gold="", integer=True)  # 29 digits: Decimal's context kept 28
 @given(
     text=st.text(max_size=60) | st.builds(lambda a, b: f"{a}The answer is {b}", st.text(max_size=20), st.text(max_size=20)),
     gold=st.text(max_size=12) | st.integers() | st.floats() | st.decimals().map(str),
