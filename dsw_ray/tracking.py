@@ -29,6 +29,7 @@ from dsw_ray.config import JobConfig, MlflowConfig
 from dsw_ray.errors import UserError
 from dsw_ray.events import step_series
 from dsw_ray.rundir import stage_states
+from dsw_ray.train import LOSS_HISTORY
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +91,10 @@ def loss_histories(run_dir: str, round_index: int, method: str) -> dict[str, str
     for the first seed (where a single run's is), ``seed-N/train`` for the others."""
     where = os.path.join(run_dir, f"round-{round_index}", method)
     found = {}
-    first = os.path.join(where, "train", "model", "loss_history.json")
+    first = os.path.join(where, "train", "model", LOSS_HISTORY)
     if os.path.exists(first):
         found["train"] = first
-    for path in sorted(glob.glob(os.path.join(where, "seed-*", "train", "model", "loss_history.json"))):
+    for path in sorted(glob.glob(os.path.join(where, "seed-*", "train", "model", LOSS_HISTORY))):
         found[f"{path.split(os.sep)[-4]}/train"] = path
     return found
 
@@ -139,13 +140,13 @@ def tracking_uri(section: MlflowConfig, run_dir: str) -> str:
 
 def require_tracking(job: JobConfig) -> None:
     """Fail before any stage runs when the job asks for a tracker that is not installed."""
-    for name, module in (("mlflow", "mlflow"), ("wandb", "wandb")):
+    for name in ("mlflow", "wandb"):  # each section is named after the package it needs
         if getattr(job.tracking, name).enabled:
             try:
-                importlib.import_module(module)
+                importlib.import_module(name)
             except ImportError:
                 raise UserError(
-                    f"tracking.{name}.enabled needs {module}: pip install 'dsw-ray[tracking]', or turn it off."
+                    f"tracking.{name}.enabled needs {name}: pip install 'dsw-ray[tracking]', or turn it off."
                 ) from None
 
 

