@@ -1,6 +1,7 @@
 """``dsw-ray run JOB.yaml [key=value ...] [--from STAGE]``: run a job and print its accuracy table;
 ``dsw-ray table SUITE.yaml [key=value ...]``: run several jobs (one per dataset) and print one
-accuracy table across them; ``dsw-ray model import SOURCE OUT``: a GGUF model as a Hugging Face
+accuracy table across them; ``dsw-ray sweep STUDY.yaml [key=value ...]``: run a job at every point
+of a grid and print the study's scaling report; ``dsw-ray model import SOURCE OUT``: a GGUF model as a Hugging Face
 folder; ``dsw-ray status RUN_DIR``: where a run stands."""
 
 from __future__ import annotations
@@ -23,11 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--from", dest="rerun_from", metavar="STAGE", help="rerun STAGE and every stage after it, even where finished"
     )
-    run.add_argument("-q", "--quiet", action="store_true", help="show warnings and the table only, no progress")
-    run.add_argument(
-        "-v", "--verbose", action="store_true",
-        help="show Ray's, DeepSpeed's and the workers' own output live (always in RUN_DIR/dsw-ray.log)",
-    )  # fmt: skip
+    sweep = commands.add_parser("sweep", help="run a study: a job at every point of a grid, then its scaling report")
+    sweep.add_argument("study", help="study YAML file, e.g. jobs/study_quickstart_scaling.yaml")
+    sweep.add_argument("overrides", nargs="*", help="key=value settings for every point, e.g. train.epochs=2")
     bench = commands.add_parser("bench", help="measure each stage beside the authors' way and the machine's limit")
     bench.add_argument("--size", choices=["tiny", "full"], default="full", help="tiny: every section on a few rows (CI)")
     bench.add_argument("--out", help="JSON results (default: docs/bench.json for full)")
@@ -60,12 +59,18 @@ def main(argv: list[str] | None = None) -> int:
     imports.add_argument("out", help="the folder to write (a job's model.path)")
     status = commands.add_parser("status", help="each stage of a run directory: done or unfinished, rows, times")
     status.add_argument("run_dir", help="the job's run_dir, e.g. runs/quickstart")
+    for runs in (run, sweep):
+        runs.add_argument("-q", "--quiet", action="store_true", help="show warnings and the table only, no progress")
+        runs.add_argument(
+            "-v", "--verbose", action="store_true",
+            help="show Ray's, DeepSpeed's and the workers' own output live (always in RUN_DIR/dsw-ray.log)",
+        )  # fmt: skip
     args = parser.parse_args(argv)
-    if args.command == "run":
+    if args.command in ("run", "sweep"):
         from dsw_ray.console import Session
 
         with Session(verbose=args.verbose, quiet=args.quiet) as session:
-            return run_job_file(args, session)
+            return (run_job_file if args.command == "run" else run_study_file)(args, session)
     logging.basicConfig(
         level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -104,18 +109,48 @@ def printed(produce) -> int:
 
 def run_job_file(args, session) -> int:
     """``dsw-ray run``: the job, then its table, on the session's terminal streams."""
-    from dsw_ray.config import load_job
 
-    started = time.time()
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)  # start_ray sets it again once Ray has started
-    try:
-        overrides = args.overrides + ([f"rerun_from={args.rerun_from}"] if args.rerun_from else [])
-        job = load_job(args.job, overrides)
+    def work() -> str:
+        from dsw_ray.config import load_job
         from dsw_ray.pipeline import run_job
         from dsw_ray.report import paper_valid_loss_line, text_table
 
+        started = time.time()
+        overrides = args.overrides + ([f"rerun_from={args.rerun_from}"] if args.rerun_from else [])
+        job = load_job(args.job, overrides)
         summary = run_job(job)
+        lines = [f"\n{summary['task']}: {summary['questions']} questions, {summary['valid']} valid, {summary['test']} test",
+                 text_table(summary)]  # fmt: skip
+        valid_loss = paper_valid_loss_line(summary)
+        if valid_loss:
+            lines.append(valid_loss)
+        lines.append(f"\nrun directory: {job.run_dir} (summary.json, report.md); {time.time() - started:.0f} s")
+        return "\n".join(lines)
+
+    return in_session(session, work)
+
+
+def run_study_file(args, session) -> int:
+    """``dsw-ray sweep``: every point of the study, then its scaling report."""
+
+    def work() -> str:
+        from dsw_ray.study import run_study
+
+        started = time.time()
+        report = run_study(args.study, args.overrides)
+        return f"\n{report}; {time.time() - started:.0f} s"
+
+    return in_session(session, work)
+
+
+def in_session(session, work) -> int:
+    """``work()`` with Ctrl-C and SIGTERM stopping it between stages, then what it returns on the
+    session's stdout (exit 0); a stop (130, 143), a failed stage or a crash (1) or the user's
+    mistake (2) is one short paragraph on the terminal, the trace in the log."""
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)  # start_ray sets it again once Ray has started
+    try:
+        text = work()
     except (Interrupted, KeyboardInterrupt) as interrupt:
         if not isinstance(interrupt, Interrupted):  # outside any stage
             interrupt = Interrupted(None)
@@ -130,13 +165,7 @@ def run_job_file(args, session) -> int:
     except Exception as error:  # outside any stage: a bug, or the machine (Ray could not start)
         session.report_failure(error, None)
         return 1
-    out = session.stdout
-    print(f"\n{summary['task']}: {summary['questions']} questions, {summary['valid']} valid, {summary['test']} test", file=out)
-    print(text_table(summary), file=out)
-    valid_loss = paper_valid_loss_line(summary)
-    if valid_loss:
-        print(valid_loss, file=out)
-    print(f"\nrun directory: {job.run_dir} (summary.json, report.md); {time.time() - started:.0f} s", file=out)
+    print(text, file=session.stdout)
     return 0
 
 

@@ -341,6 +341,11 @@ OFFICIAL_DEFAULTS = {
 
 class JobConfig(Section):
     run_dir: str = Field(description="Where every stage writes its artifacts; rerunning reuses finished ones.")
+    store: str | None = Field(
+        None,
+        description="A folder of finished stages that runs share (a study's points: `dsw-ray sweep`): a stage "
+        "with the same settings and inputs found there is linked into run_dir instead of computed; None: none.",
+    )
     rounds: int = Field(1, ge=1, description="Self-improvement rounds; each method starts from its own last export.")
     repeats: int = Field(
         1,

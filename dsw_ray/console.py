@@ -106,17 +106,21 @@ class Session:
 
     def attach(self, run_dir: str) -> None:
         """From now on the log is ``run_dir/dsw-ray.log`` (appended to: a rerun keeps the earlier
-        runs' logs), holding what was logged before the run directory was known."""
+        runs' logs), holding what was logged before the run directory was known. A session that
+        runs several jobs (a study's points) moves from one run's log to the next."""
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         path = os.path.join(os.path.abspath(run_dir), LOG_FILE)
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
         os.write(descriptor, f"\n==== dsw-ray {' '.join(sys.argv[1:])} ({started}, pid {os.getpid()})\n".encode())
-        with self.lock, open(self.log_path, "rb") as earlier, os.fdopen(os.dup(descriptor), "wb") as log:
+        temporary = os.path.basename(self.log_path) != LOG_FILE  # else the last run's log, which stays
+        with self.lock, open(self.log_path if temporary else os.devnull, "rb") as earlier, \
+                os.fdopen(os.dup(descriptor), "wb") as log:  # fmt: skip
             shutil.copyfileobj(earlier, log)
             os.close(self.sink)
-            os.remove(self.log_path)
+            if temporary:
+                os.remove(self.log_path)
             self.sink, self.log_path = descriptor, path
             if not self.verbose:
                 os.dup2(descriptor, 1)

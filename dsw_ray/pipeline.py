@@ -35,7 +35,9 @@ from dsw_ray.generate import HF_SAMPLING, PAPER_SAMPLING, generate, with_samplin
 from dsw_ray.gguf_import import import_gguf, read_record
 from dsw_ray.models import check_model_dir, load_tokenizer, model_identity
 from dsw_ray.prompting import check_chat_template
-from dsw_ray.rundir import DATA, claim_run_dir, fingerprint, holding, run_stage, run_stages, stage_fingerprint, write_json
+from dsw_ray.rundir import (
+    DATA, claim_run_dir, fingerprint, holding, run_stage, run_stages, sharing, stage_fingerprint, write_json,
+)
 from dsw_ray.stages import spec
 from dsw_ray.report import write_report
 from dsw_ray.resources import pool_input
@@ -457,7 +459,7 @@ def train_round(job: JobConfig, run_dir: str, round_dir: str, tunes: list[Tune],
             os.path.join(path, "model", LOSS_HISTORY),
             os.path.join(run_dir, EVENTS, os.path.relpath(tune.where, run_dir)),
             job.train.gradient_accumulation_steps,
-            rewrite=not trained["skipped"],
+            rewrite=not trained["skipped"] or "reused_from" in trained,
         )
         if trained.get("resumed_from_epoch") and not trained["skipped"]:
             log.warning(
@@ -692,7 +694,7 @@ def run_job(job: JobConfig) -> dict:
     require_tracking(job)
     run_dir = os.path.abspath(job.run_dir)
     os.makedirs(run_dir, exist_ok=True)
-    with holding(run_dir):
+    with holding(run_dir), sharing(job.store):
         return run_held(job, run_dir, splits, model_path)
 
 

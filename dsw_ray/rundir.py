@@ -4,6 +4,11 @@ A stage writes into ``<name>.partial`` and renames it to ``<name>`` once complet
 ``manifest.json`` inside. A finished stage whose fingerprint (its config and its inputs'
 fingerprints) is unchanged is skipped on a rerun; a changed one is recomputed, and since
 fingerprints chain, so is everything downstream of it.
+
+A stage store (``job.store``, which a study's points share) holds finished stages by
+fingerprint: a stage found there is linked into the run directory instead of computed, and
+every stage computed is linked into it. The fingerprint already says "the same settings and
+inputs", so a store entry is what this run would have computed.
 """
 
 from __future__ import annotations
@@ -99,6 +104,73 @@ def display_name(path: str) -> str:
     return "/".join(parts[starts[-1] :] if starts else parts[-2:])
 
 
+_store: list[str] = []  # the store of the run now running (``sharing``), if any
+
+
+@contextlib.contextmanager
+def sharing(store: str | None):
+    """While the block runs, stages are taken from and given to ``store`` (None: no store)."""
+    if store is None:
+        yield
+        return
+    os.makedirs(store, exist_ok=True)
+    _store.append(os.path.abspath(store))
+    try:
+        yield
+    finally:
+        _store.pop()
+
+
+def link_tree(source: str, target: str) -> None:
+    """A copy of the folder ``source`` at ``target`` whose files are hard links (no bytes copied:
+    finished artifacts are never written again), or copies where the filesystem refuses links."""
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:  # another filesystem, or one without hard links
+            shutil.copy2(src, dst)
+
+    shutil.copytree(source, target, copy_function=link)
+
+
+def store_entry(stage: str, stage_fp: str) -> str | None:
+    return os.path.join(_store[-1], f"{stage}-{stage_fp}") if _store else None
+
+
+def take_from_store(path: str, stage: str, stage_fp: str) -> dict | None:
+    """The manifest of ``path`` after linking the store's finished stage of this fingerprint
+    there, or None when the store has none (or a damaged one, which is then computed again)."""
+    entry = store_entry(stage, stage_fp)
+    manifest = read_manifest(entry) if entry else None
+    if manifest is None or manifest.get("fingerprint") != stage_fp or damaged(entry, manifest):
+        return None
+    partial = path + ".partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    link_tree(entry, partial)
+    manifest = {**manifest, "reused_from": manifest.get("computed_in", entry)}
+    write_json(os.path.join(partial, MANIFEST), manifest)  # a new file: the store's stays as it is
+    shutil.rmtree(path, ignore_errors=True)
+    os.rename(partial, path)
+    log.info("%s: taken from the store, computed in %s (%s)", display_name(path), manifest["reused_from"], entry)
+    return manifest
+
+
+def give_to_store(path: str, manifest: dict) -> None:
+    """Link a stage just finished at ``path`` into the store, recording where it was computed."""
+    entry = store_entry(manifest["stage"], manifest["fingerprint"])
+    if entry is None or os.path.isdir(entry):
+        return
+    partial = f"{entry}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    link_tree(path, partial)
+    write_json(os.path.join(partial, MANIFEST), {**manifest, "computed_in": path})
+    try:
+        os.rename(partial, entry)
+    except OSError:  # another run gave the same stage first
+        shutil.rmtree(partial, ignore_errors=True)
+
+
 def stage_fingerprint(stage: str, *parts) -> str:
     """The fingerprint of a ``stage`` run: its code version and ``parts`` (its settings and its
     inputs' fingerprints, so that a change anywhere upstream reaches every later stage)."""
@@ -139,10 +211,13 @@ def run_stages(
         if skip:
             log.info("%s: skipped, done already with these settings and inputs (%s)", display_name(path), manifest.get("finished", "?"))
             manifest["skipped"] = True
+    stage = os.path.basename(paths[0])
+    for i, skip in enumerate(done):
+        if not skip and not force and (taken := take_from_store(paths[i], stage, stage_fps[i])) is not None:
+            done[i], manifests[i] = True, {**taken, "skipped": True}
     pending = [i for i, skip in enumerate(done) if not skip]
     if not pending:
         return manifests
-    stage = os.path.basename(paths[pending[0]])
     for i in pending:
         if force:
             why = "rerun as asked (--from)"
@@ -199,6 +274,7 @@ def run_stages(
         write_json(os.path.join(partial, MANIFEST), manifest)
         shutil.rmtree(paths[i], ignore_errors=True)
         os.rename(partial, paths[i])
+        give_to_store(paths[i], manifest)
         together = f" (one pass for {len(pending)} stages)" if len(pending) > 1 else ""
         log.info("%s: done in %.1f s%s%s", display_name(paths[i]), manifest["seconds"], together, outcome(manifest))
         manifests[i] = {**manifest, "skipped": False}

@@ -10,29 +10,16 @@ run) share a manifest time and count once.
 
 from __future__ import annotations
 
-from dsw_ray.rundir import stage_states
-
-
-def work_seconds(manifests: list[dict]) -> float:
-    """The work of one pass: its pool's busy time, or the sum of its fine-tunes' loops (one
-    Ray Train run trains them one after the other)."""
-    if "busy_seconds" in manifests[0]:
-        return manifests[0]["busy_seconds"]
-    return sum(m.get("loop_seconds", 0.0) for m in manifests)
+from dsw_ray.scaling import stage_passes
 
 
 def stage_split(run_dir: str) -> list[dict]:
     """Per stage (or pass) of the run, in the order they ran: its wall, work and fixed seconds."""
-    passes: dict[tuple, list[dict]] = {}
-    for state in stage_states(run_dir):
-        if state["state"] == "done" and not state["stage"].startswith("inputs"):
-            passes.setdefault((state["started"], state["finished"]), []).append(state)
     rows = []
-    for manifests in passes.values():
-        seconds = manifests[0]["seconds"]
-        work = min(work_seconds(manifests), seconds)
-        rows.append({"stage": manifests[0]["stage"], "seconds": seconds, "work_s": work, "fixed_s": seconds - work,
-                     "models": len(manifests), "stages": [m["stage"] for m in manifests]})
+    for p in stage_passes(run_dir):
+        work = p["work_s"] or 0.0
+        rows.append({"stage": p["stages"][0], "seconds": p["seconds"], "work_s": work, "fixed_s": p["seconds"] - work,
+                     "models": len(p["stages"]), "stages": p["stages"]})  # fmt: skip
     return rows
 
 

@@ -2,8 +2,9 @@
 
 The head and a worker node run as separate ``ray start`` daemons (token authentication on,
 dashboard and job server bound to 127.0.0.1); the job ships this checkout as its working
-directory and runs ``python -m dsw_ray run`` there. Its fine-tune asks for a resource only
-the worker node has, so a finished run shows that the second node did real work.
+directory and runs ``python -m dsw_ray sweep`` there (a study of two points). Its fine-tunes
+ask for a resource only the worker node has, so a finished run shows that the second node did
+real work.
 """
 
 from __future__ import annotations
@@ -126,31 +127,63 @@ def submit(cluster, args: list[str], agent_wait_s: float = 120) -> subprocess.Co
         time.sleep(2)
 
 
-def test_a_submitted_job_runs_a_round_on_two_nodes(cluster, toy_model, tmp_path):
-    run_dir = tmp_path / "run"
+def test_a_submitted_study_runs_its_points_on_two_nodes_sharing_their_candidates(cluster, toy_model, tmp_path):
+    """A study (``dsw-ray sweep``) of two learning rates as one submitted job: the first point is
+    a whole round, the second takes every stage before its fine-tune from the study's store."""
     job = small_round(
         toy_model,
-        run_dir,
+        tmp_path / "set-by-the-study",
         train={"zero_stage": 0, "epochs": 1, "micro_batch_size": 4, "resources_per_worker": {WORKER_RESOURCE: 1}},
     )
-    job_file = tmp_path / "job.yaml"
-    job_file.write_text(yaml.safe_dump(job))
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    study_file = tmp_path / "study.yaml"
+    study_file.write_text(yaml.safe_dump(
+        {"job": "job.yaml", "out": str(tmp_path / "study"), "grid": {"train.learning_rate": [1.0e-4, 3.0e-4]}}
+    ))  # fmt: skip
     runtime_env = {"excludes": [".cache", "runs", "docs", ".hypothesis", ".pytest_cache"]}
     submitted = submit(
         cluster, [f"--working-dir={ROOT}", f"--runtime-env-json={json.dumps(runtime_env)}",
-                  "--", "python", "-m", "dsw_ray", "run", str(job_file)],
+                  "--", "python", "-m", "dsw_ray", "sweep", str(study_file)],
     )  # fmt: skip
     assert submitted.returncode == 0, submitted.stdout[-4000:] + submitted.stderr[-4000:]
-    # The job's own output: the accuracy table the CLI prints at the end.
-    assert "IWSI" in submitted.stdout and "run directory:" in submitted.stdout
+    # The job's own output: the scaling report the CLI prints at the end.
+    assert "# Scaling study: 2 points over train.learning_rate" in submitted.stdout
+    assert "Ray cluster: 2 nodes, 2 CPUs, 0 GPUs" in submitted.stdout and "study folder:" in submitted.stdout
 
-    summary = json.loads((run_dir / "summary.json").read_text())
+    first, second = (tmp_path / "study" / "points" / name for name in ("learning_rate=0.0001", "learning_rate=0.0003"))
+    summary = json.loads((first / "summary.json").read_text())
     iwsi = summary["methods"]["iwsi"]
     assert summary["questions"] == 12 and summary["test"] == 10
     assert iwsi["candidates"]["generated"] == 24 and iwsi["kept"] > 0
     assert 0 <= iwsi["accuracy"] <= 1 and 0 <= summary["base_accuracy"] <= 1
-    manifest = json.loads((run_dir / "round-1" / "iwsi" / "train" / "manifest.json").read_text())
+    manifest = lambda run_dir, stage: json.loads((run_dir / stage / "manifest.json").read_text())  # noqa: E731
     worker_node = node_with(cluster, WORKER_RESOURCE)
-    assert [w.split("/")[0] for w in manifest["workers"]] == [worker_node]
-    assert os.path.exists(run_dir / "round-1" / "iwsi" / "train" / "model" / "model.safetensors")
-    assert (run_dir / "report.md").exists()
+    for run_dir in (first, second):
+        assert [w.split("/")[0] for w in manifest(run_dir, "round-1/iwsi/train")["workers"]] == [worker_node]
+        assert os.path.exists(run_dir / "round-1" / "iwsi" / "train" / "model" / "model.safetensors")
+        assert (run_dir / "report.md").exists()
+    # The learning rate changes the fine-tune only: the second point computed it and its
+    # evaluation, and linked the rest from the store (the same files, not copies).
+    for stage in ("base/evaluate", "round-1/generate", "round-1/vote", "round-1/score", "round-1/iwsi/filter"):
+        assert "reused_from" not in manifest(first, stage)
+        assert manifest(second, stage)["reused_from"] == str(first / stage)
+    for stage in ("round-1/iwsi/train", "round-1/iwsi/evaluate"):
+        assert "reused_from" not in manifest(second, stage)
+    parquet = lambda run_dir: next((run_dir / "round-1" / "generate" / "data").glob("*.parquet"))  # noqa: E731
+    assert os.path.samefile(parquet(first), parquet(second))
+    assert manifest(first, "round-1/iwsi/train")["final_loss"] != manifest(second, "round-1/iwsi/train")["final_loss"]
+    # Each point keeps its own log (the CLI's session moves from one run directory to the next).
+    assert "round-1/generate: done in" in (first / "dsw-ray.log").read_text()
+    assert "round-1/generate: taken from the store" in (second / "dsw-ray.log").read_text()
+    second_summary = json.loads((second / "summary.json").read_text())
+    assert second_summary["base_accuracy"] == summary["base_accuracy"]
+    assert second_summary["methods"]["iwsi"]["kept"] == iwsi["kept"]
+
+    numbers = json.loads((tmp_path / "study" / "scaling.json").read_text())
+    assert numbers["cluster"] == {"nodes": 2, "cpus": 2.0, "gpus": 0.0}
+    assert numbers["stages"]["round-1/generate"][second.name] == {
+        "stage": "generate", "units": 1, "held": "1 actor (CPUs shared)", "reused_from": [first.name]}
+    train = numbers["stages"]["round-1/train"]
+    assert train[first.name]["unit"] == "samples" and train[first.name]["work"] == iwsi["kept"]
+    assert train[second.name]["kind"] == "same actors" and train[second.name]["smallest"] == first.name
+    assert f"| {second.name} | 0.0003 | 2 |" in submitted.stdout  # two stages computed: train and evaluate

@@ -6,6 +6,7 @@ import yaml
 
 from dsw_ray import ConfigError, load_job
 from dsw_ray.filters import METHODS
+from dsw_ray.study import load_study
 from dsw_ray.suite import load_suite
 from dsw_ray.resources import pool_cpus, training_cpus
 from tests.conftest import ROOT
@@ -95,8 +96,8 @@ def test_every_shipped_job_validates(job_file, shared_data, tmp_path):
     name = os.path.relpath(job_file, ROOT)
     with open(job_file) as f:
         command = f.readline()
-    local = command.startswith(f"# dsw-ray run {name}")
-    runs = [f"-- python -m dsw_ray {verb} {name}" for verb in ("run", "table")]
+    local = command.startswith((f"# dsw-ray run {name}", f"# dsw-ray sweep {name}"))
+    runs = [f"-- python -m dsw_ray {verb} {name}" for verb in ("run", "table", "sweep")]
     cluster = command.startswith("# ray job submit") and command.rstrip().endswith(tuple(runs))
     assert local or cluster, "a job file opens with the command that runs it"
     cwd = os.getcwd()
@@ -105,6 +106,11 @@ def test_every_shipped_job_validates(job_file, shared_data, tmp_path):
         if command.rstrip().endswith(runs[1]):  # a suite: every job it runs, as it runs them
             suite, jobs = load_suite(job_file, per_job=lambda job: local_data(job, shared_data, str(tmp_path)))
             assert all(job.methods == suite.methods for job in jobs.values())
+        elif " sweep " in command:  # a study: every point's job
+            with open(job_file) as f:
+                its_job = os.path.join(os.path.dirname(job_file), yaml.safe_load(f)["job"])
+            _, points = load_study(job_file, local_data(its_job, shared_data, str(tmp_path)))
+            assert len({p.job.run_dir for p in points}) == len(points) > 1
         else:
             load_job(job_file, local_data(job_file, shared_data, str(tmp_path)))
     finally:
