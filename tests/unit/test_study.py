@@ -1,18 +1,14 @@
-"""Studies (``dsw-ray sweep``): the grid's points, checked whole before any runs; the stage store
-they share; the scaling report's comparisons. A study on a real cluster runs in
-tests/integration/test_job_submit.py."""
+"""Studies (``dsw-ray sweep``): the grid's points, checked whole before any runs, and the scaling
+report's comparisons. The stage store they share is tested in test_rundir.py; a study on a
+real cluster runs in tests/integration/test_job_submit.py."""
 
 import json
-import logging
 import os
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from dsw_ray.errors import ConfigError
-from dsw_ray.rundir import read_manifest, run_stage, sharing
 from dsw_ray.scaling import compare, held
 from dsw_ray.study import load_study
 
@@ -59,45 +55,6 @@ def test_a_study_is_checked_whole_before_anything_runs(tmp_path, grid, message):
     with pytest.raises(ConfigError, match="study.yaml") as error:
         load_study(write_study(tmp_path, grid))
     assert message in str(error.value)
-
-
-def writer(rows: int, calls: list):
-    def produce(out: str) -> dict:
-        calls.append(out)
-        os.makedirs(os.path.join(out, "data"))
-        pq.write_table(pa.table({"x": list(range(rows))}), os.path.join(out, "data", "part-0.parquet"))
-        return {"rows": rows}
-
-    return produce
-
-
-def test_a_store_gives_a_stage_to_every_run_with_its_fingerprint_and_no_other(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="dsw_ray.rundir")
-    store, calls = str(tmp_path / "store"), []
-    first, second, third = (str(tmp_path / run / "round-1" / "score") for run in ("a", "b", "c"))
-    with sharing(store):
-        run_stage(first, "fp-1", writer(3, calls), rows_in=2)
-        taken = run_stage(second, "fp-1", writer(3, calls), rows_in=2)
-        other = run_stage(third, "fp-2", writer(5, calls), rows_in=2)
-    assert calls == [first + ".partial", third + ".partial"]
-    assert taken["skipped"] is True and taken["reused_from"] == first
-    assert read_manifest(second)["reused_from"] == first and "reused_from" not in read_manifest(first)
-    assert "round-1/score: taken from the store, computed in " + first in caplog.text
-    part = lambda stage: os.path.join(stage, "data", "part-0.parquet")  # noqa: E731
-    assert os.path.samefile(part(first), part(second)) and other["rows"] == 5
-    # The store keeps its own manifest: where each stage was computed.
-    assert sorted(os.listdir(store)) == ["score-fp-1", "score-fp-2"]
-    assert read_manifest(os.path.join(store, "score-fp-1"))["computed_in"] == first
-
-    # A damaged store entry is computed again, and --from computes even what the store has.
-    os.remove(part(os.path.join(store, "score-fp-2")))
-    with sharing(store):
-        fourth = run_stage(str(tmp_path / "d" / "round-1" / "score"), "fp-2", writer(5, calls))
-        forced = run_stage(str(tmp_path / "e" / "round-1" / "score"), "fp-1", writer(3, calls), force=True)
-    assert fourth["skipped"] is False and forced["skipped"] is False and len(calls) == 4
-    # Without a store nothing is shared.
-    run_stage(str(tmp_path / "f" / "round-1" / "score"), "fp-1", writer(3, calls))
-    assert len(calls) == 5
 
 
 def row(seconds, work, units, work_s):
