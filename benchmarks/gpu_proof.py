@@ -183,18 +183,19 @@ class Proof:
     """The run's state: models, data, results, checks; each part adds a result and checks."""
 
     def __init__(self, args, size: ProofSize, cuda: bool, work: str):
-        from dsw_ray.tasks import get_task
+        from dsw_ray.tasks import SplitSizes, get_task
 
         self.args, self.size, self.cuda, self.work = args, size, cuda, work
         self.device = "cuda" if cuda else "cpu"
         self.dtype = "bfloat16" if cuda else "float32"  # what the stages run in here
         self.started = time.time()
         self.deadline = self.started + (size.budget_s if args.budget_s is None else args.budget_s)
-        examples = get_task("arith").load(None, 4, size.train_rows + size.heldout_rows + size.score_rows, 4, 17).valid
+        rows = size.train_rows + size.heldout_rows + size.score_rows
+        examples = get_task("arith").load(None, SplitSizes(4, rows, 4, seed=17)).valid
         self.train_pairs = [(e.question, e.rationale) for e in examples[: size.train_rows]]
         self.heldout = [(e.question, e.rationale) for e in examples[size.train_rows : size.train_rows + size.heldout_rows]]
         self.score_examples = examples[size.train_rows + size.heldout_rows :]
-        self.questions = get_task("arith").load(None, 64, 4, 4, 23).questions
+        self.questions = get_task("arith").load(None, SplitSizes(64, 4, 4, seed=23)).questions
         self.models: dict[str, dict] = {}  # built on first use: a run of a few parts builds only theirs
         self.results: list[dict] = []
         self.checks: list[dict] = []

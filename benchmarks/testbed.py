@@ -219,11 +219,11 @@ def study(args) -> dict:
 
     from dsw_ray.config import LoraConfig
     from dsw_ray.stats import paired_difference
-    from dsw_ray.tasks import get_task
+    from dsw_ray.tasks import SplitSizes, get_task
 
     torch.set_num_threads(2)
     lora = LoraConfig(**json.loads(args.lora)).model_dump() if args.lora is not None else None
-    splits = get_task("arith").load(None, args.questions, args.valid, args.test, DEV_TASK_SEED)
+    splits = get_task("arith").load(None, SplitSizes(args.questions, args.valid, args.test, seed=DEV_TASK_SEED))
     exclude = {e.question for e in splits.test + splits.valid}
     results = []
     for toy in args.toy:

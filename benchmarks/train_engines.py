@@ -51,10 +51,11 @@ def main() -> None:
     from dsw_ray import get_task
     from dsw_ray.bench.sections import build_quickstart_toy
     from dsw_ray.config import JobConfig
+    from dsw_ray.tasks import SplitSizes
     from dsw_ray.train import fine_tune
 
     build_quickstart_toy(args.model)
-    examples = get_task("arith").load(None, 4, args.rows, 4, 99).valid
+    examples = get_task("arith").load(None, SplitSizes(4, args.rows, 4, seed=99)).valid
     rows = pa.table({"question": [e.question for e in examples], "text": [e.rationale for e in examples]})
     ray.init(address="local", include_dashboard=False, num_cpus=os.cpu_count())
     results = []

@@ -29,9 +29,9 @@ MICRO_BATCH, LEARNING_RATE, THREADS = 8, 1e-4, 2
 
 
 def rows(count: int) -> list[tuple[str, str]]:
-    from dsw_ray.tasks import get_task
+    from dsw_ray.tasks import SplitSizes, get_task
 
-    examples = get_task("arith").load(None, 4, count, 4, 11).valid
+    examples = get_task("arith").load(None, SplitSizes(4, count, 4, seed=11)).valid
     return [(e.question, e.rationale) for e in examples]
 
 

@@ -44,7 +44,7 @@ from dsw_ray.resources import pool_input
 from dsw_ray.rate import rate
 from dsw_ray.reward import reward
 from dsw_ray.score import PAPER_VALID_LOSS, VALID_LOSSES, rows_per_call, score_losses, weigh
-from dsw_ray.tasks import Splits, Task, task_of
+from dsw_ray.tasks import Splits, SplitSizes, Task, task_of
 from dsw_ray.tasks.rows import question_key
 from dsw_ray.toy import build_toy_model
 from dsw_ray.tracking import log_job, require_tracking
@@ -684,10 +684,7 @@ def start_local_ray(num_cpus: int | None) -> None:
 def run_job(job: JobConfig) -> dict:
     """Run every round of the job and write ``summary.json``; returns the summary."""
     task = task_of(job.task)
-    splits = task.load(
-        job.task.data_path, job.task.num_questions, job.task.num_valid, job.task.num_test, job.task.seed,
-        bad_rows=job.task.bad_rows,
-    )
+    splits = task.load(job.task.data_path, SplitSizes.of(job.task))
     check_splits(splits, job.task)
     model_path = base_model(job, splits)
     guard_submitted_job(job)

@@ -119,10 +119,10 @@ def job_config(size: BenchSize, run_dir: str, model_path: str, **overrides):
 
 
 def load_splits(job):
-    from dsw_ray.tasks import get_task
+    from dsw_ray.tasks import SplitSizes, get_task
 
     t = job.task
-    return get_task(t.name).load(t.data_path, t.num_questions, t.num_valid, t.num_test, t.seed)
+    return get_task(t.name).load(t.data_path, SplitSizes.of(t))
 
 
 QUICKSTART_JOB = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "jobs", "quickstart.yaml")
@@ -133,12 +133,12 @@ def build_quickstart_toy(path: str = TOY_MODEL) -> str:
     settings, its valid and test questions left out of the corpus), so that the quickstart,
     the tests and the benchmarks reuse one build."""
     from dsw_ray.config import load_job
-    from dsw_ray.tasks import get_task
+    from dsw_ray.tasks import SplitSizes, get_task
     from dsw_ray.toy import build_toy_model
 
     job = load_job(QUICKSTART_JOB)
     task = job.task
-    splits = get_task(task.name).load(None, task.num_questions, task.num_valid, task.num_test, task.seed)
+    splits = get_task(task.name).load(None, SplitSizes.of(task))
     return build_toy_model(path, job.model.toy, {e.question for e in splits.test + splits.valid})
 
 
@@ -426,7 +426,7 @@ def score_section(job, run_dir: str, stage_seconds: float, model_path: str, size
     from dsw_ray import columns as C
     from dsw_ray.pipeline import read_table, write_table
     from dsw_ray.score import SCORED_COLUMNS, VALID_ROW, LossModel, rows_per_call
-    from dsw_ray.tasks import get_task
+    from dsw_ray.tasks import SplitSizes, get_task
 
     model = LossModel(model_path, job.model.dtype, False, job.train.max_length, job.score.loss_on)
 
@@ -442,7 +442,7 @@ def score_section(job, run_dir: str, stage_seconds: float, model_path: str, size
 
     # Fixed rows (gold rationales of arith questions outside the round), read from parquet
     # like the pipeline's, through the real pool.
-    examples = get_task("arith").load(None, 1, size.score_rows, 1, 7).valid
+    examples = get_task("arith").load(None, SplitSizes(1, size.score_rows, 1, seed=7)).valid
     questions, answers = [e.question for e in examples], [e.rationale for e in examples]
     tokens_of = {e.question_id: len(model.encode(e.question, e.rationale)["input_ids"]) for e in examples}
     rows = pa.table({

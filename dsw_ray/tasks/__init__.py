@@ -9,15 +9,15 @@ from typing import Callable
 
 from dsw_ray.errors import ConfigError
 from dsw_ray.tasks import anli, answers, arith, choice, custom, gsm8k, numeric, openbookqa, strategyqa, svamp
-from dsw_ray.tasks.numeric import Example, Splits
+from dsw_ray.tasks.numeric import Example, Splits, SplitSizes
 
 
 @dataclass(frozen=True)
 class Task:
     """A task as the stages see it (picklable: actors receive it whole). ``load(data_path,
-    num_questions, num_valid, num_test, seed, bad_rows)`` returns its splits; a bad data row
-    raises a DataError naming its file and line (``bad_rows="fail"``) or is left out and
-    listed in ``Splits.rejected`` ("skip"). ``answer_type`` is ``number``, ``choice`` (a
+    sizes)`` returns its splits, cut to the ``SplitSizes``; a bad data row raises a DataError
+    naming its file and line (``sizes.bad_rows="fail"``) or is left out and listed in
+    ``Splits.rejected`` ("skip"). ``answer_type`` is ``number``, ``choice`` (a
     letter among ``letters``) or ``text``. ``prompt_format``: few-shot text (``prompt``) or the
     model's chat template (``prompting.Prompter`` makes either into ids)."""
 
@@ -90,4 +90,4 @@ def get_task(name: str) -> Task:
         raise ConfigError(f"unknown task {name!r}; choose one of {sorted(TASKS)}.") from None
 
 
-__all__ = ["Example", "Splits", "Task", "TASKS", "get_task", "task_of"]
+__all__ = ["Example", "SplitSizes", "Splits", "Task", "TASKS", "get_task", "task_of"]

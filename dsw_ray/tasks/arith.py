@@ -18,7 +18,7 @@ import itertools
 import random
 import re
 
-from dsw_ray.tasks.numeric import Example, Splits
+from dsw_ray.tasks.numeric import Example, Splits, SplitSizes
 
 NAMES = [("Mia", "She"), ("Tom", "He"), ("Ava", "She"), ("Leo", "He"), ("Zoe", "She"), ("Sam", "He")]
 ITEMS = ["apples", "pens", "cards", "books", "coins", "shells", "stamps", "marbles"]
@@ -134,18 +134,12 @@ def generate_examples(
     return examples
 
 
-def load(
-    data_path: str | None,
-    num_questions: int | None,
-    num_valid: int | None,
-    num_test: int | None,
-    seed: int,
-    bad_rows: str = "fail",
-) -> Splits:
+def load(data_path: str | None, sizes: SplitSizes) -> Splits:
     """Test first, so that its questions are kept out of the other two sets (generated rows
-    are never bad, so ``bad_rows`` has nothing to do)."""
-    test = generate_examples(seed * 3 + 2, num_test or 200, "test")
-    valid = generate_examples(seed * 3 + 1, num_valid or 32, "valid", {e.question for e in test})
+    are never bad, so ``sizes.bad_rows`` has nothing to do)."""
+    seed = sizes.seed
+    test = generate_examples(seed * 3 + 2, sizes.test or 200, "test")
+    valid = generate_examples(seed * 3 + 1, sizes.valid or 32, "valid", {e.question for e in test})
     taken = {e.question for e in test + valid}
-    questions = generate_examples(seed * 3, num_questions or 256, "q", taken)
+    questions = generate_examples(seed * 3, sizes.questions or 256, "q", taken)
     return Splits(questions, valid, test)

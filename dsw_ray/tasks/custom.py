@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from dsw_ray.errors import BadRow, DataError
 from dsw_ray.io import is_uri
 from dsw_ray.tasks import answers, choice, numeric
-from dsw_ray.tasks.numeric import Example, Splits
+from dsw_ray.tasks.numeric import Example, Splits, SplitSizes
 from dsw_ray.tasks.records import FORMATS, Record, read_examples, read_records
 from dsw_ray.tasks.rows import BadRows, json_type, present
 
@@ -287,15 +287,11 @@ def examples(spec: CustomTask, path: str, bad: BadRows, records: list[Record], v
 def load_spec(
     spec: CustomTask,
     data_path: str,
-    num_questions: int | None,
-    num_valid: int | None,
-    num_test: int | None,
-    seed: int,
-    bad_rows: str = "fail",
+    sizes: SplitSizes,
     expected: str = "task.data_path is the task's data file (jsonl, json, csv or parquet).",
 ) -> Splits:
     """The split of ``split`` in file order; a skipped row keeps its place."""
-    bad = BadRows(bad_rows)
+    bad = BadRows(sizes.bad_rows)
     records = read_records(data_path, spec.format, layout(spec), expected)
     split = spec.split
     rest = len(records) if split.test_path else len(records) - split.test_rows
@@ -312,7 +308,7 @@ def load_spec(
     else:
         test = rows[rest:]
     questions, valid = present(rows[:valid_start]), present(rows[valid_start:rest])
-    return Splits(questions[:num_questions], valid[:num_valid], present(test)[:num_test], bad.rejected)
+    return Splits(questions[: sizes.questions], valid[: sizes.valid], present(test)[: sizes.test], bad.rejected)
 
 
 def folder_preset(spec: CustomTask, data_file: str, expected: str):
@@ -321,9 +317,9 @@ def folder_preset(spec: CustomTask, data_file: str, expected: str):
     return functools.partial(load_folder, spec, data_file, expected)
 
 
-def load_folder(spec: CustomTask, data_file: str, expected: str, data_path: str, *caps, **options) -> Splits:
+def load_folder(spec: CustomTask, data_file: str, expected: str, data_path: str, sizes: SplitSizes) -> Splits:
     if not is_uri(data_path) and os.path.isfile(data_path):
         raise DataError(f"task.data_path {data_path!r} is a file; {expected}")
     split = spec.split.model_copy(update={"test_path": os.path.join(data_path, spec.split.test_path)})
     spec = spec.model_copy(update={"split": split})
-    return load_spec(spec, os.path.join(data_path, data_file), *caps, **options, expected=expected)
+    return load_spec(spec, os.path.join(data_path, data_file), sizes, expected=expected)

@@ -16,7 +16,7 @@ import re
 
 from dsw_ray.errors import BadRow, DataError
 from dsw_ray.io import is_uri
-from dsw_ray.tasks.numeric import Example, Splits, normalize_number, parse_answer
+from dsw_ray.tasks.numeric import Example, Splits, SplitSizes, normalize_number, parse_answer
 from dsw_ray.tasks.records import Record, read_examples, read_records
 from dsw_ray.tasks.rows import BadRows, present, string_field
 
@@ -133,21 +133,14 @@ def read_jsonl(path: str, prefix: str, bad: BadRows) -> list[Example | None]:
     return read_examples(path, read_records(path, "jsonl", ROW, EXPECTED), read_row, bad, ROW, layout=LAYOUT)
 
 
-def load(
-    data_path: str,
-    num_questions: int | None,
-    num_valid: int | None,
-    num_test: int | None,
-    seed: int,
-    bad_rows: str = "fail",
-) -> Splits:
+def load(data_path: str, sizes: SplitSizes) -> Splits:
     """The paper's split of ``train.jsonl`` plus ``test.jsonl``, each cut to the asked size.
 
     The split counts the file's rows, skipped ones included, so that leaving a bad row out
     moves no other row between the unlabeled questions and the valid set."""
     if not is_uri(data_path) and os.path.isfile(data_path):
         raise DataError(f"task.data_path {data_path!r} is a file; {EXPECTED}")
-    bad = BadRows(bad_rows)
+    bad = BadRows(sizes.bad_rows)
     train_path = os.path.join(data_path, "train.jsonl")
     train = read_jsonl(train_path, "train", bad)
     test = present(read_jsonl(os.path.join(data_path, "test.jsonl"), "test", bad))
@@ -160,4 +153,4 @@ def load(
     # Unlabeled questions carry their gold answer only for analysis (the oracle filter,
     # the fraction of kept candidates that are right); no stage trains on it.
     questions, valid = present(train[:-num_valid_split]), present(train[-num_valid_split:])
-    return Splits(questions[:num_questions], valid[:num_valid], test[:num_test], bad.rejected)
+    return Splits(questions[: sizes.questions], valid[: sizes.valid], test[: sizes.test], bad.rejected)

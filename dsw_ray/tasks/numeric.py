@@ -121,6 +121,24 @@ class Splits:
     rejected: list[Rejected] = field(default_factory=list)  # rows left out under bad_rows: skip
 
 
+@dataclass(frozen=True)
+class SplitSizes:
+    """How much of each split a task loads (None: the task's own size) and how: the seed of a
+    task that samples or generates its rows, and what a bad data row does ("fail" or "skip")."""
+
+    questions: int | None = None
+    valid: int | None = None
+    test: int | None = None
+    seed: int = 0
+    bad_rows: str = "fail"
+
+    @classmethod
+    def of(cls, task) -> SplitSizes:
+        """What a job's ``task`` section asks for: its ``num_questions``, ``num_valid``, ``num_test``,
+        ``seed`` and ``bad_rows`` (read by name: the config module imports the tasks, not the reverse)."""
+        return cls(task.num_questions, task.num_valid, task.num_test, seed=task.seed, bad_rows=task.bad_rows)
+
+
 def few_shot_prompt(exemplars: list[tuple[str, str]], question: str, separator: str = "\n\n") -> str:
     """Exemplars as ``Q: ...\\nA: ...`` blocks, each followed by ``separator`` (a blank line; the
     authors' prompt: a newline), then ``Q: <question>\\nA: ``."""

@@ -37,7 +37,7 @@ import os
 from dsw_ray.errors import BadRow, DataError
 from dsw_ray.io import is_uri
 from dsw_ray.tasks import choice
-from dsw_ray.tasks.numeric import Example, Splits
+from dsw_ray.tasks.numeric import Example, Splits, SplitSizes
 from dsw_ray.tasks.records import Record, read_examples, read_records
 from dsw_ray.tasks.rows import BadRows, object_row, present, string_field
 
@@ -114,19 +114,12 @@ def read_row(row: dict, record: Record) -> Example:
     return Example(question_id, choice.with_choices(as_question(stem), texts), letter, rationale)
 
 
-def load(
-    data_path: str,
-    num_questions: int | None,
-    num_valid: int | None,
-    num_test: int | None,
-    seed: int,
-    bad_rows: str = "fail",
-) -> Splits:
+def load(data_path: str, sizes: SplitSizes) -> Splits:
     """The paper's split; it counts the file's rows, skipped ones included, so that leaving a
     bad row out moves no other row between the unlabeled questions and the valid set."""
     if not is_uri(data_path) and os.path.isfile(data_path):
         raise DataError(f"task.data_path {data_path!r} is a file; {EXPECTED}")
-    bad = BadRows(bad_rows)
+    bad = BadRows(sizes.bad_rows)
     train, test = (
         # The published train file asks 5 questions twice, under different ids (all among the
         # unlabeled questions): they stay, as in the paper's run.
@@ -136,4 +129,4 @@ def load(
     test = present(test)
     valid_start = len(train) - max(1, round(len(train) * VALID_SHARE))
     questions, valid = present(train[:valid_start]), present(train[valid_start:])
-    return Splits(questions[:num_questions], valid[:num_valid], test[:num_test], bad.rejected)
+    return Splits(questions[: sizes.questions], valid[: sizes.valid], test[: sizes.test], bad.rejected)

@@ -15,7 +15,7 @@ import re
 from dsw_ray.errors import BadRow, DataError
 from dsw_ray.io import read_text
 from dsw_ray.tasks.gsm8k import EXEMPLARS  # the paper uses the same exemplars for SVAMP
-from dsw_ray.tasks.numeric import Example, Splits, normalize_number
+from dsw_ray.tasks.numeric import Example, Splits, SplitSizes, normalize_number
 from dsw_ray.tasks.rows import (
     BadRows,
     array_items,
@@ -93,14 +93,7 @@ def read_rows(path: str, text: str, values: list, bad: BadRows, valid_rows: rang
     return rows
 
 
-def load(
-    data_path: str,
-    num_questions: int | None,
-    num_valid: int | None,
-    num_test: int | None,
-    seed: int,
-    bad_rows: str = "fail",
-) -> Splits:
+def load(data_path: str, sizes: SplitSizes) -> Splits:
     """The split in file order; a skipped row keeps its place, so no other row changes set."""
     path = data_path if data_path.endswith(".json") else f"{data_path.rstrip('/')}/SVAMP.json"
     text = read_text(path, EXPECTED)
@@ -117,7 +110,7 @@ def load(
         )
     rest = len(values) - NUM_TEST
     valid_start = rest - max(1, round(rest * VALID_SHARE))
-    bad = BadRows(bad_rows)
+    bad = BadRows(sizes.bad_rows)
     rows = read_rows(path, text, values, bad, range(valid_start, rest))
     questions, valid, test = present(rows[:valid_start]), present(rows[valid_start:rest]), present(rows[rest:])
-    return Splits(questions[:num_questions], valid[:num_valid], test[:num_test], bad.rejected)
+    return Splits(questions[: sizes.questions], valid[: sizes.valid], test[: sizes.test], bad.rejected)

@@ -12,7 +12,7 @@ from dsw_ray import columns as C
 from dsw_ray.decoding import OUTPUT_COLUMNS
 from dsw_ray.generate import TransformersGenerator
 from dsw_ray.models import STOPS
-from dsw_ray.tasks import get_task
+from dsw_ray.tasks import SplitSizes, get_task
 
 
 def gpu_with_vllm() -> str | None:
@@ -39,7 +39,7 @@ ENGINE = {
 
 
 def questions(n: int) -> dict:
-    splits = get_task("arith").load(None, n, 1, 1, 0)
+    splits = get_task("arith").load(None, SplitSizes(n, 1, 1))
     return {
         C.QUESTION_ID: np.array([e.question_id for e in splits.questions]),
         C.QUESTION: np.array([e.question for e in splits.questions]),

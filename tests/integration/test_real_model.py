@@ -28,7 +28,7 @@ from dsw_ray.models import STOPS, check_model_dir, load_model, load_tokenizer
 from dsw_ray.prompting import Prompter, bos_ids, example_ids, ids
 from dsw_ray.score import LossModel
 from dsw_ray.sft import IGNORE, encode_example, encode_official, pad_batch
-from dsw_ray.tasks import get_task
+from dsw_ray.tasks import SplitSizes, get_task
 from dsw_ray.tasks.numeric import training_prompt
 from dsw_ray.weights import ds_weights
 from tests.conftest import ROOT
@@ -53,7 +53,7 @@ def tokenizer(smollm2):
 
 
 def svamp_pairs(shared_data, n: int):
-    splits = get_task("svamp").load(os.path.join(shared_data, "svamp"), n, n, n, 0)
+    splits = get_task("svamp").load(os.path.join(shared_data, "svamp"), SplitSizes(n, n, n))
     return splits
 
 

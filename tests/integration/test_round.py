@@ -13,6 +13,7 @@ import pytest
 from dsw_ray import columns as C
 from dsw_ray import get_task, keep_lowest
 from dsw_ray.config import JobConfig
+from dsw_ray.tasks import SplitSizes
 
 pytestmark = pytest.mark.ray
 
@@ -120,7 +121,7 @@ def test_whole_round_with_two_methods(toy_model, tmp_path, ray_session):
     assert trained["iwsi"]["started"] == trained["oracle"]["started"] and trained["oracle"]["computed_with"] == 2
     from dsw_ray.train import fine_tune
 
-    valid = get_task("arith").load(None, 12, 6, 10, 1).valid
+    valid = get_task("arith").load(None, SplitSizes(12, 6, 10, seed=1)).valid
     alone = fine_tune(
         os.path.join(run_dir, "round-1", "oracle", "filter", "data"), job.train, job.model, toy_model,
         str(tmp_path / "oracle-alone"), str(tmp_path / "ray_train"), heldout=[(e.question, e.rationale) for e in valid],
@@ -173,7 +174,7 @@ def test_whole_round_with_two_methods(toy_model, tmp_path, ray_session):
     # Lv, computed once through the pool, is the valid set's mean loss computed directly.
     from dsw_ray.score import LossModel
 
-    valid = get_task("arith").load(None, 12, 6, 10, 1).valid
+    valid = get_task("arith").load(None, SplitSizes(12, 6, 10, seed=1)).valid
     direct = LossModel(toy_model, "float32", False, 512, "answer").losses(
         [e.question for e in valid], [e.rationale for e in valid], batch_size=2
     )
@@ -419,7 +420,7 @@ def test_same_seed_same_candidates_whatever_the_batching(tiny_model, tmp_path, r
     from dsw_ray.pipeline import examples_table
 
     job = tiny_job(tiny_model, tmp_path / "a")
-    questions = get_task("arith").load(None, 6, 2, 2, 5).questions
+    questions = get_task("arith").load(None, SplitSizes(6, 2, 2, seed=5)).questions
     dataset = ray.data.from_arrow(examples_table(questions))
     arith = get_task("arith")
     one = generate(dataset, job.generate, job.model, arith, tiny_model, round_index=1).to_pandas()
@@ -486,11 +487,11 @@ from dsw_ray import pipeline
 from dsw_ray.config import JobConfig
 from dsw_ray.pipeline import read_dataset, write_inputs, examples_table, write_table
 from dsw_ray.generate import generate
-from dsw_ray.tasks import get_task
+from dsw_ray.tasks import SplitSizes, get_task
 job = JobConfig.model_validate({{"run_dir": "{tmp_path}", "task": {{"name": "arith"}}, "model": {{"path": "{tiny_model}"}},
     "generate": {{"actors": 2, "samples_per_question": 2, "max_new_tokens": 8, "batch_size": 2}}}})
 pipeline.start_local_ray(2)
-write_table(examples_table(get_task("arith").load(None, 8, 2, 2, 0).questions), "{tmp_path}/q")
+write_table(examples_table(get_task("arith").load(None, SplitSizes(8, 2, 2)).questions), "{tmp_path}/q")
 pipeline.DRIVER_READ_BYTES = -1  # Ray Data's read tasks, not the driver, read the questions
 rows = generate(read_dataset("{tmp_path}/q", 2, 2), job.generate, job.model, get_task("arith"), "{tiny_model}", 1).count()
 print("ROWS", rows)

@@ -7,13 +7,14 @@ import torch
 
 from dsw_ray import get_task
 from dsw_ray.models import STOPS, load_model, load_tokenizer
+from dsw_ray.tasks import SplitSizes
 from dsw_ray.toy import MARKER, ToyModelConfig, build_toy_model
 
 
 @pytest.mark.timeout(600)
 def test_default_toy_model_is_between_useless_and_perfect(toy_model):
     task = get_task("arith")
-    splits = task.load(None, 8, 24, 100, 0)  # the quickstart's first 100 test questions
+    splits = task.load(None, SplitSizes(8, 24, 100))  # the quickstart's first 100 test questions
     path = toy_model
     tokenizer, model = load_tokenizer(path, padding_side="left"), load_model(path, device="cpu")
     correct = 0

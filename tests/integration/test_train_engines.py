@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from dsw_ray import get_task
 from dsw_ray.config import JobConfig
 from dsw_ray.score import LossModel
+from dsw_ray.tasks import SplitSizes
 from dsw_ray.train import load_weights_only, training_settings
 
 # LoRA on the barely pre-trained tiny model learns slowly: its loss falls by about 1% here.
@@ -30,7 +31,7 @@ ROWS, WORLD = 24, 2
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """Learnable rows (gold rationales of arith questions) and held-out pairs."""
-    valid = get_task("arith").load(None, 4, ROWS + 8, 4, 7).valid
+    valid = get_task("arith").load(None, SplitSizes(4, ROWS + 8, 4, seed=7)).valid
     path = tmp_path_factory.mktemp("data") / "rows.parquet"
     rows = valid[:ROWS]
     pq.write_table(pa.table({"question": [e.question for e in rows], "text": [e.rationale for e in rows]}), path)
@@ -258,7 +259,7 @@ def test_loss_weights_scale_each_rows_loss(tiny_model, tmp_path, stage):
     """Rows (a, b) with weights (2, 0) have the loss of (a, a) with weights (1, 1): so training
     on one equals training on the other, under plain data parallel and ZeRO-3. Each rank's
     whole shard is one micro batch, whose mean loss does not depend on the epoch's order."""
-    examples = get_task("arith").load(None, 4, 32, 4, 9).valid
+    examples = get_task("arith").load(None, SplitSizes(4, 32, 4, seed=9)).valid
     kept, ignored = examples[:16], examples[16:]
     weighted, doubled = [], []  # rank r reads rows r, r + 2, ...: (kept i, ignored i) against (kept i, kept i)
     for i in range(0, 16, 2):

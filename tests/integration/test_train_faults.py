@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dsw_ray import get_task
+from dsw_ray.tasks import SplitSizes
 from tests.integration.processes import kill_session
 
 pytestmark = pytest.mark.ray
@@ -24,7 +25,7 @@ ROWS, EPOCHS, MICRO, ACCUMULATION = 200, 4, 2, 4
 
 @pytest.fixture(scope="module")
 def rows_file(tmp_path_factory):
-    examples = get_task("arith").load(None, 4, ROWS, 4, 11).valid
+    examples = get_task("arith").load(None, SplitSizes(4, ROWS, 4, seed=11)).valid
     path = tmp_path_factory.mktemp("data") / "rows.parquet"
     pq.write_table(pa.table({"question": [e.question for e in examples], "text": [e.rationale for e in examples]}), path)
     return str(path)

@@ -7,6 +7,7 @@ import pytest
 
 from dsw_ray import get_task
 from dsw_ray.config import JobConfig
+from dsw_ray.tasks import SplitSizes
 
 pytestmark = pytest.mark.ray
 
@@ -30,7 +31,7 @@ def test_one_training_worker_on_each_node(tiny_model, tmp_path, cluster):
     from dsw_ray.train import fine_tune
 
     _, worker_nodes = cluster
-    examples = get_task("arith").load(None, 4, 16, 4, 5).valid
+    examples = get_task("arith").load(None, SplitSizes(4, 16, 4, seed=5)).valid
     kept = str(tmp_path / "kept.parquet")  # every node reads it: one machine's filesystem here, shared on a cluster
     pq.write_table(pa.table({"question": [e.question for e in examples], "text": [e.rationale for e in examples]}), kept)
     job = JobConfig.model_validate(

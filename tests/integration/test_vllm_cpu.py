@@ -33,9 +33,9 @@ def questions(ray_session):
     import ray
 
     from dsw_ray.pipeline import examples_table
-    from dsw_ray.tasks import get_task
+    from dsw_ray.tasks import SplitSizes, get_task
 
-    return ray.data.from_arrow(examples_table(get_task("arith").load(None, 16, 2, 2, 3).questions))
+    return ray.data.from_arrow(examples_table(get_task("arith").load(None, SplitSizes(16, 2, 2, seed=3)).questions))
 
 
 def rows(dataset):
@@ -112,13 +112,13 @@ def test_a_killed_vllm_actor_is_restarted_and_its_candidates_are_reproduced(toy_
 
     from dsw_ray.pipeline import examples_table, write_dataset
     from dsw_ray.resources import pool_input
-    from dsw_ray.tasks import get_task
+    from dsw_ray.tasks import SplitSizes, get_task
     from tests.integration.processes import held_back, kill_one_actor_mid_stage
 
     out = str(tmp_path / "generate")
     # Two questions a call: eight calls, the last six held back until the first is written,
     # so that the kill lands while the pool still has work.
-    questions = pool_input(examples_table(get_task("arith").load(None, 16, 2, 2, 3).questions), 2, 1)
+    questions = pool_input(examples_table(get_task("arith").load(None, SplitSizes(16, 2, 2, seed=3)).questions), 2, 1)
     questions = held_back(questions, out, {"q-0", "q-2"})
     engine = {**job(toy_model, "vllm").generate.vllm.model_dump(), "engine_kwargs": {"max_num_batched_tokens": 512}}
     small_steps = job(toy_model, "vllm", batch_size=2, vllm=engine)
@@ -232,10 +232,10 @@ def test_losses_from_prompt_logprobs_equal_the_transformers_scorers(toy_model, l
     import numpy as np
 
     from dsw_ray.score import LossModel
-    from dsw_ray.tasks import get_task
+    from dsw_ray.tasks import SplitSizes, get_task
     from dsw_ray.vllm_backend import VllmScorer
 
-    splits = get_task("arith").load(None, 8, 8, 2, 4)
+    splits = get_task("arith").load(None, SplitSizes(8, 8, 2, seed=4))
     questions = [e.question for e in splits.valid] * 2
     answers = [e.rationale for e in splits.valid] + [e.rationale.replace("=", "+") for e in splits.valid]
     engine = job(toy_model, "vllm").score.vllm.model_dump()

@@ -22,7 +22,7 @@ from dsw_ray.errors import BadRow, ConfigError, DataError, UserError
 from dsw_ray.io import read_text
 from dsw_ray.models import check_model_dir
 from dsw_ray.pipeline import check_splits, write_inputs
-from dsw_ray.tasks import get_task, gsm8k, svamp
+from dsw_ray.tasks import SplitSizes, get_task, gsm8k, svamp
 from dsw_ray.tasks.answers import fold, parse_text
 from dsw_ray.tasks.numeric import Example, Splits, is_correct, normalize_number, parse_answer
 from dsw_ray.tasks.rows import RAW_CHARS, array_items
@@ -102,7 +102,7 @@ def test_gsm8k_bad_row_names_file_line_and_fix(tmp_path, gsm8k_lines, line, mess
     train[2] = line
     folder = write_gsm8k(tmp_path, train, gsm8k_lines["test"])
     with pytest.raises(DataError) as error:
-        gsm8k.load(folder, None, None, None, 0)
+        gsm8k.load(folder, SplitSizes())
     text = str(error.value)
     assert text.startswith(f"{folder}/train.jsonl, line 3: "), text
     assert message in text and FIX in text and "\n" not in text
@@ -115,7 +115,7 @@ def test_gsm8k_duplicate_question_names_both_lines(tmp_path, gsm8k_lines):
     train[7] = json.dumps({**first, "question": "  " + first["question"].upper().replace(" ", "  ")})
     folder = write_gsm8k(tmp_path, train, gsm8k_lines["test"])
     with pytest.raises(DataError, match=r"train.jsonl, line 8: the same question as line 1; a question appears once"):
-        gsm8k.load(folder, None, None, None, 0)
+        gsm8k.load(folder, SplitSizes())
 
 
 def test_gsm8k_test_file_rows_are_named_too(tmp_path, gsm8k_lines):
@@ -124,7 +124,7 @@ def test_gsm8k_test_file_rows_are_named_too(tmp_path, gsm8k_lines):
     test[6] = json.dumps({"question": "How many?", "answer": "no marker"})
     folder = write_gsm8k(tmp_path, gsm8k_lines["train"], test)
     with pytest.raises(DataError, match=r"test.jsonl, line 7: the answer has no final"):
-        gsm8k.load(folder, None, None, None, 0)
+        gsm8k.load(folder, SplitSizes())
 
 
 def test_gsm8k_file_level_errors(tmp_path, gsm8k_lines):
@@ -132,18 +132,18 @@ def test_gsm8k_file_level_errors(tmp_path, gsm8k_lines):
     folder.mkdir()
     (folder / "train.jsonl").write_text("\n".join(gsm8k_lines["train"]))
     with pytest.raises(DataError, match=r"test.jsonl: no such file. task.data_path for gsm8k is the folder holding"):
-        gsm8k.load(str(folder), None, None, None, 0)
+        gsm8k.load(str(folder), SplitSizes())
     with pytest.raises(DataError, match=r"is a file; task.data_path for gsm8k is the folder"):
-        gsm8k.load(str(folder / "train.jsonl"), None, None, None, 0)
+        gsm8k.load(str(folder / "train.jsonl"), SplitSizes())
     write_gsm8k(folder, gsm8k_lines["train"][:5], gsm8k_lines["test"])
     with pytest.raises(DataError, match=r"train.jsonl: 5 rows are too few; the valid set is the last 5.0% .* at least 10 rows"):
-        gsm8k.load(str(folder), None, None, None, 0)
+        gsm8k.load(str(folder), SplitSizes())
     (folder / "test.jsonl").write_text("\n\n")
     with pytest.raises(DataError, match=r"test.jsonl: the file holds no rows; it should hold one JSON object"):
-        gsm8k.load(str(folder), None, None, None, 0)
+        gsm8k.load(str(folder), SplitSizes())
     (folder / "test.jsonl").write_bytes(("\n".join(gsm8k_lines["test"][:2]) + "\n").encode() + b'{"question": "\xff"}\n')
     with pytest.raises(DataError, match=r"test.jsonl, line 3: not UTF-8 text \(byte 0xff"):
-        gsm8k.load(str(folder), None, None, None, 0)
+        gsm8k.load(str(folder), SplitSizes())
 
 
 def test_gsm8k_reads_crlf_bom_and_unicode_line_separators(tmp_path, gsm8k_lines):
@@ -152,19 +152,19 @@ def test_gsm8k_reads_crlf_bom_and_unicode_line_separators(tmp_path, gsm8k_lines)
     train[3] = json.dumps({**row, "question": row["question"] + "\u2028(raw U+2028)"}, ensure_ascii=False)
     (tmp_path / "train.jsonl").write_bytes(b"\xef\xbb\xbf" + "\r\n".join(train).encode())
     (tmp_path / "test.jsonl").write_text("\n".join(gsm8k_lines["test"]))
-    splits = gsm8k.load(str(tmp_path), None, None, None, 0)
+    splits = gsm8k.load(str(tmp_path), SplitSizes())
     assert len(splits.questions) == 38 and len(splits.valid) == 2 and not splits.rejected
     assert splits.questions[3].question.endswith("(raw U+2028)")
 
 
 def test_gsm8k_skip_quarantines_bad_rows_and_keeps_the_split(tmp_path, gsm8k_lines):
-    clean = gsm8k.load(write_gsm8k(tmp_path, gsm8k_lines["train"], gsm8k_lines["test"]), None, None, None, 0)
+    clean = gsm8k.load(write_gsm8k(tmp_path, gsm8k_lines["train"], gsm8k_lines["test"]), SplitSizes())
     train, test = list(gsm8k_lines["train"]), list(gsm8k_lines["test"])
     train[2] = "{not json"
     train[10] = json.dumps({"question": "Long " * 200, "answer": "no marker"})
     train[39] = json.dumps({"question": "", "answer": "#### 1"})  # the last valid row
     test[0] = "[]"
-    splits = gsm8k.load(write_gsm8k(tmp_path, train, test), None, None, None, 0, bad_rows="skip")
+    splits = gsm8k.load(write_gsm8k(tmp_path, train, test), SplitSizes(bad_rows="skip"))
     rejected = [(os.path.basename(r.file), r.line, r.reason.split(";")[0]) for r in splits.rejected]
     assert rejected == [
         ("train.jsonl", 3, "not valid JSON (Expecting property name enclosed in double quotes at column 2)"),
@@ -186,7 +186,7 @@ def test_gsm8k_skip_quarantines_bad_rows_and_keeps_the_split(tmp_path, gsm8k_lin
 def test_gsm8k_skip_still_fails_when_no_row_is_left(tmp_path, gsm8k_lines):
     folder = write_gsm8k(tmp_path, gsm8k_lines["train"], ["{", "[]"])
     with pytest.raises(DataError, match=r"test.jsonl: none of its 2 rows can be used \(the first, line 1: not valid JSON"):
-        gsm8k.load(folder, None, None, None, 0, bad_rows="skip")
+        gsm8k.load(folder, SplitSizes(bad_rows="skip"))
 
 
 # ---- svamp ----------------------------------------------------------------------------------
@@ -226,7 +226,7 @@ def test_svamp_bad_row_names_file_row_line_and_fix(tmp_path, svamp_rows, corrupt
     rows[4] = corrupt(dict(rows[4]))
     path = write_svamp(tmp_path, rows)
     with pytest.raises(DataError) as error:
-        svamp.load(str(tmp_path), None, None, None, 0)
+        svamp.load(str(tmp_path), SplitSizes())
     text = str(error.value)
     assert text.startswith(f"{path}, row 5 (line {start_line(path, 4)}): "), text
     assert message in text and FIX in text and "\n" not in text
@@ -237,39 +237,39 @@ def test_svamp_duplicate_question_and_valid_row_without_equation(tmp_path, svamp
     rows[8] = {**rows[8], "Body": rows[2]["Body"], "Question": rows[2]["Question"].lower()}
     path = write_svamp(tmp_path, rows)
     with pytest.raises(DataError, match=r"row 9 \(line \d+\): the same question as row 3; a question appears once"):
-        svamp.load(path, None, None, None, 0)
+        svamp.load(path, SplitSizes())
     rows = list(svamp_rows)
     rows[3] = drop("Equation")(rows[3])  # an unlabeled question needs no equation
     rows[19] = drop("Equation")(rows[19])  # the valid row does
     path = write_svamp(tmp_path, rows)
     with pytest.raises(DataError, match=r"row 20 \(line \d+\): the row falls in the valid set, whose rationale is "
                                         r"written from 'Equation', and has none; add it"):
-        svamp.load(path, None, None, None, 0)
+        svamp.load(path, SplitSizes())
 
 
 def test_svamp_file_level_errors(tmp_path, svamp_rows):
     with pytest.raises(DataError, match=r"SVAMP.json: no such file. task.data_path for svamp is SVAMP.json or the folder"):
-        svamp.load(str(tmp_path), None, None, None, 0)
+        svamp.load(str(tmp_path), SplitSizes())
     path = tmp_path / "SVAMP.json"
     path.write_text(json.dumps(svamp_rows, indent=4)[:-40])
     with pytest.raises(DataError, match=r"SVAMP.json: not valid JSON \(.* at line \d+, column \d+\); SVAMP.json is a JSON array"):
-        svamp.load(str(path), None, None, None, 0)
+        svamp.load(str(path), SplitSizes())
     path.write_text(json.dumps({"rows": svamp_rows}))
     with pytest.raises(DataError, match=r"SVAMP.json: an object, not a JSON array of objects"):
-        svamp.load(str(path), None, None, None, 0)
+        svamp.load(str(path), SplitSizes())
     path.write_text(json.dumps(svamp_rows[:301]))
     with pytest.raises(DataError, match=r"301 rows are too few; svamp takes the last 300 as the test set"):
-        svamp.load(str(path), None, None, None, 0)
+        svamp.load(str(path), SplitSizes())
     path.write_text("[]")
     with pytest.raises(DataError, match=r"0 rows are too few"):
-        svamp.load(str(path), None, None, None, 0)
+        svamp.load(str(path), SplitSizes())
 
 
 def test_svamp_skip_quarantines_bad_rows(tmp_path, svamp_rows):
     rows = list(svamp_rows)
     rows[0], rows[19], rows[300] = "oops", drop("Equation")(rows[19]), put("Answer", "n/a")(rows[300])
     path = write_svamp(tmp_path, rows)
-    splits = svamp.load(path, None, None, None, 0, bad_rows="skip")
+    splits = svamp.load(path, SplitSizes(bad_rows="skip"))
     assert [(r.line, r.reason.split(";")[0]) for r in splits.rejected] == [
         (start_line(path, 0), "a string ('oops'), not an object"),
         (start_line(path, 19), "the row falls in the valid set, whose rationale is written from 'Equation', and has none"),
@@ -326,7 +326,7 @@ def test_valid_set_overlapping_the_test_file(tmp_path, gsm8k_lines):
     test = list(gsm8k_lines["test"])
     test[5] = gsm8k_lines["train"][39]  # the last valid row
     folder = write_gsm8k(tmp_path, gsm8k_lines["train"], test)
-    splits = gsm8k.load(folder, None, None, None, 0)
+    splits = gsm8k.load(folder, SplitSizes())
     with pytest.raises(UserError, match=r"1 questions of the labeled valid set are also in the test set \(task gsm8k, "
                                         r"task.data_path .*\), e.g. train-39 and test-5: .*task.num_valid=1"):
         check_splits(splits, load_task("gsm8k", folder))
@@ -339,7 +339,7 @@ def test_write_inputs_writes_and_clears_the_quarantine(tmp_path, gsm8k_lines):
     job_file = tmp_path / "job.yaml"
     job_file.write_text(f"run_dir: {tmp_path}/run\ntask: {{name: gsm8k, data_path: {folder}}}\nmodel: {{path: m}}\n")
     job = load_job(str(job_file), ["task.bad_rows=skip"])
-    splits = gsm8k.load(folder, None, None, None, 0, bad_rows=job.task.bad_rows)
+    splits = gsm8k.load(folder, SplitSizes.of(job.task))
     write_inputs(str(tmp_path / "run"), splits, job)
     quarantine = tmp_path / "run" / "inputs" / "quarantine.jsonl"
     records = [json.loads(line) for line in quarantine.read_text().splitlines()]
@@ -347,7 +347,7 @@ def test_write_inputs_writes_and_clears_the_quarantine(tmp_path, gsm8k_lines):
         {"file": f"{folder}/train.jsonl", "line": 3, "reason": records[0]["reason"], "raw": "{not json"}
     ]
     assert records[0]["reason"].startswith("not valid JSON")
-    clean = gsm8k.load(write_gsm8k(tmp_path, gsm8k_lines["train"], gsm8k_lines["test"]), None, None, None, 0)
+    clean = gsm8k.load(write_gsm8k(tmp_path, gsm8k_lines["train"], gsm8k_lines["test"]), SplitSizes())
     write_inputs(str(tmp_path / "run"), clean, job)
     assert not quarantine.exists(), "a rerun on fixed data lists nothing"
 
@@ -542,7 +542,7 @@ def test_fuzz_gsm8k_random_bytes(tmp_path, gsm8k_lines, data):
     write_gsm8k(tmp_path, gsm8k_lines["train"], [])
     (tmp_path / "test.jsonl").write_bytes(data)
     for policy in ("fail", "skip"):
-        loads_or_our_error(gsm8k.load, str(tmp_path), None, None, None, 0, bad_rows=policy)
+        loads_or_our_error(gsm8k.load, str(tmp_path), SplitSizes(bad_rows=policy))
 
 
 @FUZZ
@@ -550,7 +550,7 @@ def test_fuzz_gsm8k_random_bytes(tmp_path, gsm8k_lines, data):
 def test_fuzz_gsm8k_random_rows(tmp_path, gsm8k_lines, rows):
     lines = [json.dumps(row) for row in rows]
     write_gsm8k(tmp_path, gsm8k_lines["train"][:20] + lines, lines)
-    splits = loads_or_our_error(gsm8k.load, str(tmp_path), None, None, None, 0, bad_rows="skip")
+    splits = loads_or_our_error(gsm8k.load, str(tmp_path), SplitSizes(bad_rows="skip"))
     if splits is not None:
         for e in splits.questions + splits.valid + splits.test:
             assert e.question.strip() and e.rationale.endswith(f"The answer is {e.gold}.")
@@ -572,7 +572,7 @@ def test_fuzz_svamp_random_bytes(tmp_path, svamp_rows, data, at, length):
     at = at % len(valid)
     (tmp_path / "SVAMP.json").write_bytes(valid[:at] + data + valid[at + length :])
     for policy in ("fail", "skip"):
-        loads_or_our_error(svamp.load, str(tmp_path), None, None, None, 0, bad_rows=policy)
+        loads_or_our_error(svamp.load, str(tmp_path), SplitSizes(bad_rows=policy))
 
 
 @FUZZ
@@ -580,7 +580,7 @@ def test_fuzz_svamp_random_bytes(tmp_path, svamp_rows, data, at, length):
 def test_fuzz_svamp_random_rows(tmp_path, svamp_rows, rows, at):
     path = write_svamp(tmp_path, svamp_rows[:at] + rows + svamp_rows[at:])
     for policy in ("fail", "skip"):
-        splits = loads_or_our_error(svamp.load, path, None, None, None, 0, bad_rows=policy)
+        splits = loads_or_our_error(svamp.load, path, SplitSizes(bad_rows=policy))
         if splits is not None:
             assert all(e.rationale.endswith(f"The answer is {e.gold}.") for e in splits.valid)
             assert len({e.question_id for e in splits.questions + splits.valid + splits.test}) == 320 + len(rows) - len(

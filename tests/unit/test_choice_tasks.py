@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from dsw_ray import columns as C
 from dsw_ray.errors import DataError
 from dsw_ray.filters import answer_entropy, answers_correct
-from dsw_ray.tasks import answers, get_task
+from dsw_ray.tasks import SplitSizes, answers, get_task
 from dsw_ray.vote import verdicts
 
 FOLDERS = {
@@ -35,7 +35,7 @@ SIZES = {
 
 @pytest.fixture(scope="module")
 def splits(shared_data):
-    return {name: get_task(name).load(os.path.join(shared_data, folder), None, None, None, 0) for name, folder in FOLDERS.items()}
+    return {name: get_task(name).load(os.path.join(shared_data, folder), SplitSizes()) for name, folder in FOLDERS.items()}
 
 
 @pytest.mark.parametrize("name", list(FOLDERS))
@@ -152,7 +152,7 @@ def test_openbookqa_bad_rows_name_file_line_and_fix(tmp_path, shared_data):
         corrupt(rows[3])
         folder = write(tmp_path / "obqa", {"train.jsonl": rows, "test.jsonl": test})
         with pytest.raises(DataError, match=message) as error:
-            get_task("openbookqa").load(folder, None, None, None, 0)
+            get_task("openbookqa").load(folder, SplitSizes())
         assert "train.jsonl" in str(error.value) and "task.bad_rows=skip" in str(error.value)
 
 
@@ -162,8 +162,8 @@ def test_strategyqa_and_anli_bad_rows_and_skip(tmp_path, shared_data):
     train[39]["facts"] = ""  # the last row: in the valid set, which needs facts
     folder = write(tmp_path / "sqa", {"train.jsonl": train, "test.jsonl": test + ["{oops"]})
     with pytest.raises(DataError, match=r"train.jsonl, line 3: 'answer' is 'yes', not one of \['false', 'true'\]\. Correct"):
-        get_task("strategyqa").load(folder, None, None, None, 0)
-    split = get_task("strategyqa").load(folder, None, None, None, 0, bad_rows="skip")
+        get_task("strategyqa").load(folder, SplitSizes())
+    split = get_task("strategyqa").load(folder, SplitSizes(bad_rows="skip"))
     assert [(os.path.basename(r.file), r.line, r.reason.split(";")[0]) for r in split.rejected] == [
         ("train.jsonl", 3, "'answer' is 'yes', not one of ['false', 'true']."),
         ("train.jsonl", 40, "the row falls in the valid set, whose rationale is written from '{facts} So the answer is {choice}.': 'facts' (a template field) is empty."),
@@ -176,9 +176,9 @@ def test_strategyqa_and_anli_bad_rows_and_skip(tmp_path, shared_data):
     dev[0]["label"] = "x"
     folder = write(tmp_path / "anli", {"dev.jsonl": dev, "test.jsonl": test})
     with pytest.raises(DataError, match=r"dev.jsonl, line 1: 'label' is 'x', not one of \['c', 'e', 'n'\]"):
-        get_task("anli_a1").load(folder, None, None, None, 0)
+        get_task("anli_a1").load(folder, SplitSizes())
     with pytest.raises(DataError, match=r"task.data_path for anli_a1 and anli_a2 is a round's folder"):
-        get_task("anli_a1").load(str(tmp_path), None, None, None, 0)
+        get_task("anli_a1").load(str(tmp_path), SplitSizes())
 
 
 @settings(max_examples=300, deadline=None)

@@ -12,7 +12,7 @@ import yaml
 
 from dsw_ray.config import load_job
 from dsw_ray.errors import ConfigError, DataError
-from dsw_ray.tasks import task_of
+from dsw_ray.tasks import SplitSizes, task_of
 
 CHOICE_CSV = """id,question,a,b,c,gold,why
 r0,Which is a mammal?,shark,whale,trout,B,Whales breathe air and feed milk to their young.
@@ -51,7 +51,7 @@ def job_file(tmp_path, task: dict, data_name: str, data) -> str:
 def test_a_choice_task_from_csv(tmp_path):
     job = load_job(job_file(tmp_path, CHOICE_TASK, "data.csv", CHOICE_CSV))
     task = task_of(job.task)
-    splits = task.load(job.task.data_path, None, None, None, 0)
+    splits = task.load(job.task.data_path, SplitSizes())
     # 6 rows: the last 2 are the test set; of the 4 before, the last round(0.25 * 4) = 1 is the valid set.
     assert [e.question_id for e in splits.questions] == ["r0", "r1", "r2"]
     assert [e.question_id for e in splits.valid] == ["r3"] and [e.question_id for e in splits.test] == ["r4", "r5"]
@@ -81,7 +81,7 @@ def test_number_task_from_parquet_and_text_task_from_json(tmp_path):
         },
     }
     job = load_job(job_file(tmp_path, task, "d.parquet", table))
-    splits = task_of(job.task).load(job.task.data_path, None, None, None, 0)
+    splits = task_of(job.task).load(job.task.data_path, SplitSizes())
     assert (len(splits.questions), len(splits.valid), len(splits.test)) == (4, 1, 3)
     assert splits.valid[0].rationale == "4 + 4 = 8. The answer is 8." and splits.valid[0].gold == "8"
     assert splits.questions[0].question_id == "d-0"
@@ -99,7 +99,7 @@ def test_number_task_from_parquet_and_text_task_from_json(tmp_path):
     }
     job = load_job(job_file(tmp_path, task, "c.json", json.dumps(rows, indent=1)))
     t = task_of(job.task)
-    splits = t.load(job.task.data_path, None, None, None, 0)
+    splits = t.load(job.task.data_path, SplitSizes())
     assert [e.gold for e in splits.valid] == ["city 2", "city 3"]
     assert splits.valid[0].rationale == "It is City 2. The answer is city 2."
     assert t.is_correct(t.parse_answer("Hmm. The answer is City 4."), splits.test[0].gold)
@@ -143,7 +143,7 @@ def test_a_csv_field_longer_than_the_csv_modules_limit_is_read(tmp_path):
     data = CHOICE_CSV.replace("Whales breathe air and feed milk to their young.", long_why)
     job = load_job(job_file(tmp_path, CHOICE_TASK, "data.csv", data))
     limit = csv.field_size_limit()
-    splits = task_of(job.task).load(job.task.data_path, None, None, None, 0)
+    splits = task_of(job.task).load(job.task.data_path, SplitSizes())
     assert [e.question_id for e in splits.questions] == ["r0", "r1", "r2"]
     assert csv.field_size_limit() == limit, "the csv module's limit is left as it was"
 
@@ -155,8 +155,8 @@ def test_bad_rows_name_file_and_line_and_skip_keeps_places(tmp_path):
     job = load_job(job_file(tmp_path, CHOICE_TASK, "data.csv", bad))
     task = task_of(job.task)
     with pytest.raises(DataError, match=r"data.csv, line 3: 'gold' is 'Z', neither a choice letter \(A, B, C\) nor a choice's text"):
-        task.load(job.task.data_path, None, None, None, 0)
-    splits = task.load(job.task.data_path, None, None, None, 0, bad_rows="skip")
+        task.load(job.task.data_path, SplitSizes())
+    splits = task.load(job.task.data_path, SplitSizes(bad_rows="skip"))
     assert [(r.line, r.reason.split(";")[0].split(",")[0]) for r in splits.rejected] == [
         (3, "'gold' is 'Z'"),
         (5, "'why' (the valid set's rationale) is empty."),

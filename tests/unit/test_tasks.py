@@ -4,7 +4,7 @@ import pytest
 
 from dsw_ray import get_task
 from dsw_ray.errors import DataError
-from dsw_ray.tasks import gsm8k, svamp
+from dsw_ray.tasks import SplitSizes, gsm8k, svamp
 from dsw_ray.tasks.numeric import normalize_number
 
 
@@ -82,7 +82,7 @@ def test_prompt_ends_with_the_question_and_exemplars_end_in_the_answer():
 
 
 def test_every_gsm8k_gold_answer_parses_back(shared_data):
-    splits = gsm8k.load(f"{shared_data}/gsm8k", None, None, None, 0)
+    splits = gsm8k.load(f"{shared_data}/gsm8k", SplitSizes())
     assert (len(splits.questions), len(splits.valid), len(splits.test)) == (7099, 374, 1319)
     task = get_task("gsm8k")
     for example in splits.questions + splits.valid + splits.test:
@@ -92,7 +92,7 @@ def test_every_gsm8k_gold_answer_parses_back(shared_data):
 
 
 def test_every_svamp_gold_answer_parses_back(shared_data):
-    splits = svamp.load(f"{shared_data}/svamp/SVAMP.json", None, None, None, 0)
+    splits = svamp.load(f"{shared_data}/svamp/SVAMP.json", SplitSizes())
     assert len(splits.test) == 300 and len(splits.questions) + len(splits.valid) == 700
     task = get_task("svamp")
     for example in splits.valid:
@@ -103,13 +103,13 @@ def test_every_svamp_gold_answer_parses_back(shared_data):
 
 def test_arith_splits_are_seeded_and_disjoint():
     task = get_task("arith")
-    first, again = task.load(None, 50, 10, 20, 3), task.load(None, 50, 10, 20, 3)
+    first, again = task.load(None, SplitSizes(50, 10, 20, seed=3)), task.load(None, SplitSizes(50, 10, 20, seed=3))
     assert first == again
     texts = [{e.question for e in part} for part in (first.questions, first.valid, first.test)]
     assert not (texts[0] & texts[1] or texts[0] & texts[2] or texts[1] & texts[2])
     for example in first.valid:
         assert task.is_correct(task.parse_answer(example.rationale), example.gold)
-    assert task.load(None, 50, 10, 20, 4).questions != first.questions
+    assert task.load(None, SplitSizes(50, 10, 20, seed=4)).questions != first.questions
 
 
 def test_gsm8k_bad_rows_name_the_file_and_line(tmp_path):
@@ -123,7 +123,7 @@ def test_gsm8k_bad_rows_name_the_file_and_line(tmp_path):
     for line, message in cases.items():
         (tmp_path / "train.jsonl").write_text(json.dumps({"question": "q", "answer": "#### 2"}) + "\n" + line + "\n")
         with pytest.raises(DataError, match=message) as error:
-            gsm8k.load(str(tmp_path), None, None, None, 0)
+            gsm8k.load(str(tmp_path), SplitSizes())
         assert "train.jsonl" in str(error.value)
 
 
@@ -132,7 +132,7 @@ def test_svamp_duplicate_ids_are_rejected(tmp_path):
     rows[5]["ID"] = "r1"
     (tmp_path / "SVAMP.json").write_text(json.dumps(rows))
     with pytest.raises(DataError, match=r"row 6 \(line 1\): duplicate ID 'r1' \(also row 2\)"):
-        svamp.load(str(tmp_path), None, None, None, 0)
+        svamp.load(str(tmp_path), SplitSizes())
 
 
 def test_normalize_number():
