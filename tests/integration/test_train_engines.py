@@ -116,9 +116,35 @@ def runs(tiny_model, data, tmp_path_factory):
     weights = [float("nan") if i == 5 else 1.0 for i in range(rows.num_rows)]
     pq.write_table(rows.append_column("loss_weight", pa.array(weights)), base / "nan_rows.parquet")
     runs.append((settings_for(tiny_model, heldout, zero_stage=2), str(base / "nan_rows.parquet"), base / "diverged"))
-    results = launch(runs)
-    diverged = results.pop()
-    return {name: (*result, str(base / name / "export")) for name, result in zip(configs, results)} | {"diverged": diverged}
+    # And the loss-weight pairs of test_loss_weights_scale_each_rows_loss, one launch for all.
+    weighted = loss_weight_runs(tiny_model, base)
+    results = launch(runs + list(weighted.values()))
+    diverged = results[len(configs)]
+    return ({name: (*result, str(base / name / "export")) for name, result in zip(configs, results)}
+            | {"diverged": diverged} | {name: str(run[2] / "export") for name, run in weighted.items()})  # fmt: skip
+
+
+def loss_weight_runs(tiny_model, base) -> dict:
+    """Rows (a, b) with weights (2, 0) and rows (a, a) with weights (1, 1), under plain data
+    parallel and ZeRO-3: each rank's whole shard is one micro batch, whose mean loss does not
+    depend on the epoch's order."""
+    examples = get_task("arith").load(None, SplitSizes(4, 32, 4, seed=9)).valid
+    kept, ignored = examples[:16], examples[16:]
+    weighted, doubled = [], []  # rank r reads rows r, r + 2, ...: (kept i, ignored i) against (kept i, kept i)
+    for i in range(0, 16, 2):
+        weighted += [(kept[i], 2.0), (kept[i + 1], 2.0), (ignored[i], 0.0), (ignored[i + 1], 0.0)]
+        doubled += [(kept[i], 1.0), (kept[i + 1], 1.0), (kept[i], 1.0), (kept[i + 1], 1.0)]
+    for name, rows in (("weighted", weighted), ("doubled", doubled)):
+        pq.write_table(pa.table({"question": [e.question for e, _ in rows], "text": [e.rationale for e, _ in rows],
+                                 "loss_weight": [w for _, w in rows]}), base / f"{name}.parquet")  # fmt: skip
+    common = {"epochs": 3, "micro_batch_size": 16, "gradient_accumulation_steps": 1, "learning_rate": 1e-3}
+    found = {}
+    for stage in (0, 3):
+        extra = {"deepspeed": {"zero_optimization": {"stage3_param_persistence_threshold": 0}}} if stage == 3 else {}
+        settings = settings_for(tiny_model, [], zero_stage=stage, **common, **extra)
+        for name in ("weighted", "doubled"):
+            found[f"{name}-{stage}"] = (settings, str(base / f"{name}.parquet"), base / f"{name}-{stage}")
+    return found
 
 
 def test_a_nan_loss_on_one_rank_stops_every_rank_at_the_same_step(runs):
@@ -255,28 +281,12 @@ def test_a_checkpoint_that_would_run_code_is_refused(resumed):
 
 
 @pytest.mark.parametrize("stage", [0, 3])
-def test_loss_weights_scale_each_rows_loss(tiny_model, tmp_path, stage):
+def test_loss_weights_scale_each_rows_loss(runs, tiny_model, stage):
     """Rows (a, b) with weights (2, 0) have the loss of (a, a) with weights (1, 1): so training
-    on one equals training on the other, under plain data parallel and ZeRO-3. Each rank's
-    whole shard is one micro batch, whose mean loss does not depend on the epoch's order."""
-    examples = get_task("arith").load(None, SplitSizes(4, 32, 4, seed=9)).valid
-    kept, ignored = examples[:16], examples[16:]
-    weighted, doubled = [], []  # rank r reads rows r, r + 2, ...: (kept i, ignored i) against (kept i, kept i)
-    for i in range(0, 16, 2):
-        weighted += [(kept[i], 2.0), (kept[i + 1], 2.0), (ignored[i], 0.0), (ignored[i + 1], 0.0)]
-        doubled += [(kept[i], 1.0), (kept[i + 1], 1.0), (kept[i], 1.0), (kept[i + 1], 1.0)]
-    table = lambda rows: pa.table(
-        {"question": [e.question for e, _ in rows], "text": [e.rationale for e, _ in rows], "loss_weight": [w for _, w in rows]}
-    )
-    pq.write_table(table(weighted), tmp_path / "weighted.parquet")
-    pq.write_table(table(doubled), tmp_path / "doubled.parquet")
-    common = {"epochs": 3, "micro_batch_size": 16, "gradient_accumulation_steps": 1, "learning_rate": 1e-3}
-    if stage == 3:
-        common["deepspeed"] = {"zero_optimization": {"stage3_param_persistence_threshold": 0}}
-    settings = settings_for(tiny_model, [], zero_stage=stage, **common)
-    launch([(settings, str(tmp_path / f"{name}.parquet"), tmp_path / name) for name in ("weighted", "doubled")])
-    weighted_model = load_file(tmp_path / "weighted" / "export" / "model.safetensors")
-    doubled_model = load_file(tmp_path / "doubled" / "export" / "model.safetensors")
+    on one equals training on the other (``loss_weight_runs``), under plain data parallel and
+    ZeRO-3."""
+    weighted_model = load_file(os.path.join(runs[f"weighted-{stage}"], "model.safetensors"))
+    doubled_model = load_file(os.path.join(runs[f"doubled-{stage}"], "model.safetensors"))
     base = load_file(os.path.join(tiny_model, "model.safetensors"))
     moved = max(float((base[k] - doubled_model[k]).abs().max()) for k in base)
     assert moved > 1e-3, "training moved the weights far more than the tolerance below"

@@ -247,6 +247,7 @@ def test_losses_from_prompt_logprobs_equal_the_transformers_scorers(toy_model, l
     assert on_vllm[8:].mean() > on_vllm[:8].mean(), "damaged rationales cost more"
 
 
+@pytest.mark.bench
 def test_the_vllm_bench_compares_the_stages_with_raw_vllm(toy_model, tmp_path):
     """``dsw-ray bench --vllm`` on a few rows: the generate stage's candidates are raw vLLM's and
     Ray Data LLM's, seed for seed, and every rate is measured."""

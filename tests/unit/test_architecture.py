@@ -1,0 +1,67 @@
+"""The layout docs/architecture.md describes: no import cycle among dsw_ray's modules (lazy
+imports inside functions included), and no engine module importing benchmark code."""
+
+import ast
+import os
+
+from tests.conftest import ROOT
+
+PACKAGE = os.path.join(ROOT, "dsw_ray")
+
+
+def module_name(path: str) -> str:
+    relative = os.path.relpath(path, ROOT).removesuffix(".py").replace(os.sep, ".")
+    return relative.removesuffix(".__init__")
+
+
+def imports() -> dict[str, set[str]]:
+    """Module -> the dsw_ray modules it imports anywhere in its file."""
+    modules = {}
+    for folder, _, files in os.walk(PACKAGE):
+        for name in files:
+            if name.endswith(".py"):
+                modules[module_name(os.path.join(folder, name))] = os.path.join(folder, name)
+    graph = {}
+    for module, path in modules.items():
+        found = set()
+        with open(path) as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                # "from dsw_ray import columns" imports the module dsw_ray.columns (and runs the
+                # package's __init__ first, which Python has done by then); "from dsw_ray.score
+                # import weigh" imports dsw_ray.score.
+                for alias in node.names:
+                    name = f"{node.module}.{alias.name}"
+                    found.add(name if name in modules else node.module)
+            elif isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+        graph[module] = {name for name in found if name in modules} - {module}
+    return graph
+
+
+def test_no_module_of_dsw_ray_is_in_an_import_cycle():
+    graph = imports()
+    assert "dsw_ray.pipeline" in graph and "dsw_ray.config" in graph["dsw_ray.pipeline"]
+    state: dict[str, str] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = "open"
+        for target in sorted(graph.get(module, ())):
+            if state.get(target) == "open":
+                cycle = path[path.index(target):] + [target]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if target not in state:
+                visit(target, path + [target])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+
+
+def test_the_engine_never_imports_benchmark_code():
+    for module, targets in imports().items():
+        if module.startswith("dsw_ray.bench") or module == "dsw_ray.cli":  # the bench itself, and its command
+            continue
+        assert not {t for t in targets if t.startswith("dsw_ray.bench")}, module
