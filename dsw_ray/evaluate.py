@@ -69,10 +69,10 @@ def evaluate(test_rows, section: EvaluateConfig, model: ModelConfig, task: Task,
     """The evaluate stage: one greedy answer per test question by the model each row names
     (``MODEL``; ``model``: the dtype and trust setting they load with), graded (a lazy Ray
     Dataset; rows of one model together)."""
-    from dsw_ray.resources import pool_map
+    from dsw_ray.resources import TASK_CPUS, pool_map
 
     generator_class, settings, placement = generator(section, model, task)
     settings.pop("model_path")
     return pool_map(
         test_rows, Evaluator, {"generator_class": generator_class, **settings}, section, "evaluate", **placement
-    ).map_batches(grade, fn_kwargs={"task": task, "official": official}, batch_format="pandas")
+    ).map_batches(grade, fn_kwargs={"task": task, "official": official}, batch_format="pandas", num_cpus=TASK_CPUS)

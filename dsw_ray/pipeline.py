@@ -536,10 +536,8 @@ def evaluate_round(job: JobConfig, run_dir: str, evaluations: list[Evaluation], 
     import ray
 
     test = os.path.join(run_dir, "inputs", "test")
-    fps = [
-        stage_fingerprint("evaluate", split_fingerprint(splits, "test"), job.task, job.evaluate, job.semantics, e.model_fp)
-        for e in evaluations
-    ]
+    test_fp = split_fingerprint(splits, "test")
+    fps = [evaluation_fingerprint(job, test_fp, e.model_fp) for e in evaluations]
     paths = [os.path.join(run_dir, e.stage_dir) for e in evaluations]
     model_of = dict(zip(paths, (e.model_path for e in evaluations)))
 
@@ -564,6 +562,19 @@ def evaluate_round(job: JobConfig, run_dir: str, evaluations: list[Evaluation], 
         run_stages(paths[start : start + step], fps[start : start + step], answer, rows_in=len(splits.test),
                    force=job.forced("evaluate"))  # fmt: skip
     return {e.stage_dir: accuracy(path) for e, path in zip(evaluations, paths)}
+
+
+# The task settings that choose rows, not how a row is prompted or parsed: the split
+# fingerprints already say which rows a stage read.
+TASK_ROWS = {"data_path", "num_questions", "num_valid", "num_test", "seed", "bad_rows"}
+
+
+def evaluation_fingerprint(job: JobConfig, test_fp: str, model_fp: str) -> str:
+    """A model's evaluation: the test rows, how they are prompted and graded, and the model; the
+    size of the other splits is not part of it, so points of a study that differ in the number
+    of unlabeled questions share the base model's evaluation."""
+    prompt = job.task.model_dump(mode="json", exclude=TASK_ROWS)
+    return stage_fingerprint("evaluate", test_fp, prompt, job.evaluate, job.semantics, model_fp)
 
 
 QUARANTINE = "quarantine.jsonl"  # in inputs/: the data rows task.bad_rows=skip left out

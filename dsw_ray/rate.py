@@ -229,7 +229,7 @@ def rate(
     authors' rubric and parsing (``AuthorsRater``, sampled ratings seeded from ``seed``)."""
     from ray.data.expressions import col
 
-    from dsw_ray.resources import pool_map
+    from dsw_ray.resources import TASK_CPUS, pool_map
 
     constructor = dict(
         model_path=model_path,
@@ -238,7 +238,7 @@ def rate(
         dtype=model.dtype,
         trust_remote_code=model.trust_remote_code,
     )
-    majority = candidates.filter(expr=col(C.IS_MAJORITY))
+    majority = candidates.filter(expr=col(C.IS_MAJORITY), num_cpus=TASK_CPUS)
     if official:
         constructor.update(sampling=authors_sampling(model_path), seed=seed)
         return pool_map(majority, AuthorsRater, constructor, section, "rate", batch_size=section.batch_size)

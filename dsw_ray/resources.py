@@ -1,9 +1,11 @@
 """How much of the cluster an actor pool takes, so that no default job can hang.
 
 Ray Data's read and map tasks need CPU too: a pool whose actors reserve every CPU starves
-them and the job waits forever without an error. A Ray Data task asks for one whole CPU,
-so pools leave RESERVED_CPUS free, and a pool asked to take more is a configuration
-error, raised before any work starts.
+them and the job waits forever without an error. Pools leave RESERVED_CPUS free, and a pool
+asked to take more is a configuration error, raised before any work starts. The light
+tasks a stage runs beside its pool (selecting the majority candidates, grading answers)
+ask for TASK_CPUS, not a whole CPU: on nodes of one CPU each, a pool of two actors
+leaves half a CPU on each node, where no task asking for a whole one would ever start.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import warnings
 from dsw_ray.errors import ConfigError
 
 RESERVED_CPUS = 1.0
+TASK_CPUS = 0.25  # a light Ray Data task that runs beside a pool (map_batches, filter, select_columns)
 # A pool's actor is restarted, and its batch retried, this many times (Ray Data's default is
 # without end): a batch that kills every actor it reaches fails its stage instead of looping
 # until the job's deadline, and a one-off death (a node lost, an OOM kill) is still survived.

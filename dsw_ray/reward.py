@@ -71,7 +71,7 @@ def reward(candidates, section: RewardConfig, model: ModelConfig, max_length: in
     authors' input text), lazy."""
     from ray.data.expressions import col
 
-    from dsw_ray.resources import pool_map
+    from dsw_ray.resources import TASK_CPUS, pool_map
 
     constructor = dict(
         model_path=section.model_path,
@@ -81,5 +81,5 @@ def reward(candidates, section: RewardConfig, model: ModelConfig, max_length: in
         trust_remote_code=model.trust_remote_code,
         official=official,
     )
-    majority = candidates.filter(expr=col(C.IS_MAJORITY))
+    majority = candidates.filter(expr=col(C.IS_MAJORITY), num_cpus=TASK_CPUS)
     return pool_map(majority, RewardScorer, constructor, section, "reward", batch_size=section.batch_size * 4)

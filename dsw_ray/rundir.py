@@ -152,7 +152,8 @@ def take_from_store(path: str, stage: str, stage_fp: str) -> dict | None:
     write_json(os.path.join(partial, MANIFEST), manifest)  # a new file: the store's stays as it is
     shutil.rmtree(path, ignore_errors=True)
     os.rename(partial, path)
-    log.info("%s: taken from the store, computed in %s (%s)", display_name(path), manifest["reused_from"], entry)
+    where = os.path.relpath(manifest["reused_from"], os.path.dirname(_store[-1]))  # the study's points/...
+    log.info("%s: taken from the store, computed in %s", display_name(path), where)
     return manifest
 
 

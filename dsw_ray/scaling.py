@@ -141,24 +141,23 @@ def reused_point(computed_in: str) -> str:
 
 def compare(rows: dict[str, dict]) -> None:
     """Against each stage's smallest point (fewest actors, then least work): speedup,
-    efficiency and its kind, and the cost model's time and error, added to each row."""
-    measured = {name: row for name, row in rows.items() if "seconds" in row and row["seconds"] > 0}
+    efficiency and its kind, and the cost model's time and error, added to each row of a
+    stage that holds a pool (the driver's and Ray Data's own stages take a second or two)."""
+    measured = {name: row for name, row in rows.items() if row.get("seconds", 0) > 0 and row["units"] is not None}
     if not measured:
         return
-    base_name, base = min(measured.items(), key=lambda item: ((item[1]["units"] or 1), item[1]["work"]))
-    units_b = base["units"] or 1
+    base_name, base = min(measured.items(), key=lambda item: (item[1]["units"], item[1]["work"]))
+    units_b = base["units"]
     rate_b = base["work"] / (base["seconds"] * units_b)
     fixed = per_unit = None
     if base["work_s"]:
         fixed, per_unit = base["seconds"] - base["work_s"], base["work"] / (base["work_s"] * units_b)
     for name, row in measured.items():
-        units = row["units"] or 1
+        units = row["units"]
         row["smallest"] = base_name
         row["speedup"] = base["seconds"] / row["seconds"]
         row["efficiency"] = row["work"] / (row["seconds"] * units) / rate_b if rate_b else None
-        if row["units"] is None:
-            row["kind"] = "-"  # no pool: the driver or Ray Data's tasks
-        elif units == units_b:
+        if units == units_b:
             row["kind"] = "same actors"
         elif math.isclose(row["work"], base["work"], rel_tol=0.02):
             row["kind"] = "strong"

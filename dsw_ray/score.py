@@ -127,6 +127,8 @@ def scoring_rows(valid, candidates):
     import ray
     from ray.data.expressions import col, lit
 
+    from dsw_ray.resources import TASK_CPUS
+
     if len(valid) < 30:
         log.warning("the valid set has %d examples; Lv's standard error will be large (the paper: >= 50).", len(valid))
     valid_rows = pa.table(
@@ -139,9 +141,9 @@ def scoring_rows(valid, candidates):
         }
     )
     majority = (
-        candidates.filter(expr=col(C.IS_MAJORITY))
-        .select_columns(SCORED_COLUMNS[:-1])
-        .with_column(VALID_ROW, lit(False))
+        candidates.filter(expr=col(C.IS_MAJORITY), num_cpus=TASK_CPUS)
+        .select_columns(SCORED_COLUMNS[:-1], num_cpus=TASK_CPUS)
+        .with_column(VALID_ROW, lit(False), num_cpus=TASK_CPUS)
     )
     return ray.data.from_arrow(valid_rows).union(majority)
 
@@ -151,7 +153,7 @@ def pool_losses(
     prompt_format: str = "few_shot",
 ):  # fmt: skip
     """The scoring pool over ``rows`` (``scoring_rows``): keys, ``valid_row`` and ``loss`` (lazy)."""
-    from dsw_ray.resources import pool_map
+    from dsw_ray.resources import TASK_CPUS, pool_map
 
     settings = scorer_settings(section, model, model_path, max_length, official, prompt_format)
     scorer, placement = Scorer, {}
@@ -161,7 +163,7 @@ def pool_losses(
         engine, placement = vllm_backend.pool_settings(section)
         settings, scorer = {**settings, **engine}, vllm_backend.VllmScorer
     scored = pool_map(rows, scorer, settings, section, "score", batch_size=rows_per_call(section), **placement)
-    return scored.select_columns([C.QUESTION_ID, C.SAMPLE_INDEX, VALID_ROW, C.LOSS])
+    return scored.select_columns([C.QUESTION_ID, C.SAMPLE_INDEX, VALID_ROW, C.LOSS], num_cpus=TASK_CPUS)
 
 
 def score_losses(

@@ -135,6 +135,9 @@ def test_a_submitted_study_runs_its_points_on_two_nodes_sharing_their_candidates
         tmp_path / "set-by-the-study",
         train={"zero_stage": 0, "epochs": 1, "micro_batch_size": 4, "resources_per_worker": {WORKER_RESOURCE: 1}},
     )
+    # Two scoring actors on two nodes of one CPU each leave half a CPU on each node: the light
+    # tasks beside the pool must still start (resources.TASK_CPUS).
+    job["score"] = {"actors": 2}
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
     study_file = tmp_path / "study.yaml"
     study_file.write_text(yaml.safe_dump(

@@ -81,12 +81,24 @@ def test_scaling_compares_each_point_with_the_stage_smallest_and_projects_the_co
 
 
 def test_a_stage_without_a_busy_time_gets_no_cost_model_and_a_pool_is_named_by_its_resources(tmp_path):
-    rows = {"p": {**row(2.0, 10, None, None), "stage": "vote"}, "q": {**row(4.0, 10, None, None), "stage": "vote"}}
+    rows = {"p": {**row(2.0, 10, None, None), "stage": "vote"}, "q": {**row(4.0, 10, 1, None), "stage": "score"}}
     compare(rows)
-    assert rows["q"]["speedup"] == pytest.approx(0.5) and rows["q"]["kind"] == "-" and "model_s" not in rows["q"]
+    assert "speedup" not in rows["p"], "the driver's and Ray Data's own stages are not compared"
+    assert rows["q"]["speedup"] == pytest.approx(1) and "model_s" not in rows["q"], "no busy time: no cost model"
     path = write_study(tmp_path, {"generate.actors": [3]})
     _, (point,) = load_study(path, ["generate.cpus_per_actor=0.5", "generate.gpus_per_actor=1"])
     assert held(point.job, "generate") == (3, "3 actors (0.5 CPU, 1 GPU each)")
     assert held(point.job, "train") == (1, "1 worker (CPUs shared)")
     assert held(point.job, "filter") == (None, "the driver")
     assert json.dumps(point.values) == '{"generate.actors": 3}'
+
+
+def test_the_base_evaluation_is_shared_across_question_counts_but_not_across_prompts(tmp_path):
+    from dsw_ray.pipeline import evaluation_fingerprint
+
+    path = write_study(tmp_path, {"task.num_questions": [20, 40], "task.num_exemplars": [2, 4]})
+    _, points = load_study(path)
+    fps = {p.name: evaluation_fingerprint(p.job, "test-rows", "base-model") for p in points}
+    assert fps["num_questions=20,num_exemplars=2"] == fps["num_questions=40,num_exemplars=2"]
+    assert fps["num_questions=20,num_exemplars=2"] != fps["num_questions=20,num_exemplars=4"]
+    assert evaluation_fingerprint(points[0].job, "other-rows", "base-model") != fps[points[0].name]
