@@ -210,7 +210,8 @@ def markdown(numbers: dict) -> str:
     lines = [f"# Scaling study: {len(numbers['points'])} points over {', '.join(keys)}", ""]
     if cluster:
         lines += [
-            f"Ray cluster: {cluster['nodes']} nodes, {cluster['cpus']:g} CPUs, {cluster['gpus']:g} GPUs. "
+            f"Ray cluster: {cluster['nodes']} node{'s' if cluster['nodes'] > 1 else ''}, {cluster['cpus']:g} CPUs, "
+            f"{cluster['gpus']:g} GPUs. "
             f"Points whose stages hold more actors than there are CPUs (or GPUs) share them: their efficiency "
             "shows the machine, not dsw-ray's scaling.",
             "",
