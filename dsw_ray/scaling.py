@@ -23,6 +23,7 @@ import os
 
 from dsw_ray import columns as C
 from dsw_ray.rundir import DATA, read_json, stage_states, write_json
+from dsw_ray.stages import spec
 
 REPORT, NUMBERS = "scaling.md", "scaling.json"  # in the study's folder
 PLOTS = ("scaling_stages.png", "scaling_accuracy.png")
@@ -105,8 +106,6 @@ def work_of(run_dir: str, job, stage: str, passes: list[dict]) -> tuple[float, s
     rows = sum(p["rows_in"] for p in passes)
     if stage == "train":
         return rows * job.train.epochs, "samples"
-    from dsw_ray.stages import spec
-
     return rows, spec(stage).reads
 
 
@@ -128,7 +127,8 @@ def point_stages(point) -> dict[str, dict]:
             work, unit = work_of(run_dir, point.job, stage, computed)
             busy = [p["work_s"] for p in computed]
             row.update(seconds=sum(p["seconds"] for p in computed), work=work, unit=unit,
-                       work_s=None if None in busy else sum(busy))  # fmt: skip
+                       work_s=None if None in busy else sum(busy), rows_in=sum(p["rows_in"] for p in computed),
+                       reads=spec(stage).reads)  # fmt: skip
         rows[label] = row
     return rows
 
@@ -157,7 +157,9 @@ def compare(rows: dict[str, dict]) -> None:
         row["smallest"] = base_name
         row["speedup"] = base["seconds"] / row["seconds"]
         row["efficiency"] = row["work"] / (row["seconds"] * units) / rate_b if rate_b else None
-        if units == units_b:
+        if name == base_name:
+            row["kind"] = "smallest"
+        elif units == units_b:
             row["kind"] = "same actors"
         elif math.isclose(row["work"], base["work"], rel_tol=0.02):
             row["kind"] = "strong"
@@ -229,15 +231,16 @@ def markdown(numbers: dict) -> str:
               "The stages each point computed (a stage taken from the store counts where it was computed). Speedup "
               "and efficiency are against the stage's smallest point; the cost model is fitted there "
               "(T = F + W / (A r)) and projected to the other points.", "",
-              "| stage | point | held | work | wall s | work/s | speedup | efficiency | kind | model s | model error |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+              "| stage | point | held | work | wall s | work/s | rows in/s | speedup | efficiency | kind | model s "
+              "| model error |", "|" + " --- |" * 12]  # fmt: skip
     for label, rows in numbers["stages"].items():
         for name, r in rows.items():
             if "seconds" not in r:  # taken from the store: listed with the points above
                 continue
             lines.append(
                 f"| {label} | {name} | {r['held']} | {r['work']:,.0f} {r['unit']} | {r['seconds']:,.1f} "
-                f"| {number(r['work'] / r['seconds'])} | {number(r.get('speedup'), 2)} | {number(r.get('efficiency'), 2)} "
+                f"| {number(r['work'] / r['seconds'])} | {number(r['rows_in'] / r['seconds'])} {r['reads']} "
+                f"| {number(r.get('speedup'), 2)} | {number(r.get('efficiency'), 2)} "
                 f"| {r.get('kind', '-')} | {number(r.get('model_s'))} | {number(r.get('model_error'), percent=True)} |"
             )
     methods = list(dict.fromkeys(m for p in numbers["points"] for m in p["accuracy"]))

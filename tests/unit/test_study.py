@@ -68,11 +68,12 @@ def test_scaling_compares_each_point_with_the_stage_smallest_and_projects_the_co
         "a1": row(seconds=50.0, work=1000, units=1, work_s=40.0),  # the smallest: 10 s fixed, 25 tokens/s an actor
         "a4w": row(seconds=60.0, work=4000, units=4, work_s=45.0),  # weak: 1000 tokens an actor
         "m": row(seconds=90.0, work=3000, units=2, work_s=70.0),
+        "a1x2": row(seconds=80.0, work=2000, units=1, work_s=70.0),
     }
     compare(rows)
     a1, a2, a4w, m = (rows[k] for k in ("a1", "a2", "a4w", "m"))
-    assert {r["smallest"] for r in rows.values()} == {"a1"}
-    assert (a1["kind"], a2["kind"], a4w["kind"], m["kind"]) == ("same actors", "strong", "weak", "mixed")
+    assert {r["smallest"] for r in rows.values()} == {"a1"} and rows["a1x2"]["kind"] == "same actors"
+    assert (a1["kind"], a2["kind"], a4w["kind"], m["kind"]) == ("smallest", "strong", "weak", "mixed")
     assert a2["speedup"] == pytest.approx(50 / 30) and a2["efficiency"] == pytest.approx(50 / 30 / 2)
     assert a4w["efficiency"] == pytest.approx((4000 / 60 / 4) / (1000 / 50))  # weak: 50 s against 60 s
     assert a1["model_s"] == pytest.approx(50.0) and a1["model_error"] == pytest.approx(0)
