@@ -22,7 +22,7 @@ import math
 import os
 
 from dsw_ray import columns as C
-from dsw_ray.rundir import DATA, read_json, stage_states, write_json
+from dsw_ray.rundir import read_json, stage_states, write_json
 from dsw_ray.stages import spec
 
 REPORT, NUMBERS = "scaling.md", "scaling.json"  # in the study's folder
@@ -64,20 +64,15 @@ def stage_passes(run_dir: str) -> list[dict]:
     return passes
 
 
-def new_tokens(run_dir: str, folders: list[str]) -> int | None:
+def new_tokens(run_dir: str, folders: list[str]) -> int:
     """The tokens the stage folders' models generated (their ``completion_tokens``)."""
-    import pyarrow.dataset as pads
+    import pyarrow.compute as pc
 
-    total = 0
-    for folder in folders:
-        data = os.path.join(run_dir, folder, DATA)
-        if not os.path.isdir(data):
-            continue
-        dataset = pads.dataset(data, format="parquet")
-        if C.COMPLETION_TOKENS not in dataset.schema.names:
-            return None
-        total += sum(v for v in dataset.to_table([C.COMPLETION_TOKENS])[C.COMPLETION_TOKENS].to_pylist() if v)
-    return total
+    from dsw_ray.pipeline import count_rows, read_table
+
+    stages = [os.path.join(run_dir, folder) for folder in folders]
+    return sum(pc.sum(read_table(s, [C.COMPLETION_TOKENS])[C.COMPLETION_TOKENS]).as_py() or 0
+               for s in stages if count_rows(s))  # fmt: skip
 
 
 def held(job, stage: str) -> tuple[int | None, str]:
@@ -99,10 +94,8 @@ def work_of(run_dir: str, job, stage: str, passes: list[dict]) -> tuple[float, s
     """What the stage did at this point, in the unit its time grows with: new tokens for the
     stages that decode, training samples (kept rows times epochs) for train, else rows in."""
     folders = [folder for p in passes for folder in p["stages"]]
-    if stage in ("generate", "evaluate"):
-        tokens = new_tokens(run_dir, folders)
-        if tokens is not None:
-            return tokens, "new tokens"
+    if stage in ("generate", "evaluate"):  # both backends write completion_tokens (columns)
+        return new_tokens(run_dir, folders), "new tokens"
     rows = sum(p["rows_in"] for p in passes)
     if stage == "train":
         return rows * job.train.epochs, "samples"
