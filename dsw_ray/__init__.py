@@ -3,7 +3,7 @@
 The public surface: tasks, voting, DS weights and the keep rules (the paper's and the
 authors' code's) as plain functions, the filter methods, and ``run_job`` for a whole job.
 Importing this package loads nothing but itself: every Ray worker of a job imports
-``dsw_ray.console`` at start (``pipeline.SETUP_HOOK``), and a worker that runs no stage of
+``dsw_ray.console`` at start (``ray_session.SETUP_HOOK``), and a worker that runs no stage of
 ours should not load pydantic, pandas and the stages (docs/benchmarks.md). The names below
 load on first use.
 """

@@ -171,7 +171,7 @@ class Session:
 
 
 def quiet_worker_logs() -> None:
-    """Ray worker set-up hook (``pipeline.SETUP_HOOK``), run at every worker's start, so
+    """Ray worker set-up hook (``ray_session.SETUP_HOOK``), run at every worker's start, so
     this module imports little. Without the dashboard Ray's state API is unavailable, and Ray
     Train's placement-group cleaner warns about it every second of a fine-tune."""
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)

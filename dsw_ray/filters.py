@@ -79,6 +79,13 @@ def answers_correct(table: pa.Table, official: bool) -> np.ndarray:
     )
 
 
+def correct_fraction(table: pa.Table, official: bool) -> float | None:
+    """The share of rows whose parsed answer equals the gold label (None without labels or rows)."""
+    if table.num_rows == 0 or C.GOLD not in table.column_names or table[C.GOLD].null_count:
+        return None
+    return float(answers_correct(table, official).mean())
+
+
 def ordered(candidates: pa.Table) -> pa.Table:
     return candidates.sort_by(C.BY_KEY)
 

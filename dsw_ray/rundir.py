@@ -18,14 +18,19 @@ import datetime
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
 from typing import Callable
 
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
 from dsw_ray import progress
 from dsw_ray.errors import Interrupted, StageFailed, UserError, stop_requested
-from dsw_ray.resources import groups_released
+from dsw_ray.resources import groups_released, pool_input
 from dsw_ray.stages import spec
 
 log = logging.getLogger(__name__)
@@ -34,6 +39,54 @@ MANIFEST = "manifest.json"
 PARTIAL_OF = "partial_of.json"  # in a partial folder: the fingerprint of the stage run writing it
 DATA = "data"  # the parquet folder inside a stage's artifact folder
 LOG_FILE = "dsw-ray.log"  # the run's log: Ray's, the libraries' and the workers' output (see console)
+
+# ---- a stage's rows -------------------------------------------------------------------
+
+DRIVER_READ_BYTES = 64 << 20  # stages up to this size on disk are read by the driver (read_dataset)
+
+
+def data_dir(stage_dir: str) -> str:
+    return os.path.join(stage_dir, DATA)
+
+
+def count_rows(stage_dir: str) -> int:
+    if not os.path.isdir(data_dir(stage_dir)):  # Ray Data writes no file for an empty dataset
+        return 0
+    return pads.dataset(data_dir(stage_dir), format="parquet").count_rows()
+
+
+def write_table(table: pa.Table, stage_dir: str) -> dict:
+    os.makedirs(data_dir(stage_dir), exist_ok=True)
+    pq.write_table(table, os.path.join(data_dir(stage_dir), "part-0.parquet"))
+    return {"rows": table.num_rows}
+
+
+def write_dataset(dataset, stage_dir: str) -> dict:
+    dataset.write_parquet(data_dir(stage_dir))
+    return {"rows": count_rows(stage_dir)}
+
+
+def read_table(stage_dir: str, columns: list[str] | None = None) -> pa.Table:
+    return pads.dataset(data_dir(stage_dir), format="parquet").to_table(columns=columns)
+
+
+def read_dataset(stage_dir: str, rows_per_block: int, min_blocks: int = 1):
+    """A Ray Dataset of a stage's rows, cut into blocks so that every actor of a pool gets work.
+
+    A stage of at most ``DRIVER_READ_BYTES`` on disk (questions, test sets, the candidates of
+    most rounds) is read by the driver and cut there, as Ray Data's repartition cuts it: read
+    tasks need worker processes, whose start competed with the pool's actor start and cost
+    3-4 s of each pool stage on 2 cores (docs/benchmarks.md). Larger stages are read by
+    Ray Data's tasks, spread over the cluster."""
+    import ray
+
+    rows = count_rows(stage_dir)
+    if rows == 0 or sum(os.path.getsize(f) for f in pads.dataset(data_dir(stage_dir)).files) > DRIVER_READ_BYTES:
+        return ray.data.read_parquet(data_dir(stage_dir)).repartition(max(min_blocks, min(256, math.ceil(rows / rows_per_block))))
+    return pool_input(read_table(stage_dir), rows_per_block, min_blocks)
+
+
+# ---- fingerprints and stage runs ---------------------------------------------------------
 
 def fingerprint(*parts) -> str:
     """A short stable hash of JSON-able parts."""
@@ -63,8 +116,6 @@ def damaged(path: str, manifest: dict) -> str | None:
 
 
 def pq_rows(path: str) -> int:
-    import pyarrow.parquet as pq
-
     return pq.read_metadata(path).num_rows
 
 

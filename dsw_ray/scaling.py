@@ -68,7 +68,7 @@ def new_tokens(run_dir: str, folders: list[str]) -> int:
     """The tokens the stage folders' models generated (their ``completion_tokens``)."""
     import pyarrow.compute as pc
 
-    from dsw_ray.pipeline import count_rows, read_table
+    from dsw_ray.rundir import count_rows, read_table
 
     stages = [os.path.join(run_dir, folder) for folder in folders]
     return sum(pc.sum(read_table(s, [C.COMPLETION_TOKENS])[C.COMPLETION_TOKENS]).as_py() or 0

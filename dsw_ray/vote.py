@@ -9,12 +9,17 @@ every question, and a second map joins the verdicts onto the blocks. (A Ray Data
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from itertools import groupby
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
 from dsw_ray import columns as C
+
+if TYPE_CHECKING:
+    from dsw_ray.tasks import Task
 
 
 def majority_vote(answers: list[str | None]) -> tuple[str | None, list[bool]]:
@@ -82,3 +87,8 @@ def vote(candidates, parse_answer):
     blocks = ray.get(answers.to_arrow_refs())
     tally = verdicts(pa.concat_tables(blocks) if blocks else parse_answers(EMPTY, parse_answer))
     return candidates.map_batches(with_verdicts, fn_kwargs={"verdicts": tally}, batch_format="pyarrow", batch_size=None)
+
+
+def answer_parser(task: Task, official: bool):
+    """The task's answer parser, as the vote stage's workers call it (picklable)."""
+    return functools.partial(task.parse_answer, official=official)

@@ -42,7 +42,7 @@ def ray_session():
     cluster starts it."""
     import ray
 
-    from dsw_ray.pipeline import start_local_ray
+    from dsw_ray.ray_session import start_local_ray
 
     start_local_ray(2)
     yield

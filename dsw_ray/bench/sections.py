@@ -294,7 +294,7 @@ def generate_section(job, run_dir: str, stage_seconds: float, model_path: str, s
 
     from dsw_ray.generate import TransformersGenerator, with_sampling_defaults
     from dsw_ray.models import load_model, load_tokenizer
-    from dsw_ray.pipeline import read_table
+    from dsw_ray.rundir import read_table
     from dsw_ray.tasks import get_task
 
     generated = read_table(os.path.join(run_dir, "round-1", "generate"))
@@ -391,7 +391,7 @@ def pool_run(rows_dir: str, model_path: str, job, tokens_of: dict[str, int]) -> 
     import numpy as np
     import pyarrow as pa
 
-    from dsw_ray.pipeline import read_dataset
+    from dsw_ray.rundir import read_dataset
     from dsw_ray.resources import pool_map
     from dsw_ray.score import rows_per_call, scorer_settings
 
@@ -424,7 +424,7 @@ def score_section(job, run_dir: str, stage_seconds: float, model_path: str, size
     import pyarrow as pa
 
     from dsw_ray import columns as C
-    from dsw_ray.pipeline import read_table, write_table
+    from dsw_ray.rundir import read_table, write_table
     from dsw_ray.score import SCORED_COLUMNS, VALID_ROW, LossModel, rows_per_call
     from dsw_ray.tasks import SplitSizes, get_task
 
@@ -543,7 +543,7 @@ def plain_training_loop(model_path: str, questions: list[str], texts: list[str],
 def train_section(job, run_dir: str, stage_seconds: float, model_path: str) -> dict:
     """The round's train stage (loop and whole stage) against the plain loop on its rows."""
     from dsw_ray import columns as C
-    from dsw_ray.pipeline import read_table
+    from dsw_ray.rundir import read_table
     from dsw_ray.train import LOSS_HISTORY
 
     method_dir = os.path.join(run_dir, "round-1", job.methods[0])
@@ -606,36 +606,36 @@ def candidates_point(size: BenchSize, work: str, name: str, model_path: str, **o
     import pyarrow.compute as pc
 
     from dsw_ray import columns as C
-    from dsw_ray import pipeline
+    from dsw_ray import inputs, rundir
     from dsw_ray.generate import generate
     from dsw_ray.score import rows_per_call, score_losses, weigh
     from dsw_ray.tasks import get_task
-    from dsw_ray.vote import vote
+    from dsw_ray.vote import answer_parser, vote
 
     run_dir = os.path.join(work, name)
     job = job_config(size, run_dir, model_path, **overrides)
     splits = load_splits(job)
-    pipeline.write_inputs(run_dir, splits, job)
+    inputs.write_inputs(run_dir, splits, job)
     stage = lambda name: os.path.join(run_dir, "round-1", name)  # noqa: E731
     times = {}
 
     started = time.perf_counter()
-    questions = pipeline.read_dataset(os.path.join(run_dir, "inputs", "questions"), job.generate.batch_size, job.generate.actors)
+    questions = rundir.read_dataset(os.path.join(run_dir, "inputs", "questions"), job.generate.batch_size, job.generate.actors)
     task = get_task(job.task.name)
-    pipeline.write_dataset(generate(questions, job.generate, job.model, task, model_path, 1), stage("generate"))
+    rundir.write_dataset(generate(questions, job.generate, job.model, task, model_path, 1), stage("generate"))
     times["round-1/generate"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    candidates = pipeline.read_dataset(stage("generate"), 1024)
-    voted = pipeline.write_dataset(vote(candidates, pipeline.answer_parser(task, False)), stage("vote"))
+    candidates = rundir.read_dataset(stage("generate"), 1024)
+    voted = rundir.write_dataset(vote(candidates, answer_parser(task, False)), stage("vote"))
     times["round-1/vote"] = time.perf_counter() - started
 
     # As the score stage runs: one pool pass, then the weights in this process.
     started = time.perf_counter()
-    voted_rows = pipeline.read_dataset(stage("vote"), rows_per_call(job.score), job.score.actors)
+    voted_rows = rundir.read_dataset(stage("vote"), rows_per_call(job.score), job.score.actors)
     losses = score_losses(splits.valid, voted_rows, job.score, job.model, model_path, job.train.max_length, False)
-    scored, _, _ = weigh(pipeline.read_table(stage("vote")).filter(pc.field(C.IS_MAJORITY)), losses, False)
-    pipeline.write_table(scored, stage("score"))
+    scored, _, _ = weigh(rundir.read_table(stage("vote")).filter(pc.field(C.IS_MAJORITY)), losses, False)
+    rundir.write_table(scored, stage("score"))
     times["round-1/score"] = time.perf_counter() - started
     return {**point(job, times), "candidates": voted["rows"], "scored": scored.num_rows}
 
@@ -662,7 +662,7 @@ def fit(xs: list[float], ys: list[float]) -> dict | None:
 
 def round_point(job, round_times: dict) -> dict:
     """The round's own generate, vote and score stages: the scaling point at its settings."""
-    from dsw_ray.pipeline import count_rows
+    from dsw_ray.rundir import count_rows
 
     stage = lambda name: os.path.join(job.run_dir, "round-1", name)  # noqa: E731
     return {**point(job, round_times), "candidates": count_rows(stage("generate")), "scored": count_rows(stage("score"))}
@@ -869,7 +869,8 @@ def run_bench(
     rates the GPU projection uses if it exists."""
     import ray
 
-    from dsw_ray.pipeline import base_model, start_ray
+    from dsw_ray.inputs import base_model
+    from dsw_ray.ray_session import start_ray
 
     size = SIZES[size_name]
     work = tempfile.mkdtemp(prefix="dsw-bench-")

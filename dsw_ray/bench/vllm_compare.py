@@ -160,7 +160,8 @@ def run_vllm_compare(model: str, questions: int, samples: int, out: str) -> dict
     from dsw_ray.config import load_job
     from dsw_ray.generate import generate
     from dsw_ray.models import load_tokenizer
-    from dsw_ray.pipeline import examples_table, start_ray
+    from dsw_ray.inputs import examples_table
+    from dsw_ray.ray_session import start_ray
     from dsw_ray.resources import pool_cpus, pool_input, torch_threads
     from dsw_ray.score import score_losses
     from dsw_ray.sft import encode_example

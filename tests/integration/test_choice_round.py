@@ -61,7 +61,9 @@ def write_job(tmp_path, model_path, **changes) -> str:
 def test_yaml_only_choice_task_round_with_the_self_filter(tiny_model, tmp_path):
     import ray
 
-    from dsw_ray.pipeline import read_dataset, read_table, run_job, start_local_ray, write_dataset, write_table
+    from dsw_ray.pipeline import run_job
+    from dsw_ray.ray_session import start_local_ray
+    from dsw_ray.rundir import read_dataset, read_table, write_dataset, write_table
     from dsw_ray.rate import rate
 
     start_local_ray(2)

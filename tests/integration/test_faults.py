@@ -143,7 +143,8 @@ def test_a_killed_generation_actor_is_restarted_and_its_candidates_are_reproduce
 
     from dsw_ray.config import JobConfig
     from dsw_ray.generate import generate
-    from dsw_ray.pipeline import read_dataset, start_ray, write_dataset
+    from dsw_ray.ray_session import start_ray
+    from dsw_ray.rundir import read_dataset, write_dataset
     from dsw_ray.tasks import get_task
 
     job = JobConfig.model_validate(job_spec(toy_model, tmp_path / "run"))

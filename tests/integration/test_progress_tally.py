@@ -11,7 +11,7 @@ def test_tracked_stages_back_to_back_find_a_live_tally():
     import ray
 
     from dsw_ray import progress
-    from dsw_ray.pipeline import start_local_ray
+    from dsw_ray.ray_session import start_local_ray
 
     start_local_ray(1)
     try:

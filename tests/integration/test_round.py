@@ -48,7 +48,7 @@ def test_workers_inherit_their_settings_and_run_the_set_up_hook(ray_session):
 
     import ray
 
-    from dsw_ray.pipeline import QUIET_WORKERS, SETUP_HOOK_VARIABLE
+    from dsw_ray.ray_session import QUIET_WORKERS, SETUP_HOOK_VARIABLE
 
     @ray.remote
     def worker_view():
@@ -417,7 +417,7 @@ def test_same_seed_same_candidates_whatever_the_batching(tiny_model, tmp_path, r
     import ray
 
     from dsw_ray.generate import generate
-    from dsw_ray.pipeline import examples_table
+    from dsw_ray.inputs import examples_table
 
     job = tiny_job(tiny_model, tmp_path / "a")
     questions = get_task("arith").load(None, SplitSizes(6, 2, 2, seed=5)).questions
@@ -442,17 +442,17 @@ def test_a_small_stage_read_by_the_driver_has_the_blocks_ray_data_reads(tmp_path
     import pyarrow.parquet as pq
     import ray
 
-    from dsw_ray import pipeline
+    from dsw_ray import rundir
 
     os.makedirs(tmp_path / "stage" / "data")
     for part, rows in enumerate((range(0, 6), range(6, 10))):
         pq.write_table(pa.table({"n": list(rows)}), tmp_path / "stage" / "data" / f"part-{part}.parquet")
 
     def blocks(min_blocks):
-        return [t["n"].to_pylist() for t in ray.get(pipeline.read_dataset(str(tmp_path / "stage"), 4, min_blocks).to_arrow_refs())]
+        return [t["n"].to_pylist() for t in ray.get(rundir.read_dataset(str(tmp_path / "stage"), 4, min_blocks).to_arrow_refs())]
 
     by_driver = blocks(1), blocks(5)
-    monkeypatch.setattr(pipeline, "DRIVER_READ_BYTES", -1)
+    monkeypatch.setattr(rundir, "DRIVER_READ_BYTES", -1)
     by_ray = blocks(1), blocks(5)
     for driver, ray_data in zip(by_driver, by_ray):
         assert [len(b) for b in driver] == [len(b) for b in ray_data]
@@ -483,16 +483,17 @@ def test_two_default_actors_on_two_cpus_do_not_starve_ray_data(tiny_model, tmp_p
     """The trap of this machine: actors that reserve every CPU leave Ray Data's read tasks none
     and the job waits forever. With default CPUs a two-actor pool on two CPUs must finish."""
     script = f"""
-from dsw_ray import pipeline
+from dsw_ray import ray_session, rundir
 from dsw_ray.config import JobConfig
-from dsw_ray.pipeline import read_dataset, write_inputs, examples_table, write_table
+from dsw_ray.inputs import examples_table
+from dsw_ray.rundir import read_dataset, write_table
 from dsw_ray.generate import generate
 from dsw_ray.tasks import SplitSizes, get_task
 job = JobConfig.model_validate({{"run_dir": "{tmp_path}", "task": {{"name": "arith"}}, "model": {{"path": "{tiny_model}"}},
     "generate": {{"actors": 2, "samples_per_question": 2, "max_new_tokens": 8, "batch_size": 2}}}})
-pipeline.start_local_ray(2)
+ray_session.start_local_ray(2)
 write_table(examples_table(get_task("arith").load(None, SplitSizes(8, 2, 2)).questions), "{tmp_path}/q")
-pipeline.DRIVER_READ_BYTES = -1  # Ray Data's read tasks, not the driver, read the questions
+rundir.DRIVER_READ_BYTES = -1  # Ray Data's read tasks, not the driver, read the questions
 rows = generate(read_dataset("{tmp_path}/q", 2, 2), job.generate, job.model, get_task("arith"), "{tiny_model}", 1).count()
 print("ROWS", rows)
 """

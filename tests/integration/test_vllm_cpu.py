@@ -32,7 +32,7 @@ def job(model: str, backend: str, **generate) -> JobConfig:
 def questions(ray_session):
     import ray
 
-    from dsw_ray.pipeline import examples_table
+    from dsw_ray.inputs import examples_table
     from dsw_ray.tasks import SplitSizes, get_task
 
     return ray.data.from_arrow(examples_table(get_task("arith").load(None, SplitSizes(16, 2, 2, seed=3)).questions))
@@ -110,7 +110,8 @@ def test_a_killed_vllm_actor_is_restarted_and_its_candidates_are_reproduced(toy_
     stay the same with split prompts too."""
     import pyarrow.parquet as pq
 
-    from dsw_ray.pipeline import examples_table, write_dataset
+    from dsw_ray.inputs import examples_table
+    from dsw_ray.rundir import write_dataset
     from dsw_ray.resources import pool_input
     from dsw_ray.tasks import SplitSizes, get_task
     from tests.integration.processes import held_back, kill_one_actor_mid_stage

@@ -12,7 +12,7 @@ import json
 import sys
 
 from dsw_ray.config import JobConfig
-from dsw_ray.pipeline import start_local_ray
+from dsw_ray.ray_session import start_local_ray
 from dsw_ray.train import FineTune, fine_tune_all
 
 

@@ -21,7 +21,7 @@ from dsw_ray.config import load_job
 from dsw_ray.errors import BadRow, ConfigError, DataError, UserError
 from dsw_ray.io import read_text
 from dsw_ray.models import check_model_dir
-from dsw_ray.pipeline import check_splits, write_inputs
+from dsw_ray.inputs import check_splits, write_inputs
 from dsw_ray.tasks import SplitSizes, get_task, gsm8k, svamp
 from dsw_ray.tasks.answers import fold, parse_text
 from dsw_ray.tasks.numeric import Example, Splits, is_correct, normalize_number, parse_answer
@@ -427,7 +427,7 @@ def test_remote_code_stays_off_unless_the_job_says_so(tmp_path):
 
 
 def test_the_rm_reward_model_is_checked_before_any_actor(tmp_path):
-    from dsw_ray.pipeline import base_model
+    from dsw_ray.inputs import base_model
 
     base = model_folder(tmp_path)
     reward = tmp_path / "reward"

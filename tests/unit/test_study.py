@@ -95,7 +95,7 @@ def test_a_stage_without_a_busy_time_gets_no_cost_model_and_a_pool_is_named_by_i
 
 
 def test_the_base_evaluation_is_shared_across_question_counts_but_not_across_prompts(tmp_path):
-    from dsw_ray.pipeline import evaluation_fingerprint
+    from dsw_ray.evaluation import evaluation_fingerprint
 
     path = write_study(tmp_path, {"task.num_questions": [20, 40], "task.num_exemplars": [2, 4]})
     _, points = load_study(path)
