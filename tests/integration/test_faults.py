@@ -28,7 +28,10 @@ from dsw_ray import columns as C
 from tests.conftest import ROOT
 from tests.integration.processes import POLL, in_session, kill_one_actor_mid_stage, kill_session
 
-pytestmark = pytest.mark.ray
+# Each test runs whole jobs (about 8 minutes on 2 cores in all): out of the default run, in
+# the slow lane (pyproject.toml). The default run still restarts a killed actor (vLLM's, in
+# test_vllm_cpu.py) and resumes a stopped job (test_terminal.py).
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 QUESTIONS, SAMPLES = 16, 2
 KEY = [C.QUESTION_ID, C.SAMPLE_INDEX]

@@ -17,7 +17,7 @@ from dsw_ray import get_task
 from dsw_ray.tasks import SplitSizes
 from tests.integration.processes import kill_session
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]  # a fault injected into a whole fine-tune: the slow lane (pyproject.toml)
 
 DRIVER = os.path.join(os.path.dirname(__file__), "train_driver.py")
 ROWS, EPOCHS, MICRO, ACCUMULATION = 200, 4, 2, 4

@@ -101,6 +101,7 @@ def test_seeded_samples_do_not_depend_on_batching_or_actors(toy_model, questions
     assert one[C.TEXT].tolist() == other[C.TEXT].tolist() and one[C.SEED].tolist() == other[C.SEED].tolist()
 
 
+@pytest.mark.slow  # a fault injected into a whole stage, as test_faults.py's
 @pytest.mark.timeout(900)
 def test_a_killed_vllm_actor_is_restarted_and_its_candidates_are_reproduced(toy_model, candidates, tmp_path):
     """SIGKILL the vLLM engine's actor once the stage has written a batch: Ray Data restarts it
@@ -181,6 +182,7 @@ def test_a_whole_round_generates_scores_and_evaluates_on_vllm(toy_model, tmp_pat
     assert (keep_lowest(weights["vllm"], 0.8) == keep_lowest(weights["transformers"], 0.8)).all()
 
 
+@pytest.mark.slow  # two whole rounds on vLLM (5 minutes); the default run has one round on vLLM, above
 def test_two_rounds_serving_lora_adapters_answer_as_the_merged_models(toy_model, tmp_path, ray_session):
     """``serve_lora``: generation and evaluation serve each LoRA export as the model it was
     trained from plus its adapter (bfloat16: vLLM's LoRA kernels have no float32); round 2
