@@ -120,7 +120,7 @@ def make_candidates(
         return {**write_table(scored, out), "valid_loss": valid_loss}
 
     scored = run_stage(stage("score"), fps["score"], score_stage, rows_in=generated["rows"], force=job.forced("score"))
-    if job.uses("rm"):
+    if job.needs("reward"):
         fps["reward"] = stage_fingerprint(
             "reward", fps["vote"], job.reward, job.train.max_length, job.semantics, model_identity(job.reward.model_path)
         )
@@ -136,7 +136,7 @@ def make_candidates(
             )
 
         run_stage(stage("reward"), fps["reward"], reward_stage, rows_in=generated["rows"], force=job.forced("reward"))
-    if job.uses("self"):
+    if job.needs("rate"):
         rate_stage(job, fps, stage("rate"), model_path, generated["rows"])
     if scored["rows"] == 0:
         log.warning(

@@ -316,7 +316,7 @@ class TrackingConfig(Section):
     wandb: WandbConfig = WandbConfig()
 
 
-# The stages of a round in the order they run; reward runs only for the rm method, rate for self.
+# The stages of a round in the order they run; reward and rate run for the methods that read them (JobConfig.needs).
 Stage = Literal[ROUND]
 
 
@@ -402,9 +402,10 @@ class JobConfig(Section):
                 data[section] = {**defaults, **given}
         return data
 
-    def uses(self, method: str) -> bool:
-        """Whether any listed method is ``method`` (``iwsi@0.6`` is iwsi)."""
-        return any(variant(name).method == method for name in self.methods)
+    def needs(self, stage: str) -> bool:
+        """Whether a listed method's filter reads ``stage`` (``filters.Method.needs``): the
+        optional stages (reward, rate) run for the methods that declare them."""
+        return any(variant(name).spec.needs == stage for name in self.methods)
 
     def forced(self, stage: str) -> bool:
         """Whether ``stage`` reruns even if finished: it is ``rerun_from`` or comes after it."""
@@ -440,7 +441,7 @@ class JobConfig(Section):
 
     @model_validator(mode="after")
     def reward_model_present(self) -> JobConfig:
-        if self.uses("rm"):
+        if self.needs("reward"):
             path = self.reward.model_path
             if path is None:
                 raise ValueError("the rm method needs reward.model_path (a sequence-classification model)")

@@ -78,7 +78,7 @@ def base_model(job: JobConfig, splits: Splits) -> str:
     check_model_dir(job.model.path, "causal LM", job.model.trust_remote_code, "model.path")
     if job.task.prompt_format == "chat":
         check_chat_template(load_tokenizer(job.model.path, job.model.trust_remote_code), f"model.path {job.model.path!r}")
-    if job.uses("rm"):
+    if job.needs("reward"):
         check_model_dir(job.reward.model_path, "sequence classifier", job.model.trust_remote_code, "reward.model_path")
     return os.path.abspath(job.model.path)
 

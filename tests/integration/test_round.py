@@ -63,14 +63,25 @@ def test_workers_inherit_their_settings_and_run_the_set_up_hook(ray_session):
     assert SETUP_HOOK_VARIABLE not in os.environ, "the driver's environment is restored after ray.init"
 
 
-def test_whole_round_with_two_methods(toy_model, tmp_path, ray_session):
+@pytest.fixture(scope="module")
+def two_methods(toy_model, tmp_path_factory, ray_session):
+    """One round of iwsi and oracle, run once for the tests below: each checks one stage's
+    artifacts, the last changes the run (a new keep fraction and a second seed)."""
     from dsw_ray.pipeline import run_job
 
-    job = tiny_job(toy_model, tmp_path / "run", methods=["iwsi", "oracle"])
+    where = tmp_path_factory.mktemp("two-methods")
+    job = tiny_job(toy_model, where / "run", methods=["iwsi", "oracle"])
     summary = run_job(job)
     run_dir = job.run_dir
+    return {
+        "job": job, "summary": summary, "run_dir": run_dir, "where": where, "model": toy_model,
+        "generated": table(run_dir, "round-1/generate"), "voted": table(run_dir, "round-1/vote"),
+        "scored": table(run_dir, "round-1/score"), "kept": table(run_dir, "round-1/iwsi/filter"),
+    }  # fmt: skip
 
-    generated = table(run_dir, "round-1/generate")
+
+def test_generate_writes_each_candidate_once_with_its_own_seed(two_methods):
+    generated = two_methods["generated"]
     assert len(generated) == 12 * 3
     keys = list(zip(generated[C.QUESTION_ID], generated[C.SAMPLE_INDEX]))
     assert len(set(keys)) == len(keys), "every (question_id, sample_index) exactly once"
@@ -79,22 +90,51 @@ def test_whole_round_with_two_methods(toy_model, tmp_path, ray_session):
     assert generated[C.SEED].nunique() == len(generated)
     assert not generated[C.TEXT].str.contains("\nQ:").any()
     assert (generated[C.COMPLETION_TOKENS] <= 24).all() and (generated[C.COMPLETION_TOKENS] > 0).all()
+    with open(os.path.join(two_methods["run_dir"], "round-1", "generate", "manifest.json")) as f:
+        done = json.load(f)
+    assert 0 < done["busy_seconds"] <= done["seconds"]
 
-    voted = table(run_dir, "round-1/vote")
-    task = get_task("arith")
-    assert len(voted) == len(generated)
+
+def test_vote_marks_the_candidates_that_give_the_majority_answer(two_methods):
+    voted, task = two_methods["voted"], get_task("arith")
+    assert len(voted) == len(two_methods["generated"])
     for _, row in voted.iterrows():
         answer = None if pd.isna(row[C.ANSWER]) else row[C.ANSWER]
         assert row[C.IS_MAJORITY] == (answer is not None and answer == row[C.MAJORITY_ANSWER])
         assert task.parse_answer(row[C.TEXT]) == answer
+    with open(os.path.join(two_methods["run_dir"], "round-1", "vote", "manifest.json")) as f:
+        vote = json.load(f)
+    assert (vote["stage"], vote["rows_in"], vote["rows"]) == ("vote", len(two_methods["generated"]), len(voted))
 
-    scored = table(run_dir, "round-1/score")
+
+def test_score_weighs_each_majority_candidate_by_the_valid_sets_loss(two_methods):
+    """Lv, computed once through the pool, is the valid set's mean loss computed directly, and a
+    DS weight is the ratio of Lv and the candidate's loss, the larger over the smaller."""
+    from dsw_ray.score import LossModel
+
+    scored, voted, run_dir = two_methods["scored"], two_methods["voted"], two_methods["run_dir"]
     assert len(scored) == int(voted[C.IS_MAJORITY].sum())
     assert (scored[C.DS_WEIGHT] >= 1).all() and scored[C.VALID_LOSS_MEAN].nunique() == 1
     ratio = scored[C.VALID_LOSS_MEAN] / scored[C.LOSS]
     assert ((scored[C.DS_WEIGHT] - ratio.where(ratio >= 1, 1 / ratio)).abs() < 1e-9).all()
+    with open(os.path.join(run_dir, "round-1", "score", "manifest.json")) as f:
+        done = json.load(f)
+    assert 0 < done["busy_seconds"] <= done["seconds"]
 
-    kept = table(run_dir, "round-1/iwsi/filter")
+    candidates = two_methods["summary"]["methods"]["iwsi"]["candidates"]
+    assert candidates["generated"] == len(two_methods["generated"]) and candidates["majority"] == len(scored)
+    assert candidates["valid_loss"]["n"] == 6 and candidates["valid_loss"]["mean"] == scored[C.VALID_LOSS_MEAN][0]
+    valid = get_task("arith").load(None, SplitSizes(12, 6, 10, seed=1)).valid
+    direct = LossModel(two_methods["model"], "float32", False, 512, "answer").losses(
+        [e.question for e in valid], [e.rationale for e in valid], batch_size=2
+    )
+    assert candidates["valid_loss"]["mean"] == pytest.approx(direct.mean(), abs=1e-6)
+    per_example = pd.read_parquet(os.path.join(run_dir, "round-1", "score", "valid_losses.parquet"))
+    assert sorted(per_example[C.QUESTION_ID]) == sorted(e.question_id for e in valid)
+
+
+def test_iwsi_keeps_the_lowest_weights_and_the_oracle_the_right_answers(two_methods):
+    scored, voted, kept, run_dir = two_methods["scored"], two_methods["voted"], two_methods["kept"], two_methods["run_dir"]
     ordered = scored.sort_values([C.QUESTION_ID, C.SAMPLE_INDEX])
     mask = keep_lowest(ordered[C.DS_WEIGHT].to_numpy(), 0.8)
     assert list(zip(kept[C.QUESTION_ID], kept[C.SAMPLE_INDEX])) == list(
@@ -102,55 +142,46 @@ def test_whole_round_with_two_methods(toy_model, tmp_path, ray_session):
     )
     assert (kept[C.LOSS_WEIGHT] == 1.0).all()
 
+    task = get_task("arith")
     oracle = table(run_dir, "round-1/oracle/filter")
     correct = voted[[task.is_correct(None if pd.isna(a) else a, g) for a, g in zip(voted[C.ANSWER], voted[C.GOLD])]]
     assert sorted(zip(oracle[C.QUESTION_ID], oracle[C.SAMPLE_INDEX])) == sorted(
         zip(correct[C.QUESTION_ID], correct[C.SAMPLE_INDEX])
     )
 
+
+def test_both_fine_tunes_run_in_one_ray_train_run_each_as_it_would_alone(two_methods, tmp_path):
     from transformers import AutoModelForCausalLM
 
+    from dsw_ray.train import fine_tune
+
+    job, run_dir = two_methods["job"], two_methods["run_dir"]
     trained = {}
     for method in ("iwsi", "oracle"):
         assert AutoModelForCausalLM.from_pretrained(os.path.join(run_dir, "round-1", method, "train", "model"))
         with open(os.path.join(run_dir, "round-1", method, "train", "manifest.json")) as f:
             trained[method] = json.load(f)
         assert trained[method]["optimizer_steps"] == trained[method]["expected_optimizer_steps"] > 0
-        assert len(table(run_dir, f"round-1/{method}/evaluate")) == 10
     # Both fine-tunes ran in one Ray Train run, and the second gives the weights it gives alone.
     assert trained["iwsi"]["started"] == trained["oracle"]["started"] and trained["oracle"]["computed_with"] == 2
-    from dsw_ray.train import fine_tune
-
     valid = get_task("arith").load(None, SplitSizes(12, 6, 10, seed=1)).valid
     alone = fine_tune(
-        os.path.join(run_dir, "round-1", "oracle", "filter", "data"), job.train, job.model, toy_model,
+        os.path.join(run_dir, "round-1", "oracle", "filter", "data"), job.train, job.model, two_methods["model"],
         str(tmp_path / "oracle-alone"), str(tmp_path / "ray_train"), heldout=[(e.question, e.rationale) for e in valid],
     )
     assert alone["parameter_digests"] == trained["oracle"]["parameter_digests"]
     assert alone["final_loss"] == trained["oracle"]["final_loss"]
 
-    with open(os.path.join(run_dir, "summary.json")) as f:
-        written = json.load(f)
-    assert summary == written
-    assert written["task"] == "arith" and written["model"] == toy_model and written["semantics"] == "paper"
-    iwsi = written["methods"]["iwsi"]
-    no_answer = int(voted[C.ANSWER].isna().sum())
-    assert iwsi["dropped"] == {
-        "no_answer": no_answer,
-        "not_majority": len(generated) - len(scored) - no_answer,
-        "high_ds_weight": len(scored) - len(kept),
-    }
-    assert iwsi["kept"] == len(kept)
-    kept_correct = [task.is_correct(a, g) for a, g in zip(kept[C.ANSWER], kept[C.GOLD])]
-    assert iwsi["kept_correct"] == pytest.approx(sum(kept_correct) / len(kept))
-    assert written["methods"]["oracle"]["kept_correct"] == 1.0
-    assert iwsi["accuracy"] == pytest.approx(table(run_dir, "round-1/iwsi/evaluate")[C.CORRECT].mean())
-    assert written["base_accuracy"] == pytest.approx(table(run_dir, "base/evaluate")[C.CORRECT].mean())
-    # The base model and both exports were answered in one pass of one pool, each model's
-    # answers what that model alone answers greedily to the same batches of test questions.
+
+def test_one_evaluation_pass_answers_as_each_model_alone(two_methods):
+    """The base model and both exports were answered in one pass of one pool, each model's
+    answers what that model alone answers greedily to the same batches of test questions."""
     from dsw_ray.generate import TransformersGenerator
 
-    evaluations = {"base/evaluate": toy_model}
+    run_dir, task = two_methods["run_dir"], get_task("arith")
+    for method in ("iwsi", "oracle"):
+        assert len(table(run_dir, f"round-1/{method}/evaluate")) == 10
+    evaluations = {"base/evaluate": two_methods["model"]}
     evaluations.update({f"round-1/{m}/evaluate": os.path.join(run_dir, "round-1", m, "train", "model") for m in ("iwsi", "oracle")})
     passes = set()
     test = pads.dataset(os.path.join(run_dir, "inputs", "test", "data")).to_table().to_pydict()
@@ -164,23 +195,28 @@ def test_whole_round_with_two_methods(toy_model, tmp_path, ray_session):
         answered = table(run_dir, stage).set_index(C.QUESTION_ID).loc[test[C.QUESTION_ID]]
         assert answered[C.TEXT].tolist() == texts, stage
     assert len(passes) == 1 and passes.pop()[1] == 3
-    for stage in ("round-1/generate", "round-1/score"):
-        with open(os.path.join(run_dir, stage, "manifest.json")) as f:
-            done = json.load(f)
-        assert 0 < done["busy_seconds"] <= done["seconds"], stage
-    candidates = iwsi["candidates"]
-    assert candidates["generated"] == len(generated) and candidates["majority"] == len(scored)
-    assert candidates["valid_loss"]["n"] == 6 and candidates["valid_loss"]["mean"] == scored[C.VALID_LOSS_MEAN][0]
-    # Lv, computed once through the pool, is the valid set's mean loss computed directly.
-    from dsw_ray.score import LossModel
 
-    valid = get_task("arith").load(None, SplitSizes(12, 6, 10, seed=1)).valid
-    direct = LossModel(toy_model, "float32", False, 512, "answer").losses(
-        [e.question for e in valid], [e.rationale for e in valid], batch_size=2
-    )
-    assert candidates["valid_loss"]["mean"] == pytest.approx(direct.mean(), abs=1e-6)
-    per_example = pd.read_parquet(os.path.join(run_dir, "round-1", "score", "valid_losses.parquet"))
-    assert sorted(per_example[C.QUESTION_ID]) == sorted(e.question_id for e in valid)
+
+def test_the_summary_and_report_count_what_each_stage_kept_and_dropped(two_methods):
+    summary, run_dir, task = two_methods["summary"], two_methods["run_dir"], get_task("arith")
+    generated, voted, scored, kept = (two_methods[k] for k in ("generated", "voted", "scored", "kept"))
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        written = json.load(f)
+    assert summary == written
+    assert written["task"] == "arith" and written["model"] == two_methods["model"] and written["semantics"] == "paper"
+    iwsi = written["methods"]["iwsi"]
+    no_answer = int(voted[C.ANSWER].isna().sum())
+    assert iwsi["dropped"] == {
+        "no_answer": no_answer,
+        "not_majority": len(generated) - len(scored) - no_answer,
+        "high_ds_weight": len(scored) - len(kept),
+    }
+    assert iwsi["kept"] == len(kept)
+    kept_correct = [task.is_correct(a, g) for a, g in zip(kept[C.ANSWER], kept[C.GOLD])]
+    assert iwsi["kept_correct"] == pytest.approx(sum(kept_correct) / len(kept))
+    assert written["methods"]["oracle"]["kept_correct"] == 1.0
+    assert iwsi["accuracy"] == pytest.approx(table(run_dir, "round-1/iwsi/evaluate")[C.CORRECT].mean())
+    assert written["base_accuracy"] == pytest.approx(table(run_dir, "base/evaluate")[C.CORRECT].mean())
 
     with open(os.path.join(run_dir, "report.md")) as f:
         report = f.read()
@@ -191,20 +227,26 @@ def test_whole_round_with_two_methods(toy_model, tmp_path, ray_session):
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
         assert f"]({png})" in report
 
-    # A rerun skips every finished stage and reproduces the summary.
+
+def test_a_rerun_skips_every_stage_and_a_new_keep_fraction_reruns_only_what_reads_it(two_methods):
+    """Last: it changes the run. A rerun skips every finished stage and reproduces the summary.
+    Then a changed keep fraction, the old one kept as iwsi@0.8 (a k sweep), and a second training
+    seed: candidates and scores are reused, oracle (which does not read keep_fraction) keeps
+    its filter, first fine-tune and evaluation, iwsi is redone, iwsi@0.8 keeps what iwsi kept
+    before, and each method gets a second fine-tune and evaluation with train.seed + 1.
+    (`--from` is the terminal test's.)"""
+    from dsw_ray.pipeline import run_job
+
+    job, summary, run_dir = two_methods["job"], two_methods["summary"], two_methods["run_dir"]
+    scored, kept = two_methods["scored"], two_methods["kept"]
     shared = ["round-1/generate", "round-1/vote", "round-1/score"]
     per_method = [f"round-1/{m}/{s}" for m in ("iwsi", "oracle") for s in ("filter", "train", "evaluate")]
     before = manifest_times(run_dir, shared + per_method)
     assert run_job(job) == summary
     assert manifest_times(run_dir, shared + per_method) == before
 
-    # A changed keep fraction, the old one kept as iwsi@0.8 (a k sweep), and a second training
-    # seed: candidates and scores are reused, oracle (which does not read keep_fraction) keeps
-    # its filter, first fine-tune and evaluation, iwsi is redone, iwsi@0.8 keeps what iwsi kept
-    # before, and each method gets a second fine-tune and evaluation with train.seed + 1.
-    # (`--from` is the terminal test's.)
     changed = tiny_job(
-        toy_model, tmp_path / "run", methods=["iwsi", "oracle", "iwsi@0.8"], filter={"keep_fraction": 0.5}, repeats=2
+        two_methods["model"], run_dir, methods=["iwsi", "oracle", "iwsi@0.8"], filter={"keep_fraction": 0.5}, repeats=2
     )
     evaluations = ["base/evaluate", "round-1/oracle/evaluate"]
     before = manifest_times(run_dir, shared + per_method + evaluations)
@@ -242,9 +284,6 @@ def test_whole_round_with_two_methods(toy_model, tmp_path, ray_session):
         report = f.read()
     assert "| IWSI (k = 0.8) | 1 | " + str(len(kept)) in report and "(the paper's Figure 2)" in report
     assert "| IWSI | 0.5 | " in report and "| IWSI | 0.8 | " in report and "](keep_fraction.png)" in report
-    with open(os.path.join(run_dir, "round-1", "vote", "manifest.json")) as f:
-        vote = json.load(f)
-    assert (vote["stage"], vote["rows_in"], vote["rows"]) == ("vote", len(generated), len(voted))
 
 
 def test_official_semantics_reward_model_and_weighted_loss(toy_model, tiny_reward_model, tmp_path, ray_session):
