@@ -68,9 +68,9 @@ def toy_model() -> str:
 # The modules that take longest (--durations), longest first. The scheduler hands whole modules
 # to the test processes in collection order, each process holding one or two ahead: short
 # modules at the end let both processes finish together.
-LONGEST_FIRST = ("test_vllm_cpu.py", "test_round.py", "test_faults.py", "test_terminal.py", "test_bench.py",
-                 "test_real_model.py", "test_job_submit.py", "test_train_faults.py", "test_train_engines.py",
-                 "test_choice_round.py", "test_train_multinode.py")  # fmt: skip
+LONGEST_FIRST = ("test_terminal.py", "test_vllm_cpu.py", "test_round.py", "test_job_submit.py", "test_real_model.py",
+                 "test_train_engines.py", "test_gpu_proof.py", "test_faults.py", "test_bench.py", "test_choice_round.py",
+                 "test_train_faults.py", "test_train_multinode.py")  # fmt: skip
 BACKGROUND_BUILD: list = []
 
 

@@ -14,7 +14,7 @@ import yaml
 from dsw_ray import columns as C
 from dsw_ray.config import load_job
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]  # a second whole job (a task from YAML, the self filter): the slow lane
 
 QUESTIONS = [
     ("What do plants need to make food?", ["sunlight", "darkness", "rocks"], "A", "Plants use sunlight."),

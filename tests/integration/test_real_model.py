@@ -221,6 +221,7 @@ json.dump({k: rows[k] for k in ("text", "prompt_tokens", "completion_tokens", "f
 """
 
 
+@pytest.mark.slow  # the real model on vLLM (two minutes); the default run has the toy on vLLM
 def test_greedy_answers_are_the_same_on_transformers_and_vllm(smollm2, shared_data, tmp_path):
     pytest.importorskip("vllm")
     test = svamp_pairs(shared_data, 8).test

@@ -286,6 +286,7 @@ def test_a_rerun_skips_every_stage_and_a_new_keep_fraction_reruns_only_what_read
     assert "| IWSI | 0.5 | " in report and "| IWSI | 0.8 | " in report and "](keep_fraction.png)" in report
 
 
+@pytest.mark.slow  # a second whole job: the authors' semantics and the reward model
 def test_official_semantics_reward_model_and_weighted_loss(toy_model, tiny_reward_model, tmp_path, ray_session):
     """The authors' semantics end to end, the rm method's reward stage on an actor pool, and
     iwsi_w's loss weights reaching the trainer."""
@@ -324,6 +325,7 @@ def test_official_semantics_reward_model_and_weighted_loss(toy_model, tiny_rewar
     assert summary["semantics"] == "official" and summary["methods"]["iwsi_w"]["train"]["optimizer_steps"] > 0
 
 
+@pytest.mark.slow  # a second whole job: rounds 2 and the trackers
 def test_two_rounds_each_method_continues_its_own_model(tiny_model, tmp_path, ray_session):
     """Round 2 generates from each method's round-1 export; a method that keeps nothing is
     reported as such, not fine-tuned, and goes on from the model it had. With tracking on,

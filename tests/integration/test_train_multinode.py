@@ -9,7 +9,8 @@ from dsw_ray import get_task
 from dsw_ray.config import JobConfig
 from dsw_ray.tasks import SplitSizes
 
-pytestmark = pytest.mark.ray
+# Training across nodes (the default run's two-node cluster is test_job_submit.py's): the slow lane.
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 @pytest.fixture

@@ -145,7 +145,8 @@ def test_a_whole_round_generates_scores_and_evaluates_on_vllm(toy_model, tmp_pat
     import pyarrow.compute as pc
 
     from dsw_ray.bench.sections import load_splits
-    from dsw_ray.pipeline import read_dataset, read_table, run_job
+    from dsw_ray.pipeline import run_job
+    from dsw_ray.rundir import read_dataset, read_table
     from dsw_ray.score import Scorer, scorer_settings, scoring_rows, weigh
     from dsw_ray.weights import keep_lowest
     from tests.conftest import small_round
@@ -191,7 +192,8 @@ def test_two_rounds_serving_lora_adapters_answer_as_the_merged_models(toy_model,
     import pyarrow.parquet as pq
 
     from dsw_ray.evaluate import MODEL
-    from dsw_ray.pipeline import read_dataset, run_job
+    from dsw_ray.pipeline import run_job
+    from dsw_ray.rundir import read_dataset
     from tests.conftest import small_round
 
     spec = small_round(
