@@ -1,9 +1,11 @@
 """The run directory: one folder per stage artifact, written atomically, with a manifest.
 
-A stage writes into ``<name>.partial`` and renames it to ``<name>`` once complete, with
-``manifest.json`` inside. A finished stage whose fingerprint (its config and its inputs'
-fingerprints) is unchanged is skipped on a rerun; a changed one is recomputed, and since
-fingerprints chain, so is everything downstream of it.
+A stage writes its rows as parquet in ``<name>/data`` (``write_table``, ``write_dataset``; the
+next stage reads them with ``read_table`` or, as a Ray Dataset, ``read_dataset``), into
+``<name>.partial`` renamed to ``<name>`` once complete, with ``manifest.json`` inside. A
+finished stage whose fingerprint (its config and its inputs' fingerprints) is unchanged is
+skipped on a rerun; a changed one is recomputed, and since fingerprints chain, so is
+everything downstream of it.
 
 A stage store (``job.store``, which a study's points share) holds finished stages by
 fingerprint: a stage found there is linked into the run directory instead of computed, and
