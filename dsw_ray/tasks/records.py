@@ -20,7 +20,7 @@ from typing import Callable
 from dsw_ray.errors import BadRow, DataError
 from dsw_ray.io import read_bytes, read_text
 from dsw_ray.tasks.numeric import Example
-from dsw_ray.tasks.rows import BadRows, array_items, json_type, object_row, parse_json, present, question_key
+from dsw_ray.tasks.rows import BadRows, array_items, json_array, object_row, parse_json, present, question_key
 
 FORMATS = ("jsonl", "json", "csv", "parquet")
 
@@ -59,12 +59,7 @@ def records_of_text(path: str, text: str, format: str, row: str) -> list[Record]
                 out.append(Record(len(out), lineno, f"{path}, line {lineno}", line.rstrip("\r"), reader))
         return out
     if format == "json":
-        try:
-            values = parse_json(text, f"the file is a JSON array of rows, each {row}")
-        except BadRow as error:
-            raise DataError(f"{path}: {error}") from None
-        if not isinstance(values, list):
-            raise DataError(f"{path}: {json_type(values)}, not a JSON array of rows, each {row}.")
+        values = json_array(path, text, f"a JSON array of rows, each {row}")
         return [
             Record(i, line, f"{path}, row {i + 1} (line {line})", raw, lambda v=value: object_row(v, row))
             for i, ((line, raw), value) in enumerate(zip(array_items(text, len(values)), values))

@@ -102,6 +102,17 @@ def parse_json(text: str, layout: str) -> object:
         raise BadRow(f"JSON that cannot be read ({type(error).__name__}: {str(error)[:80]}); {layout}.") from None
 
 
+def json_array(path: str, text: str, layout: str, name: str = "the file") -> list:
+    """A data file's JSON array, or a DataError naming ``path`` and what ``name`` should be."""
+    try:
+        values = parse_json(text, f"{name} is {layout}")
+    except BadRow as error:
+        raise DataError(f"{path}: {error}") from None
+    if not isinstance(values, list):
+        raise DataError(f"{path}: {json_type(values)}, not {layout}.")
+    return values
+
+
 def object_row(value, row: str) -> dict:
     if not isinstance(value, dict):
         raise BadRow(f"{json_type(value)}, not an object; each row is {row}.")

@@ -19,9 +19,9 @@ from dsw_ray.tasks.numeric import Example, Splits, SplitSizes, normalize_number
 from dsw_ray.tasks.rows import (
     BadRows,
     array_items,
+    json_array,
     json_type,
     object_row,
-    parse_json,
     present,
     question_key,
     string_field,
@@ -97,12 +97,7 @@ def load(data_path: str, sizes: SplitSizes) -> Splits:
     """The split in file order; a skipped row keeps its place, so no other row changes set."""
     path = data_path if data_path.endswith(".json") else f"{data_path.rstrip('/')}/SVAMP.json"
     text = read_text(path, EXPECTED)
-    try:
-        values = parse_json(text, f"SVAMP.json is {LAYOUT}")
-    except BadRow as error:
-        raise DataError(f"{path}: {error}") from None
-    if not isinstance(values, list):
-        raise DataError(f"{path}: {json_type(values)}, not {LAYOUT}.")
+    values = json_array(path, text, LAYOUT, "SVAMP.json")
     if len(values) < NUM_TEST + 2:
         raise DataError(
             f"{path}: {len(values)} rows are too few; svamp takes the last {NUM_TEST} as the test set and needs "
