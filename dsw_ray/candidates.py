@@ -53,8 +53,6 @@ class Candidates:
         return table
 
 
-
-
 def make_candidates(
     job: JobConfig, run_dir: str, where: str, round_index: int, model_path: str, model_fp: str, splits: Splits
 ) -> Candidates:

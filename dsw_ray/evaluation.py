@@ -23,7 +23,6 @@ from dsw_ray.tasks import Splits, task_of
 BASE_EVALUATION = os.path.join("base", "evaluate")  # the base model's graded answers, in the run directory
 
 
-
 @dataclass(frozen=True)
 class Evaluation:
     """A model to evaluate: its stage folder (relative to the run directory), path and fingerprint."""

@@ -88,7 +88,6 @@ class Tune:
     kept_rows: int
 
 
-
 @dataclass(frozen=True)
 class Tuned:
     """A fine-tune done: its model, the evaluation that will grade it, and its train metrics."""
