@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Candidates:
-    """The stages a round's methods share: generate, vote, score (and reward, for rm)."""
+    """The stages a round's methods share: generate, vote, score (and reward or rate, when a method reads them)."""
 
     dir: str
     fingerprints: dict[str, str]  # stage name -> fingerprint
