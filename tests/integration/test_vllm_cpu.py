@@ -134,6 +134,7 @@ def test_a_killed_vllm_actor_is_restarted_and_its_candidates_are_reproduced(toy_
     assert generated[C.SEED].tolist() == candidates[C.SEED].tolist()
 
 
+@pytest.mark.slow  # a second whole job (2.5 minutes); the default run keeps vLLM's generation and scoring above and below
 def test_a_whole_round_generates_scores_and_evaluates_on_vllm(toy_model, tmp_path, ray_session):
     """Generation, scoring and both evaluations (the base model's and the fine-tuned export's)
     on vLLM engines, each against the transformers backend's actor on the same rows: the base
