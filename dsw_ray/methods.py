@@ -97,6 +97,7 @@ class Tuned:
     train: dict  # optimizer_steps, final_loss, heldout_loss (and resumed_from_epoch)
     model: str
 
+
 def train_round(job: JobConfig, run_dir: str, round_dir: str, tunes: list[Tune], splits: Splits) -> list[Tuned]:
     """Every fine-tune of the round not done already, in one Ray Train run: its workers start
     once (``train.fine_tune_all``), each fine-tune's stage folder gets its model and manifest.

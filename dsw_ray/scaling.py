@@ -22,7 +22,7 @@ import math
 import os
 
 from dsw_ray import columns as C
-from dsw_ray.rundir import read_json, stage_states, write_json
+from dsw_ray.rundir import count_rows, read_json, read_table, stage_states, write_json
 from dsw_ray.stages import spec
 
 REPORT, NUMBERS = "scaling.md", "scaling.json"  # in the study's folder
@@ -67,8 +67,6 @@ def stage_passes(run_dir: str) -> list[dict]:
 def new_tokens(run_dir: str, folders: list[str]) -> int:
     """The tokens the stage folders' models generated (their ``completion_tokens``)."""
     import pyarrow.compute as pc
-
-    from dsw_ray.rundir import count_rows, read_table
 
     stages = [os.path.join(run_dir, folder) for folder in folders]
     return sum(pc.sum(read_table(s, [C.COMPLETION_TOKENS])[C.COMPLETION_TOKENS]).as_py() or 0

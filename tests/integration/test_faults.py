@@ -29,8 +29,8 @@ from tests.conftest import ROOT
 from tests.integration.processes import POLL, in_session, kill_one_actor_mid_stage, kill_session
 
 # Each test runs whole jobs (about 8 minutes on 2 cores in all): out of the default run, in
-# the slow lane (pyproject.toml). The default run still restarts a killed actor (vLLM's, in
-# test_vllm_cpu.py) and resumes a stopped job (test_terminal.py).
+# the slow lane (pyproject.toml), with the killed vLLM actor and test_train_faults.py. The
+# default run still stops a job with Ctrl-C and SIGTERM and resumes it (test_terminal.py).
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 QUESTIONS, SAMPLES = 16, 2

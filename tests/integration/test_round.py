@@ -74,7 +74,7 @@ def two_methods(toy_model, tmp_path_factory, ray_session):
     summary = run_job(job)
     run_dir = job.run_dir
     return {
-        "job": job, "summary": summary, "run_dir": run_dir, "where": where, "model": toy_model,
+        "job": job, "summary": summary, "run_dir": run_dir, "model": toy_model,
         "generated": table(run_dir, "round-1/generate"), "voted": table(run_dir, "round-1/vote"),
         "scored": table(run_dir, "round-1/score"), "kept": table(run_dir, "round-1/iwsi/filter"),
     }  # fmt: skip

@@ -184,7 +184,7 @@ def test_a_whole_round_generates_scores_and_evaluates_on_vllm(toy_model, tmp_pat
     assert (keep_lowest(weights["vllm"], 0.8) == keep_lowest(weights["transformers"], 0.8)).all()
 
 
-@pytest.mark.slow  # two whole rounds on vLLM (5 minutes); the default run has one round on vLLM, above
+@pytest.mark.slow  # two whole rounds on vLLM (5 minutes)
 def test_two_rounds_serving_lora_adapters_answer_as_the_merged_models(toy_model, tmp_path, ray_session):
     """``serve_lora``: generation and evaluation serve each LoRA export as the model it was
     trained from plus its adapter (bfloat16: vLLM's LoRA kernels have no float32); round 2
