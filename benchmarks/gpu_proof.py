@@ -167,8 +167,8 @@ def build_realistic_model(path: str, shape: dict, toy_path: str, device: str, dt
 def toy_model(size: ProofSize, path: str | None, work: str) -> str:
     """The toy: the quickstart's (built once, where the quickstart keeps it, unless ``path``
     names another build) or, at the tiny size, a smaller one built for this run."""
-    from dsw_ray.bench.sections import build_quickstart_toy
-    from dsw_ray.toy import ToyModelConfig, build_toy_model
+    from dsw_ray.config import ToyModelConfig
+    from dsw_ray.toy import build_quickstart_toy, build_toy_model
 
     if size.toy is not None:
         return build_toy_model(path or os.path.join(work, "toy"), ToyModelConfig(**size.toy))
@@ -283,9 +283,10 @@ class Proof:
 
     def heldout_loss(self, path: str) -> float:
         """Mean held-out loss of a model directory, as the scorer computes it, in the batches the worker uses."""
+        from dsw_ray.models import ModelSpec
         from dsw_ray.score import LossModel
 
-        model = LossModel(path, self.dtype, False, 512, "answer")
+        model = LossModel(ModelSpec(path, self.dtype))
         losses = model.losses([q for q, _ in self.heldout], [a for _, a in self.heldout], self.size.micro_batch)
         return float(losses.mean())
 
@@ -362,15 +363,16 @@ class Proof:
             from dsw_ray.bench import gpu_cost
             from dsw_ray.bench.sections import batched_forward_limit
             from dsw_ray.config import GenerateConfig
-            from dsw_ray.generate import TransformersGenerator, with_sampling_defaults
+            from dsw_ray.generate import TransformersGenerator, decoding, with_sampling_defaults
+            from dsw_ray.models import ModelSpec
             from dsw_ray.tasks import get_task
 
             # The stage's defaults: questions per call, m, temperature, budget.
             stage = with_sampling_defaults(GenerateConfig(), self.model_path(model))
             max_new_tokens = self.size.max_new_tokens or stage.max_new_tokens
             generator = TransformersGenerator(
-                self.model_path(model), get_task("arith"), stage.samples_per_question, stage.temperature, stage.top_p,
-                max_new_tokens, stage.seed, 1, dtype=self.dtype, top_k=stage.top_k,
+                ModelSpec(self.model_path(model), self.dtype), get_task("arith"),
+                decoding(stage.model_copy(update={"max_new_tokens": max_new_tokens}), 1),
             )
             questions = self.questions
 
@@ -424,12 +426,14 @@ class Proof:
             from dsw_ray.bench import gpu_cost
             from dsw_ray.bench.sections import batched_forward_limit
             from dsw_ray.config import ScoreConfig, TrainConfig
+            from dsw_ray.models import ModelSpec
             from dsw_ray.score import CALL_BATCHES, LossModel, Scorer
+            from dsw_ray.sft import LossTokens
             from dsw_ray.weights import ds_weights, keep_lowest
 
             path, stage = self.model_path(model), ScoreConfig()
             max_length = TrainConfig().max_length
-            scorer = Scorer(path, stage.batch_size, dtype=self.dtype, max_length=max_length)
+            scorer = Scorer(ModelSpec(path, self.dtype), stage.batch_size, LossTokens(max_length))
             examples = self.score_examples
             call = stage.batch_size * CALL_BATCHES  # rows per actor call, as the stage sends them
             batches = [{"question_id": np.array([e.question_id for e in chunk], dtype=object),
@@ -453,7 +457,7 @@ class Proof:
             compared = examples[: self.size.compare_rows]
             losses = {}
             for dtype in ("float32", "bfloat16"):
-                loss_model = LossModel(path, dtype, False, max_length, stage.loss_on)
+                loss_model = LossModel(ModelSpec(path, dtype), LossTokens(max_length, stage.loss_on))
                 losses[dtype] = loss_model.losses([e.question for e in compared], [e.rationale for e in compared],
                                                   stage.batch_size)
                 del loss_model

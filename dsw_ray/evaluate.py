@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import time
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -16,6 +17,7 @@ import pandas as pd
 from dsw_ray import columns as C
 from dsw_ray.config import EvaluateConfig, ModelConfig
 from dsw_ray.generate import generator
+from dsw_ray.models import ModelSpec
 from dsw_ray.tasks import Task
 
 MODEL = "model_path"  # in an evaluation pass: the model a test row is answered by
@@ -35,8 +37,9 @@ class Evaluator:
     with last and loads another when a row asks for it. Rows come in model order, so an actor
     loads each model at most once."""
 
-    def __init__(self, generator_class: type, threads: int, **settings):
-        self.generator_class, self.settings = generator_class, {**settings, "threads": threads}
+    def __init__(self, generator_class: type, model: ModelSpec, threads: int, **settings):
+        """``model``: how every model loads (its path is each row's ``MODEL``)."""
+        self.generator_class, self.model, self.settings = generator_class, model, {**settings, "threads": threads}
         self.model_path, self.generator = None, None
         self.load_seconds = 0.0  # spent loading models in calls (``progress.counted`` leaves it out of work)
 
@@ -47,7 +50,7 @@ class Evaluator:
                 started = time.time()
                 self.generator = None  # the last model's memory is freed before the next loads
                 gc.collect()  # a vLLM engine's objects hold references to each other
-                self.generator = self.generator_class(model_path=path, **self.settings)
+                self.generator = self.generator_class(replace(self.model, path=path), **self.settings)
                 self.model_path = path
                 self.load_seconds += time.time() - started
             rows = batch[MODEL] == path
@@ -72,7 +75,6 @@ def evaluate(test_rows, section: EvaluateConfig, model: ModelConfig, task: Task,
     from dsw_ray.resources import TASK_CPUS, pool_map
 
     generator_class, settings, placement = generator(section, model, task)
-    settings.pop("model_path")
     return pool_map(
         test_rows, Evaluator, {"generator_class": generator_class, **settings}, section, "evaluate", **placement
     ).map_batches(grade, fn_kwargs={"task": task, "official": official}, batch_format="pandas", num_cpus=TASK_CPUS)

@@ -17,10 +17,10 @@ import os
 
 import numpy as np
 
-from dsw_ray.decoding import Completion, candidate_rows, cut_at_stop, requests
-from dsw_ray.models import load_model, load_tokenizer
-from dsw_ray.prompting import Prompter
 from dsw_ray.config import EvaluateConfig, GenerateConfig, ModelConfig
+from dsw_ray.decoding import Completion, Decoding, candidate_rows, cut_at_stop, requests
+from dsw_ray.models import ModelSpec
+from dsw_ray.prompting import Prompter
 from dsw_ray.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -59,54 +59,32 @@ class GumbelSampler:
 
 
 class TransformersGenerator:
-    """Ray Data callable class: ``__call__`` maps a batch of questions to their candidates.
+    """Ray Data callable class: ``__call__`` maps a batch of questions to their candidates,
+    decoded as ``decoding`` says (greedy: one answer per question, for evaluation)."""
 
-    ``temperature=None`` decodes greedily with one candidate per question (evaluation).
-    """
-
-    def __init__(
-        self,
-        model_path: str,
-        task: Task,
-        samples_per_question: int,
-        temperature: float | None,
-        top_p: float,
-        max_new_tokens: int,
-        seed: int,
-        round_index: int,
-        dtype: str = "float32",
-        trust_remote_code: bool = False,
-        threads: int | None = None,
-        top_k: int = 0,
-    ):
-        import torch
-
-        if threads:
-            torch.set_num_threads(threads)
-        self.tokenizer = load_tokenizer(model_path, trust_remote_code, padding_side="left")
+    def __init__(self, model: ModelSpec, task: Task, decoding: Decoding, threads: int | None = None):
+        self.tokenizer, self.model = model.load(threads, padding_side="left")
         self.prompter = Prompter(self.tokenizer, task)
-        self.model = load_model(model_path, dtype, trust_remote_code)
-        self.samples = 1 if temperature is None else samples_per_question
-        self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
-        self.max_new_tokens, self.seed, self.round_index = max_new_tokens, seed, round_index
+        self.decoding = decoding
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         import torch
         from transformers import LogitsProcessorList
 
-        question_ids, prompts, seeds = requests(batch, self.prompter, self.samples, self.seed, self.round_index)
+        decoding = self.decoding
+        question_ids, prompts, seeds = requests(batch, self.prompter, decoding)
         encoded = self.tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt")
         # Each prompt repeated m times, prompt-major (q0 s0..s(m-1), q1 ...): decoding is
         # greedy over Gumbel-perturbed logits, and greedy generate takes one sequence per row.
-        encoded = {k: v.repeat_interleave(self.samples, dim=0).to(self.model.device) for k, v in encoded.items()}
+        encoded = {k: v.repeat_interleave(decoding.samples, dim=0).to(self.model.device) for k, v in encoded.items()}
         processors = LogitsProcessorList()
-        if self.temperature is not None:
-            processors.append(GumbelSampler(seeds, self.temperature, self.top_p, self.top_k))
+        if not decoding.greedy:
+            processors.append(GumbelSampler(seeds, decoding.temperature, decoding.top_p, decoding.top_k))
         with torch.inference_mode():
             output = self.model.generate(
                 **encoded,
                 do_sample=False,
-                max_new_tokens=self.max_new_tokens,
+                max_new_tokens=decoding.max_new_tokens,
                 stop_strings=list(self.prompter.stops) or None,
                 tokenizer=self.tokenizer,
                 logits_processor=processors,
@@ -122,7 +100,7 @@ class TransformersGenerator:
                 self.tokenizer.decode(tokens[:length], skip_special_tokens=True), stopped_by_eos, self.prompter.stops
             )
             completions.append(Completion(text, int(prompt_length), length, finish_reason))
-        return candidate_rows(batch, question_ids, self.samples, seeds if self.temperature is not None else None, completions)
+        return candidate_rows(batch, question_ids, decoding.samples, None if decoding.greedy else seeds, completions)
 
     def generated_length(self, tokens: list[int]) -> tuple[int, bool]:
         """Tokens the model really produced (padding after a stop excluded), and whether EOS ended it."""
@@ -159,27 +137,25 @@ def with_sampling_defaults(section: GenerateConfig, model_path: str, fallback: d
     return section.model_copy(update=chosen)
 
 
+def decoding(section: GenerateConfig | EvaluateConfig, round_index: int = 0) -> Decoding:
+    """How the section's actors decode: the generate section samples its m candidates per
+    question, the evaluate section decodes one greedy answer (no seed or top-p matters then)."""
+    if isinstance(section, EvaluateConfig):
+        return Decoding(section.max_new_tokens, round_index=round_index)
+    return Decoding(
+        section.max_new_tokens, section.temperature, section.samples_per_question, section.top_p, section.top_k,
+        section.seed, round_index,
+    )
+
+
 def generator(
     section: GenerateConfig | EvaluateConfig, model: ModelConfig, task: Task, model_path: str | None = None,
     round_index: int = 0,
 ) -> tuple[type, dict, dict]:
     """The pool's actor class for the section's backend, its constructor's settings and its
-    placement (``pool_map``'s). The generate section samples its m candidates per question;
-    the evaluate section decodes one greedy answer (no seed, round or top-p matters then)."""
-    greedy = isinstance(section, EvaluateConfig)
-    constructor = dict(
-        model_path=model_path,
-        task=task,
-        samples_per_question=1 if greedy else section.samples_per_question,
-        temperature=None if greedy else section.temperature,
-        top_p=1.0 if greedy else section.top_p,
-        top_k=0 if greedy else section.top_k,
-        max_new_tokens=section.max_new_tokens,
-        seed=0 if greedy else section.seed,
-        round_index=round_index,
-        dtype=model.dtype,
-        trust_remote_code=model.trust_remote_code,
-    )
+    placement (``pool_map``'s); no ``model_path`` for the evaluate section: each row of an
+    evaluation pass names the model that answers it."""
+    constructor = dict(model=ModelSpec.of(model_path, model), task=task, decoding=decoding(section, round_index))
     if section.backend == "vllm":
         from dsw_ray import vllm_backend
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 
 from dsw_ray.errors import UserError
 
@@ -145,3 +146,30 @@ def load_model(
         raise UserError(f"cannot load {path!r} as a {kind} from safetensors: {error}") from error
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval()
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model as every actor loads it: its folder, the dtype of its weights, and whether to
+    run the code it ships (the job's ``model.dtype`` and ``model.trust_remote_code``)."""
+
+    path: str
+    dtype: str = "float32"
+    trust_remote_code: bool = False
+
+    @classmethod
+    def of(cls, path: str, model) -> ModelSpec:
+        """``path`` loaded as the job's ``model`` section says (a round's model is not ``model.path``)."""
+        return cls(path, model.dtype, model.trust_remote_code)
+
+    def tokenizer(self, padding_side: str = "right"):
+        return load_tokenizer(self.path, self.trust_remote_code, padding_side)
+
+    def load(self, threads: int | None = None, padding_side: str = "right", kind: str = "causal LM"):
+        """The tokenizer and the eval-mode model of an actor given ``threads`` torch threads
+        (its share of the node's CPUs; None: torch's default)."""
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        return self.tokenizer(padding_side), load_model(self.path, self.dtype, self.trust_remote_code, kind=kind)

@@ -48,7 +48,7 @@ import numpy as np
 
 from dsw_ray import columns as C
 from dsw_ray.config import ModelConfig, RateConfig
-from dsw_ray.models import load_model, load_tokenizer
+from dsw_ray.models import ModelSpec
 from dsw_ray.decoding import sample_seed
 from dsw_ray.prompting import bos_ids, ids
 from dsw_ray.sft import IGNORE, batched_losses, pad_batch
@@ -79,21 +79,8 @@ def expected_rating(logprobs) -> np.ndarray:
 class Rater:
     """Ray Data callable class: adds ``rating`` to candidates (``question``, ``text``)."""
 
-    def __init__(
-        self,
-        model_path: str,
-        batch_size: int,
-        max_length: int,
-        dtype: str = "float32",
-        trust_remote_code: bool = False,
-        threads: int | None = None,
-    ):
-        import torch
-
-        if threads:
-            torch.set_num_threads(threads)
-        self.tokenizer = load_tokenizer(model_path, trust_remote_code)
-        self.model = load_model(model_path, dtype, trust_remote_code)
+    def __init__(self, model: ModelSpec, batch_size: int, max_length: int, threads: int | None = None):
+        self.tokenizer, self.model = model.load(threads)
         self.batch_size, self.max_length = batch_size, max_length
         self.bos = bos_ids(self.tokenizer)
         self.continuations = [self.tokenizer(continuation(n), add_special_tokens=False)["input_ids"] for n in RATINGS]
@@ -166,21 +153,14 @@ class AuthorsRater:
 
     def __init__(
         self,
-        model_path: str,
+        model: ModelSpec,
         batch_size: int,
         max_length: int,
         sampling: dict | None,
         seed: int,
-        dtype: str = "float32",
-        trust_remote_code: bool = False,
         threads: int | None = None,
     ):
-        import torch
-
-        if threads:
-            torch.set_num_threads(threads)
-        self.tokenizer = load_tokenizer(model_path, trust_remote_code, padding_side="left")
-        self.model = load_model(model_path, dtype, trust_remote_code)
+        self.tokenizer, self.model = model.load(threads, padding_side="left")
         self.batch_size, self.max_length, self.sampling, self.seed = batch_size, max_length, sampling, seed
         self.bos = bos_ids(self.tokenizer)
 
@@ -231,13 +211,7 @@ def rate(
 
     from dsw_ray.resources import TASK_CPUS, pool_map
 
-    constructor = dict(
-        model_path=model_path,
-        batch_size=section.batch_size,
-        max_length=max_length,
-        dtype=model.dtype,
-        trust_remote_code=model.trust_remote_code,
-    )
+    constructor = dict(model=ModelSpec.of(model_path, model), batch_size=section.batch_size, max_length=max_length)
     majority = candidates.filter(expr=col(C.IS_MAJORITY), num_cpus=TASK_CPUS)
     if official:
         constructor.update(sampling=authors_sampling(model_path), seed=seed)

@@ -13,7 +13,7 @@ import numpy as np
 
 from dsw_ray import columns as C
 from dsw_ray.config import ModelConfig, RewardConfig
-from dsw_ray.models import load_model, load_tokenizer
+from dsw_ray.models import ModelSpec
 from dsw_ray.tasks.numeric import training_prompt
 
 
@@ -21,21 +21,9 @@ class RewardScorer:
     """Ray Data callable class: adds ``reward`` to candidates."""
 
     def __init__(
-        self,
-        model_path: str,
-        batch_size: int,
-        max_length: int,
-        dtype: str = "float32",
-        trust_remote_code: bool = False,
-        threads: int | None = None,
-        official: bool = False,
+        self, model: ModelSpec, batch_size: int, max_length: int, threads: int | None = None, official: bool = False
     ):
-        import torch
-
-        if threads:
-            torch.set_num_threads(threads)
-        self.tokenizer = load_tokenizer(model_path, trust_remote_code)
-        self.model = load_model(model_path, dtype, trust_remote_code, kind="sequence classifier")
+        self.tokenizer, self.model = model.load(threads, kind="sequence classifier")
         # The classifier reads the last real token of each row, which it finds by the pad id.
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.batch_size, self.max_length, self.official = batch_size, max_length, official
@@ -74,12 +62,7 @@ def reward(candidates, section: RewardConfig, model: ModelConfig, max_length: in
     from dsw_ray.resources import TASK_CPUS, pool_map
 
     constructor = dict(
-        model_path=section.model_path,
-        batch_size=section.batch_size,
-        max_length=max_length,
-        dtype=model.dtype,
-        trust_remote_code=model.trust_remote_code,
-        official=official,
+        model=ModelSpec.of(section.model_path, model), batch_size=section.batch_size, max_length=max_length, official=official
     )
     majority = candidates.filter(expr=col(C.IS_MAJORITY), num_cpus=TASK_CPUS)
     return pool_map(majority, RewardScorer, constructor, section, "reward", batch_size=section.batch_size * 4)

@@ -19,8 +19,8 @@ import numpy as np
 
 from dsw_ray import columns as C
 from dsw_ray.config import ModelConfig, ScoreConfig
-from dsw_ray.models import load_model, load_tokenizer
-from dsw_ray.sft import batched_losses, encode_example, encode_official, pad_batch, stack
+from dsw_ray.models import ModelSpec
+from dsw_ray.sft import LossTokens, batched_losses, pad_batch, stack
 from dsw_ray.weights import UnusableLoss, ds_weights, official_ds_weights
 
 log = logging.getLogger(__name__)
@@ -36,23 +36,17 @@ VALID_N = "valid_n"
 class LossModel:
     """A causal LM that returns per-sequence losses of ``(question, answer)`` pairs."""
 
-    def __init__(
-        self, model_path: str, dtype: str, trust_remote_code: bool, max_length: int, loss_on: str, official: bool = False,
-        prompt_format: str = "few_shot",
-    ):  # fmt: skip
-        self.tokenizer = load_tokenizer(model_path, trust_remote_code)
-        self.model = load_model(model_path, dtype, trust_remote_code)
-        self.max_length, self.loss_on, self.official, self.prompt_format = max_length, loss_on, official, prompt_format
+    def __init__(self, model: ModelSpec, tokens: LossTokens = LossTokens(), threads: int | None = None):
+        self.tokenizer, self.model = model.load(threads)
+        self.tokens = tokens
 
     def encode(self, question: str, answer: str) -> dict:
-        if self.official:
-            return encode_official(self.tokenizer, question, answer)
-        return encode_example(self.tokenizer, question, answer, self.max_length, self.loss_on, self.prompt_format)
+        return self.tokens.encode(self.tokenizer, question, answer)
 
     def losses(self, questions: list[str], answers: list[str], batch_size: int) -> np.ndarray:
         encoded = [self.encode(q, a) for q, a in zip(questions, answers)]
         # Official rows are already padded to one length; ours are padded per batch.
-        collate = stack if self.official else functools.partial(pad_batch, pad_token_id=self.tokenizer.pad_token_id)
+        collate = stack if self.tokens.official else functools.partial(pad_batch, pad_token_id=self.tokenizer.pad_token_id)
         return batched_losses(self.model, encoded, batch_size, collate)
 
 
@@ -67,23 +61,8 @@ def valid_loss_stats(losses) -> dict:
 class Scorer:
     """Ray Data callable class: adds ``loss`` to rows of ``question`` and ``text``."""
 
-    def __init__(
-        self,
-        model_path: str,
-        batch_size: int,
-        dtype: str = "float32",
-        trust_remote_code: bool = False,
-        max_length: int = 512,
-        loss_on: str = "answer",
-        official: bool = False,
-        threads: int | None = None,
-        prompt_format: str = "few_shot",
-    ):
-        import torch
-
-        if threads:
-            torch.set_num_threads(threads)
-        self.model = LossModel(model_path, dtype, trust_remote_code, max_length, loss_on, official, prompt_format)
+    def __init__(self, model: ModelSpec, batch_size: int, tokens: LossTokens = LossTokens(), threads: int | None = None):
+        self.model = LossModel(model, tokens, threads)
         self.batch_size = batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -98,14 +77,9 @@ def scorer_settings(
     """A scoring actor's constructor arguments. ``max_length`` and ``prompt_format``: the
     fine-tune's, so that a candidate's loss is over the tokens training would see."""
     return dict(
-        model_path=model_path,
+        model=ModelSpec.of(model_path, model),
         batch_size=section.batch_size,
-        dtype=model.dtype,
-        trust_remote_code=model.trust_remote_code,
-        max_length=max_length,
-        loss_on=section.loss_on,
-        official=official,
-        prompt_format=prompt_format,
+        tokens=LossTokens(max_length, section.loss_on, prompt_format, official),
     )
 
 

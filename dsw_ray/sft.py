@@ -8,6 +8,8 @@ that closes it are the targets.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from dsw_ray.prompting import bos_ids, example_ids
 from dsw_ray.tasks.numeric import training_prompt
 
@@ -40,6 +42,23 @@ def encode_official(tokenizer, question: str, answer: str) -> dict:
         "attention_mask": [0] * padding + [1] * len(real),
         "labels": [IGNORE] * (padding + 1) + real[1:],
     }
+
+
+@dataclass(frozen=True)
+class LossTokens:
+    """The tokens a candidate's loss is over: its text as the fine-tune encodes it
+    (``prompt_format``, cut at ``max_length``), targets the answer or the whole text
+    (``loss_on``); ``official``: the authors' scoring text instead (``encode_official``)."""
+
+    max_length: int = 512
+    loss_on: str = "answer"
+    prompt_format: str = "few_shot"
+    official: bool = False
+
+    def encode(self, tokenizer, question: str, answer: str) -> dict:
+        if self.official:
+            return encode_official(tokenizer, question, answer)
+        return encode_example(tokenizer, question, answer, self.max_length, self.loss_on, self.prompt_format)
 
 
 def pad_batch(examples: list[dict], pad_token_id: int):

@@ -20,9 +20,8 @@ import shutil
 import tempfile
 import time
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from dsw_ray.tasks import arith
+from dsw_ray.config import ToyModelConfig, load_job
+from dsw_ray.tasks import SplitSizes, arith, get_task
 
 log = logging.getLogger(__name__)
 
@@ -31,31 +30,10 @@ BUILD_THREADS = 2
 # Bumped when the same settings build a different model (the corpus, the recipe), so that a
 # cached build of older code is refused instead of silently reused.
 BUILD_VERSION = 3
-
-
-class ToyModelConfig(BaseModel):
-    """How to build the embedded base model when ``model.path`` does not hold one yet."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    hidden_size: int = Field(192, ge=8, description="Width of the Llama model.")
-    num_layers: int = Field(2, ge=1, description="Number of decoder layers.")
-    num_heads: int = Field(6, ge=1, description="Attention heads per layer.")
-    vocab_size: int = Field(400, ge=300, description="Target size of the trained BPE vocabulary.")
-    pretrain_examples: int = Field(6000, ge=10, description="Labeled arith problems in the pre-training corpus.")
-    steps: int = Field(1600, ge=1, description="Optimizer steps of pre-training.")
-    batch_size: int = Field(8, ge=1, description="Packed sequences per pre-training step.")
-    block_size: int = Field(256, ge=32, description="Tokens per packed pre-training sequence; longer than a few-shot prompt and its answer.")
-    learning_rate: float = Field(2e-3, gt=0, description="Peak AdamW learning rate (cosine decay).")
-    two_step_share: float = Field(
-        0.3, ge=0, le=1, description="Share of two-step problems in the corpus (the arith task asks only those)."
-    )
-    careless_share: float = Field(
-        0.3, ge=0, le=1,
-        description="Share of two-step corpus answers written carelessly, every amount added whatever its sign "
-        "(arith.careless): the slip greedy decoding makes and a vote outvotes.",
-    )
-    seed: int = Field(1234, description="Seed of the corpus, the initialization and the batches.")
+# The quickstart's model.path (relative to the repository) and its job, whose toy settings and
+# splits the tests and benchmarks build the same model from.
+QUICKSTART_TOY = ".cache/dsw-ray/toy-arith"
+QUICKSTART_JOB = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "jobs", "quickstart.yaml")
 
 
 def corpus(config: ToyModelConfig, exclude: set[str]) -> list[str]:
@@ -216,3 +194,12 @@ def save_build(path: str, config: ToyModelConfig, exclude: set[str], started: fl
     os.rename(staging, path)
     log.info("built the toy base model at %s in %.0f s (loss %.3f)", path, time.time() - started, final_loss)
     return path
+
+
+def build_quickstart_toy(path: str = QUICKSTART_TOY) -> str:
+    """The quickstart's toy model at ``path``, built as ``jobs/quickstart.yaml`` builds it (its
+    settings, its valid and test questions left out of the corpus), so that the quickstart,
+    the tests and the benchmarks reuse one build."""
+    job = load_job(QUICKSTART_JOB)
+    splits = get_task(job.task.name).load(None, SplitSizes.of(job.task))
+    return build_toy_model(path, job.model.toy, {e.question for e in splits.test + splits.valid})

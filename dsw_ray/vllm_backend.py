@@ -25,32 +25,13 @@ import os
 import numpy as np
 
 from dsw_ray import columns as C
-from dsw_ray.decoding import Completion, candidate_rows, requests
-from dsw_ray.models import STOPS, load_tokenizer
+from dsw_ray.decoding import Completion, Decoding, candidate_rows, requests
+from dsw_ray.models import STOPS, ModelSpec
 from dsw_ray.prompting import Prompter
 from dsw_ray.resources import pool_group
 from dsw_ray.rundir import display_name
-from dsw_ray.sft import IGNORE, encode_example
+from dsw_ray.sft import IGNORE, LossTokens
 from dsw_ray.tasks import Task
-
-# vllm.LLM arguments that the job's own fields set; engine_kwargs may not repeat them.
-OWNED_ENGINE_ARGS = {
-    "model",
-    "tokenizer",
-    "dtype",
-    "seed",
-    "trust_remote_code",
-    "tensor_parallel_size",
-    "gpu_memory_utilization",
-    "max_model_len",
-    "max_num_seqs",
-    "enforce_eager",
-    "enable_lora",
-    "max_lora_rank",
-    "max_loras",
-    "distributed_executor_backend",
-    "load_format",
-}
 
 # On CPU: vLLM would size the KV cache from the machine's free memory (most of it).
 CPU_KV_CACHE_BYTES = 256 << 20
@@ -99,18 +80,16 @@ def served_lora_rank(rank: int) -> int:
     raise ValueError(f"LoRA rank {rank} is above vLLM's largest ({LORA_RANKS[-1]})")
 
 
-def engine_args(
-    model_path: str, dtype: str, trust_remote_code: bool, seed: int, engine: dict, lora: dict | None, on_gpu: bool = True
-) -> dict:
+def engine_args(model: ModelSpec, seed: int, engine: dict, lora: dict | None, on_gpu: bool = True) -> dict:
     """``vllm.LLM`` keyword arguments for one engine: the job's vllm section, the model
     (its base, when serving an adapter), the engine's LoRA capacity and, on CPU, a KV cache
     of a fixed size."""
     args = {
-        "model": lora["base"] if lora else model_path,
-        "tokenizer": model_path,  # the export's tokenizer, identical to the base's
-        "dtype": dtype,
+        "model": lora["base"] if lora else model.path,
+        "tokenizer": model.path,  # the export's tokenizer, identical to the base's
+        "dtype": model.dtype,
         "seed": seed,
-        "trust_remote_code": trust_remote_code,
+        "trust_remote_code": model.trust_remote_code,
         "tensor_parallel_size": engine["tensor_parallel_size"],
         "gpu_memory_utilization": engine["gpu_memory_utilization"],
         "enforce_eager": engine["enforce_eager"],
@@ -133,17 +112,16 @@ def engine_args(
     return args
 
 
-def sampling_params(
-    seeds: list[int], temperature: float | None, top_p: float, max_new_tokens: int, top_k: int = 0,
-    stops: tuple[str, ...] = STOPS,
-) -> list[dict]:
-    """``vllm.SamplingParams`` keyword arguments, one per candidate; ``temperature`` None is greedy,
-    ``top_k`` 0 samples from every token (vLLM's own default)."""
-    common = {"n": 1, "max_tokens": max_new_tokens, "stop": list(stops), "skip_special_tokens": True}
-    if temperature is None:
+def sampling_params(seeds: list[int], decoding: Decoding, stops: tuple[str, ...] = STOPS) -> list[dict]:
+    """``vllm.SamplingParams`` keyword arguments, one per candidate (``top_k`` 0 samples from
+    every token, vLLM's own default)."""
+    common = {"n": 1, "max_tokens": decoding.max_new_tokens, "stop": list(stops), "skip_special_tokens": True}
+    if decoding.greedy:
         return [{**common, "temperature": 0.0} for _ in seeds]
-    cut = {"top_k": top_k} if top_k else {}
-    return [{**common, "temperature": temperature, "top_p": top_p, **cut, "seed": seed} for seed in seeds]
+    cut = {"top_k": decoding.top_k} if decoding.top_k else {}
+    return [
+        {**common, "temperature": decoding.temperature, "top_p": decoding.top_p, **cut, "seed": seed} for seed in seeds
+    ]
 
 
 def completion(output) -> Completion:
@@ -206,36 +184,18 @@ class VllmGenerator:
     for GPUs; a tensor-parallel actor holds none itself)."""
 
     def __init__(
-        self,
-        model_path: str,
-        task: Task,
-        samples_per_question: int,
-        temperature: float | None,
-        top_p: float,
-        max_new_tokens: int,
-        seed: int,
-        round_index: int,
-        engine: dict,
-        dtype: str = "float32",
-        trust_remote_code: bool = False,
-        threads: int | None = None,
-        top_k: int = 0,
+        self, model: ModelSpec, task: Task, decoding: Decoding, threads: int | None = None, *, engine: dict,
         on_gpu: bool = True,
-    ):
-        self.prompter = Prompter(load_tokenizer(model_path, trust_remote_code), task)
-        self.engine, self.lora = start_engine(model_path, dtype, trust_remote_code, seed, engine, on_gpu)
-        self.samples = 1 if temperature is None else samples_per_question
-        self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
-        self.max_new_tokens, self.seed, self.round_index = max_new_tokens, seed, round_index
+    ):  # fmt: skip
+        self.prompter = Prompter(model.tokenizer(), task)
+        self.engine, self.lora = start_engine(model, decoding.seed, engine, on_gpu)
+        self.decoding = decoding
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        question_ids, prompts, seeds = requests(batch, self.prompter, self.samples, self.seed, self.round_index)
-        params = sampling_params(
-            seeds, self.temperature, self.top_p, self.max_new_tokens, self.top_k, self.prompter.stops
-        )
-        completions = sample(self.engine, prompts, params, self.lora)
-        seeded = None if self.temperature is None else seeds
-        return candidate_rows(batch, question_ids, self.samples, seeded, completions)
+        decoding = self.decoding
+        question_ids, prompts, seeds = requests(batch, self.prompter, decoding)
+        completions = sample(self.engine, prompts, sampling_params(seeds, decoding, self.prompter.stops), self.lora)
+        return candidate_rows(batch, question_ids, decoding.samples, None if decoding.greedy else seeds, completions)
 
 
 def sample(engine, prompt_ids: list[list[int]], params: list[dict], lora=None) -> list[Completion]:
@@ -266,19 +226,19 @@ def sequence_losses(engine, encoded: list[dict], lora=None) -> list[float]:
     return [sequence_loss(e["input_ids"], e["labels"], o.prompt_logprobs) for e, o in zip(encoded, outputs)]
 
 
-def start_engine(model_path: str, dtype: str, trust_remote_code: bool, seed: int, engine: dict, on_gpu: bool):
+def start_engine(model: ModelSpec, seed: int, engine: dict, on_gpu: bool):
     """A ``vllm.LLM`` for one actor (the environment it needs set before vLLM is imported),
-    and the LoRA request that serves ``model_path``'s adapter, if it is served as one."""
+    and the LoRA request that serves ``model``'s adapter, if it is served as one."""
     for name, value in (ENGINE_ENV if on_gpu else CPU_ENGINE_ENV).items():
         os.environ.setdefault(name, value)
     if not on_gpu:
-        check_cpu_model(model_path, trust_remote_code)
+        check_cpu_model(model.path, model.trust_remote_code)
     from vllm import LLM
     from vllm.lora.request import LoRARequest
 
-    lora = lora_adapter(model_path) if engine["serve_lora"] else None
+    lora = lora_adapter(model.path) if engine["serve_lora"] else None
     request = LoRARequest(lora["name"], lora["id"], lora["path"]) if lora else None
-    return LLM(**engine_args(model_path, dtype, trust_remote_code, seed, engine, lora, on_gpu)), request
+    return LLM(**engine_args(model, seed, engine, lora, on_gpu)), request
 
 
 def sequence_loss(token_ids: list[int], labels: list[int], prompt_logprobs: list) -> float:
@@ -297,31 +257,17 @@ class VllmScorer:
     request over exactly the tokens and targets the transformers scorer uses."""
 
     def __init__(
-        self,
-        model_path: str,
-        batch_size: int,
-        dtype: str = "float32",
-        trust_remote_code: bool = False,
-        max_length: int = 512,
-        loss_on: str = "answer",
-        official: bool = False,
-        threads: int | None = None,
-        prompt_format: str = "few_shot",
-        *,
-        engine: dict,
-        on_gpu: bool = True,
-    ):
-        if official:  # its left padding shifts positions, which a vLLM request cannot
+        self, model: ModelSpec, batch_size: int, tokens: LossTokens = LossTokens(), threads: int | None = None, *,
+        engine: dict, on_gpu: bool = True,
+    ):  # fmt: skip
+        if tokens.official:  # its left padding shifts positions, which a vLLM request cannot
             raise ValueError("score.backend vllm scores with semantics: paper only")
-        self.tokenizer = load_tokenizer(model_path, trust_remote_code)
-        self.engine, self.lora = start_engine(model_path, dtype, trust_remote_code, 0, engine, on_gpu)
-        self.max_length, self.loss_on, self.prompt_format = max_length, loss_on, prompt_format
+        self.tokenizer = model.tokenizer()
+        self.engine, self.lora = start_engine(model, 0, engine, on_gpu)
+        self.tokens = tokens
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         C.require(batch, (C.QUESTION_ID, C.QUESTION, C.TEXT), "score")
-        encoded = [
-            encode_example(self.tokenizer, q, a, self.max_length, self.loss_on, self.prompt_format)
-            for q, a in zip(batch[C.QUESTION], batch[C.TEXT])
-        ]
+        encoded = [self.tokens.encode(self.tokenizer, q, a) for q, a in zip(batch[C.QUESTION], batch[C.TEXT])]
         losses = sequence_losses(self.engine, encoded, self.lora)
         return {**batch, C.LOSS: np.asarray(losses, dtype=np.float64)}

@@ -29,7 +29,8 @@ def shared_data() -> str:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
     """A real (tiny, briefly pre-trained) Llama model directory, built once per test session."""
-    from dsw_ray.toy import ToyModelConfig, build_toy_model
+    from dsw_ray.config import ToyModelConfig
+    from dsw_ray.toy import build_toy_model
 
     path = tmp_path_factory.mktemp("models") / "tiny"
     config = ToyModelConfig(hidden_size=32, num_layers=2, num_heads=2, pretrain_examples=300, steps=30, batch_size=8)
@@ -50,9 +51,9 @@ def ray_session():
 
 
 def toy_path() -> str:
-    from dsw_ray.bench.sections import TOY_MODEL
+    from dsw_ray.toy import QUICKSTART_TOY
 
-    return os.path.join(ROOT, TOY_MODEL)
+    return os.path.join(ROOT, QUICKSTART_TOY)
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +61,7 @@ def toy_model() -> str:
     """The quickstart's base model (2 to 3 minutes to build on 2 cores): good enough to give
     parsable answers. Built where the quickstart builds it, so that either reuses the other's
     build; if the session started its build in the background, this waits for it."""
-    from dsw_ray.bench.sections import build_quickstart_toy
+    from dsw_ray.toy import build_quickstart_toy
 
     return build_quickstart_toy(toy_path())
 
@@ -92,7 +93,7 @@ def pytest_collection_modifyitems(config, items):
     worker = getattr(config, "workerinput", {}).get("workerid", "gw0")
     built = os.path.exists(os.path.join(toy_path(), MARKER))
     if toy_modules and worker == "gw0" and not built and not config.option.collectonly:
-        build = f"from dsw_ray.bench.sections import build_quickstart_toy; build_quickstart_toy({toy_path()!r})"
+        build = f"from dsw_ray.toy import build_quickstart_toy; build_quickstart_toy({toy_path()!r})"
         BACKGROUND_BUILD.append(subprocess.Popen([sys.executable, "-c", build], cwd=ROOT, stdout=subprocess.DEVNULL,
                                                  stderr=subprocess.DEVNULL))  # fmt: skip
 

@@ -46,9 +46,10 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 
+from dsw_ray.toy import QUICKSTART_JOB, QUICKSTART_TOY, build_quickstart_toy
+
 log = logging.getLogger(__name__)
 
-TOY_MODEL = ".cache/dsw-ray/toy-arith"
 GPU_PROOF = "docs/gpu_proof.json"
 
 
@@ -123,23 +124,6 @@ def load_splits(job):
 
     t = job.task
     return get_task(t.name).load(t.data_path, SplitSizes.of(t))
-
-
-QUICKSTART_JOB = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "jobs", "quickstart.yaml")
-
-
-def build_quickstart_toy(path: str = TOY_MODEL) -> str:
-    """The quickstart's toy model at ``path``, built as ``jobs/quickstart.yaml`` builds it (its
-    settings, its valid and test questions left out of the corpus), so that the quickstart,
-    the tests and the benchmarks reuse one build."""
-    from dsw_ray.config import load_job
-    from dsw_ray.tasks import SplitSizes, get_task
-    from dsw_ray.toy import build_toy_model
-
-    job = load_job(QUICKSTART_JOB)
-    task = job.task
-    splits = get_task(task.name).load(None, SplitSizes.of(task))
-    return build_toy_model(path, job.model.toy, {e.question for e in splits.test + splits.valid})
 
 
 # --size tiny runs the quickstart's job on a few rows.
@@ -292,8 +276,8 @@ def generate_section(job, run_dir: str, stage_seconds: float, model_path: str, s
     import pyarrow.parquet as pq
     import torch
 
-    from dsw_ray.generate import TransformersGenerator, with_sampling_defaults
-    from dsw_ray.models import load_model, load_tokenizer
+    from dsw_ray.generate import TransformersGenerator, decoding, with_sampling_defaults
+    from dsw_ray.models import ModelSpec, load_model, load_tokenizer
     from dsw_ray.rundir import read_table
     from dsw_ray.tasks import get_task
 
@@ -308,10 +292,7 @@ def generate_section(job, run_dir: str, stage_seconds: float, model_path: str, s
     # does once it is up (the stage minus start-up and Ray Data).
     questions = pq.read_table(os.path.join(run_dir, "inputs", "questions", "data"))
     sampling = with_sampling_defaults(job.generate, model_path)
-    generator = TransformersGenerator(
-        model_path, get_task(job.task.name), sampling.samples_per_question, sampling.temperature, sampling.top_p,
-        sampling.max_new_tokens, sampling.seed, 1, threads=threads, top_k=sampling.top_k,
-    )
+    generator = TransformersGenerator(ModelSpec(model_path), get_task(job.task.name), decoding(sampling, 1), threads)
     loop_tokens, started = 0, time.perf_counter()
     for start in range(0, questions.num_rows, job.generate.batch_size):
         batch = {name: questions[name].to_numpy(zero_copy_only=False)[start : start + job.generate.batch_size]
@@ -425,10 +406,12 @@ def score_section(job, run_dir: str, stage_seconds: float, model_path: str, size
 
     from dsw_ray import columns as C
     from dsw_ray.rundir import read_table, write_table
+    from dsw_ray.models import ModelSpec
     from dsw_ray.score import SCORED_COLUMNS, VALID_ROW, LossModel, rows_per_call
+    from dsw_ray.sft import LossTokens
     from dsw_ray.tasks import SplitSizes, get_task
 
-    model = LossModel(model_path, job.model.dtype, False, job.train.max_length, job.score.loss_on)
+    model = LossModel(ModelSpec.of(model_path, job.model), LossTokens(job.train.max_length, job.score.loss_on))
 
     # The round's score stage: the valid set and the majority candidates, one pool pass.
     splits = load_splits(job)
@@ -470,7 +453,7 @@ def score_section(job, run_dir: str, stage_seconds: float, model_path: str, size
                   "threads": threads}
 
     # The authors' way: every text padded (and cut) to 400 tokens, one per forward pass.
-    authors_model = LossModel(model_path, job.model.dtype, False, job.train.max_length, "full", official=True)
+    authors_model = LossModel(ModelSpec.of(model_path, job.model), LossTokens(official=True))
     subset = slice(0, size.authors_score_rows)
     real = sum(
         sum(authors_model.encode(q, a)["attention_mask"])
@@ -861,7 +844,7 @@ def machine() -> dict:
 
 
 def run_bench(
-    size_name: str, out: str, plot: str, model: str = TOY_MODEL, command: str = "", gpu_proof: str | None = GPU_PROOF,
+    size_name: str, out: str, plot: str, model: str = QUICKSTART_TOY, command: str = "", gpu_proof: str | None = GPU_PROOF,
     only_round: bool = False,
 ) -> dict:
     """Every section in order (``only_round``: the quickstart's round alone); writes ``out``

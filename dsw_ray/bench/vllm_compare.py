@@ -11,7 +11,7 @@ import logging
 import os
 import time
 
-from dsw_ray.bench.sections import QUICKSTART_JOB, build_quickstart_toy
+from dsw_ray.toy import QUICKSTART_JOB, build_quickstart_toy
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +42,14 @@ def raw_engine(job, model_path: str, threads: int):
     the torch threads such an actor gets, here; and its start-up seconds."""
     import torch
 
+    from dsw_ray.models import ModelSpec
     from dsw_ray.vllm_backend import start_engine
 
     # Ray gives a pool's actor as many threads as CPUs; this process would use every core.
     torch.set_num_threads(threads)
     section, model = job.generate, job.model
     started = time.perf_counter()
-    engine, _ = start_engine(model_path, model.dtype, model.trust_remote_code, section.seed,
-                             section.vllm.model_dump(), section.gpus_per_actor > 0)  # fmt: skip
+    engine, _ = start_engine(ModelSpec.of(model_path, model), section.seed, section.vllm.model_dump(), section.gpus_per_actor > 0)
     return engine, time.perf_counter() - started
 
 
@@ -58,16 +58,16 @@ def stage_requests(job, task, questions, tokenizer) -> tuple:
     id of each prompt, the prompts' token ids and one ``vllm.SamplingParams`` dict per
     candidate (``samples`` consecutive per prompt)."""
     from dsw_ray.decoding import requests
-    from dsw_ray.generate import with_sampling_defaults
+    from dsw_ray.generate import decoding, with_sampling_defaults
     from dsw_ray.prompting import Prompter
     from dsw_ray.vllm_backend import sampling_params
 
     section = with_sampling_defaults(job.generate, tokenizer.name_or_path)
     batch = {name: questions[name].to_numpy(zero_copy_only=False) for name in questions.column_names}
     prompter = Prompter(tokenizer, task)
-    question_ids, prompts, seeds = requests(batch, prompter, section.samples_per_question, section.seed, 1)
-    params = sampling_params(seeds, section.temperature, section.top_p, section.max_new_tokens, section.top_k, prompter.stops)
-    return question_ids, prompts, params
+    stage = decoding(section, 1)
+    question_ids, prompts, seeds = requests(batch, prompter, stage)
+    return question_ids, prompts, sampling_params(seeds, stage, prompter.stops)
 
 
 def raw_generate(engine, job, task, questions, tokenizer) -> tuple[dict, dict]:
@@ -93,6 +93,7 @@ def ray_data_llm_generate(job, task, questions, model: str, tokenizer) -> tuple[
     import ray
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
+    from dsw_ray.models import ModelSpec
     from dsw_ray.resources import pool_cpus, pool_input, torch_threads
     from dsw_ray.vllm_backend import CPU_ENGINE_ENV, ENGINE_ENV, engine_args
 
@@ -103,8 +104,7 @@ def ray_data_llm_generate(job, task, questions, model: str, tokenizer) -> tuple[
         {"question_id": question_ids[row // samples], "sample_index": row % samples,
          "tokenized_prompt": prompts[row // samples], "sampling_params": p} for row, p in enumerate(params)
     ])  # fmt: skip
-    arguments = engine_args(model, job.model.dtype, job.model.trust_remote_code, section.seed, section.vllm.model_dump(),
-                            None, on_gpu)  # fmt: skip
+    arguments = engine_args(ModelSpec.of(model, job.model), section.seed, section.vllm.model_dump(), None, on_gpu)
     arguments.pop("model")  # Ray Data LLM's model_source
     cpus = pool_cpus(section.actors, section.cpus_per_actor, ray.cluster_resources()["CPU"], "generate")
     config = vLLMEngineProcessorConfig(

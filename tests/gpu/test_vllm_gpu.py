@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from dsw_ray import columns as C
-from dsw_ray.decoding import OUTPUT_COLUMNS
+from dsw_ray.decoding import OUTPUT_COLUMNS, Decoding
 from dsw_ray.generate import TransformersGenerator
-from dsw_ray.models import STOPS
+from dsw_ray.models import STOPS, ModelSpec
 from dsw_ray.tasks import SplitSizes, get_task
 
 
@@ -51,15 +51,13 @@ def questions(n: int) -> dict:
 def greedy_engine(toy_model):
     from dsw_ray.vllm_backend import VllmGenerator
 
-    return VllmGenerator(
-        toy_model, get_task("arith"), 1, None, 1.0, 48, 0, 1, engine=ENGINE, dtype="float32"
-    )
+    return VllmGenerator(ModelSpec(toy_model), get_task("arith"), Decoding(48, round_index=1), engine=ENGINE)
 
 
 def test_greedy_rows_match_the_transformers_backend(greedy_engine, toy_model):
     batch = questions(16)
     ours = greedy_engine(batch)
-    reference = TransformersGenerator(toy_model, get_task("arith"), 1, None, 1.0, 48, 0, 1)(batch)
+    reference = TransformersGenerator(ModelSpec(toy_model), get_task("arith"), Decoding(48, round_index=1))(batch)
     assert list(ours) == list(OUTPUT_COLUMNS)
     assert ours[C.QUESTION_ID] == reference[C.QUESTION_ID]
     assert ours[C.PROMPT_TOKENS] == reference[C.PROMPT_TOKENS]  # the same prompt ids, no BOS added
@@ -72,7 +70,7 @@ def test_greedy_rows_match_the_transformers_backend(greedy_engine, toy_model):
 def test_sampled_candidates_are_reproducible_per_seed(toy_model):
     from dsw_ray.vllm_backend import VllmGenerator
 
-    engine = VllmGenerator(toy_model, get_task("arith"), 4, 0.8, 1.0, 48, 0, 1, engine=ENGINE, dtype="float32")
+    engine = VllmGenerator(ModelSpec(toy_model), get_task("arith"), Decoding(48, 0.8, 4, round_index=1), engine=ENGINE)
     batch = questions(4)
     first, second = engine(batch), engine(batch)
     assert first[C.SEED] == second[C.SEED] and first[C.TEXT] == second[C.TEXT]

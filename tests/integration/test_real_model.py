@@ -24,7 +24,8 @@ from dsw_ray import columns as C
 from dsw_ray.errors import UserError
 from dsw_ray.generate import TransformersGenerator
 from dsw_ray.gguf_import import convert_tokenizer, gguf_metadata, import_gguf, read_record, resolve_source
-from dsw_ray.models import STOPS, check_model_dir, load_model, load_tokenizer
+from dsw_ray.decoding import Decoding
+from dsw_ray.models import STOPS, ModelSpec, check_model_dir, load_model, load_tokenizer
 from dsw_ray.prompting import Prompter, bos_ids, example_ids, ids
 from dsw_ray.score import LossModel
 from dsw_ray.sft import IGNORE, encode_example, encode_official, pad_batch
@@ -181,7 +182,7 @@ def test_ds_weights_match_a_plain_transformers_forward_pass(smollm2, tokenizer, 
     the answer's tokens found by character offsets in one plain forward pass of the whole text."""
     splits = svamp_pairs(shared_data, 6)
     pairs = [(e.question, e.rationale) for e in splits.valid[:6]]
-    scorer = LossModel(smollm2, "float32", False, 512, "answer")
+    scorer = LossModel(ModelSpec(smollm2))
     ours = scorer.losses([q for q, _ in pairs], [a for _, a in pairs], batch_size=4)
 
     model = load_model(smollm2, device="cpu")
@@ -210,12 +211,14 @@ GREEDY_VLLM = """
 import json, sys
 import numpy as np
 from dsw_ray.config import VllmConfig
+from dsw_ray.decoding import Decoding
+from dsw_ray.models import ModelSpec
 from dsw_ray.tasks import get_task
 from dsw_ray.vllm_backend import VllmGenerator
 batch = json.load(open(sys.argv[2]))
 engine = VllmConfig(max_model_len=1024, enforce_eager=True, kv_cache_memory_bytes=128 << 20).model_dump()
 task = get_task("svamp")
-generator = VllmGenerator(sys.argv[1], task, 1, None, 1.0, 64, 0, 0, engine=engine, on_gpu=False)
+generator = VllmGenerator(ModelSpec(sys.argv[1]), task, Decoding(64), engine=engine, on_gpu=False)
 rows = generator({k: np.array(v) for k, v in batch.items()})
 json.dump({k: rows[k] for k in ("text", "prompt_tokens", "completion_tokens", "finish_reason")}, open(sys.argv[3], "w"))
 """
@@ -231,7 +234,7 @@ def test_greedy_answers_are_the_same_on_transformers_and_vllm(smollm2, shared_da
         [sys.executable, "-c", GREEDY_VLLM, smollm2, str(tmp_path / "batch.json"), str(tmp_path / "vllm.json")],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    ours = TransformersGenerator(smollm2, get_task("svamp"), 1, None, 1.0, 64, 0, 0)({k: np.array(v) for k, v in batch.items()})
+    ours = TransformersGenerator(ModelSpec(smollm2), get_task("svamp"), Decoding(64))({k: np.array(v) for k, v in batch.items()})
     output, _ = vllm_run.communicate(timeout=600)
     assert vllm_run.returncode == 0, output[-3000:]
     theirs = json.loads((tmp_path / "vllm.json").read_text())
@@ -273,13 +276,13 @@ def test_a_full_and_a_lora_fine_tune_step_export_models_that_answer_as_the_worke
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     questions, answers = [q for q, _ in heldout], [a for _, a in heldout]
-    base = float(np.mean(LossModel(smollm2, "float32", False, 512, "answer").losses(questions, answers, 4)))
+    base = float(np.mean(LossModel(ModelSpec(smollm2)).losses(questions, answers, 4)))
     for name in ("full", "lora"):
         metrics = json.loads((tmp_path / name / "metrics-0.json").read_text())
         export = str(tmp_path / name / "export")
         check_model_dir(export)
         assert os.path.isdir(os.path.join(export, "adapter")) == (name == "lora")
-        reloaded = float(np.mean(LossModel(export, "float32", False, 512, "answer").losses(questions, answers, 4)))
+        reloaded = float(np.mean(LossModel(ModelSpec(export)).losses(questions, answers, 4)))
         assert reloaded == pytest.approx(metrics["heldout_loss"], rel=1e-4), name
         assert abs(reloaded - base) > 1e-4, name  # the step moved the weights
         assert load_tokenizer(export).get_vocab() == load_tokenizer(smollm2).get_vocab()

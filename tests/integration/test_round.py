@@ -13,6 +13,8 @@ import pytest
 from dsw_ray import columns as C
 from dsw_ray import get_task, keep_lowest
 from dsw_ray.config import JobConfig
+from dsw_ray.decoding import Decoding
+from dsw_ray.models import ModelSpec
 from dsw_ray.tasks import SplitSizes
 
 pytestmark = pytest.mark.ray
@@ -125,7 +127,7 @@ def test_score_weighs_each_majority_candidate_by_the_valid_sets_loss(two_methods
     assert candidates["generated"] == len(two_methods["generated"]) and candidates["majority"] == len(scored)
     assert candidates["valid_loss"]["n"] == 6 and candidates["valid_loss"]["mean"] == scored[C.VALID_LOSS_MEAN][0]
     valid = get_task("arith").load(None, SplitSizes(12, 6, 10, seed=1)).valid
-    direct = LossModel(two_methods["model"], "float32", False, 512, "answer").losses(
+    direct = LossModel(ModelSpec(two_methods["model"])).losses(
         [e.question for e in valid], [e.rationale for e in valid], batch_size=2
     )
     assert candidates["valid_loss"]["mean"] == pytest.approx(direct.mean(), abs=1e-6)
@@ -190,7 +192,7 @@ def test_one_evaluation_pass_answers_as_each_model_alone(two_methods):
             done = json.load(f)
         passes.add((done["started"], done["computed_with"]))
         assert 0 < done["busy_seconds"] <= done["seconds"]
-        alone = TransformersGenerator(model, task, 1, None, 1.0, 24, 0, 0)
+        alone = TransformersGenerator(ModelSpec(model), task, Decoding(24))
         texts = [text for start in (0, 5) for text in alone({k: v[start : start + 5] for k, v in test.items()})[C.TEXT]]
         answered = table(run_dir, stage).set_index(C.QUESTION_ID).loc[test[C.QUESTION_ID]]
         assert answered[C.TEXT].tolist() == texts, stage

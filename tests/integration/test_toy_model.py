@@ -8,7 +8,8 @@ import torch
 from dsw_ray import get_task
 from dsw_ray.models import STOPS, load_model, load_tokenizer
 from dsw_ray.tasks import SplitSizes
-from dsw_ray.toy import MARKER, ToyModelConfig, build_toy_model
+from dsw_ray.config import ToyModelConfig
+from dsw_ray.toy import MARKER, build_toy_model
 
 
 @pytest.mark.timeout(600)
@@ -78,7 +79,7 @@ def test_builds_started_at_once_take_turns(tmp_path):
     config = ToyModelConfig(hidden_size=32, num_layers=1, num_heads=1, pretrain_examples=200, steps=40)
     script = (
         "import logging, sys; logging.basicConfig(level=logging.INFO, format='%(message)s')\n"
-        "from dsw_ray.toy import ToyModelConfig, build_toy_model\n"
+        "from dsw_ray.config import ToyModelConfig\nfrom dsw_ray.toy import build_toy_model\n"
         f"print(build_toy_model(sys.argv[1], ToyModelConfig.model_validate_json({config.model_dump_json()!r})))\n"
     )
     path = str(tmp_path / "toy")

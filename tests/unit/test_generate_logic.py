@@ -1,9 +1,11 @@
 """Generation's pure parts: seeds, stop handling and the Gumbel-max sampler."""
 
+import pytest
 import torch
 
-from dsw_ray.decoding import cut_at_stop, sample_seed
-from dsw_ray.generate import GumbelSampler
+from dsw_ray.config import EvaluateConfig, GenerateConfig
+from dsw_ray.decoding import Decoding, cut_at_stop, sample_seed
+from dsw_ray.generate import GumbelSampler, decoding
 from dsw_ray.models import STOPS
 
 
@@ -11,6 +13,15 @@ def test_sample_seed_is_a_pure_function_of_identity():
     assert sample_seed(0, 1, "q-3", 2) == sample_seed(0, 1, "q-3", 2)
     seeds = {sample_seed(s, r, q, i) for s in (0, 1) for r in (1, 2) for q in ("a", "b") for i in range(3)}
     assert len(seeds) == 24 and all(0 <= seed < 2**63 for seed in seeds)
+
+
+def test_a_section_decodes_as_its_stage_does():
+    sampled = decoding(GenerateConfig(samples_per_question=5, temperature=0.7, top_p=0.9, top_k=20, seed=3), 2)
+    assert sampled == Decoding(GenerateConfig().max_new_tokens, 0.7, 5, 0.9, 20, 3, 2) and not sampled.greedy
+    greedy = decoding(EvaluateConfig(max_new_tokens=32))
+    assert greedy.greedy and greedy.samples == 1 and greedy.max_new_tokens == 32
+    with pytest.raises(ValueError, match="one answer per question"):
+        Decoding(32, None, 4)
 
 
 def test_cut_at_stop():

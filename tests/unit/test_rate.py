@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from dsw_ray import columns as C
 from dsw_ray.filters import FilterConfig
 from dsw_ray.filters import apply
+from dsw_ray.models import ModelSpec
 from dsw_ray.rate import Rater, continuation, expected_rating, rating_prompt
 
 
@@ -49,7 +50,7 @@ def test_self_keeps_the_highest_ratings_ties_by_key():
 def test_ratings_are_the_models_own_distribution_over_0_to_10(tiny_model):
     questions = ["Mia has 3 pens and buys 1 more. How many pens?", "Is water wet? Answer Choices are: A)yes; B)no.", "q"]
     answers = ["3 + 1 = 4. The answer is 4.", "%%% not an answer at all \u2028 ???", ""]
-    ratings = Rater(tiny_model, batch_size=5, max_length=256).ratings(questions, answers)
+    ratings = Rater(ModelSpec(tiny_model), batch_size=5, max_length=256).ratings(questions, answers)
 
     # The same numbers, each sequence alone (no batching, no padding) with the model's own logits.
     model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_model).eval(), AutoTokenizer.from_pretrained(tiny_model)
@@ -69,7 +70,7 @@ def test_ratings_are_the_models_own_distribution_over_0_to_10(tiny_model):
 
 
 def test_a_long_candidate_is_cut_from_its_start_and_keeps_the_instruction(tiny_model):
-    rater = Rater(tiny_model, batch_size=11, max_length=64)
+    rater = Rater(ModelSpec(tiny_model), batch_size=11, max_length=64)
     rows = rater.encode("q", "blah " * 500)
     assert len(rows) == 11 and all(len(r["input_ids"]) <= 64 for r in rows)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
@@ -85,7 +86,7 @@ def test_the_authors_rating_is_the_first_number_the_model_writes_after_their_rub
 
     questions = ["Mia has 3 pens and buys 1 more. How many pens?", "q", "Tom has 2 cats."]
     answers = ["3 + 1 = 4. The answer is 4.", "", "2 + 2 = 4. The answer is 4."]
-    greedy = AuthorsRater(tiny_model, batch_size=3, max_length=400, sampling=None, seed=0)
+    greedy = AuthorsRater(ModelSpec(tiny_model), batch_size=3, max_length=400, sampling=None, seed=0)
     ratings = greedy.ratings(questions, answers, [1, 2, 3])
     model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_model).eval(), AutoTokenizer.from_pretrained(tiny_model)
     for rating, question, answer in zip(ratings, questions, answers):
@@ -100,8 +101,8 @@ def test_the_authors_rating_is_the_first_number_the_model_writes_after_their_rub
     sampling = authors_sampling(str(tmp_path))
     assert sampling == {"temperature": 0.7, "top_p": 0.9, "top_k": 50}
     seeds = [11, 12, 13]
-    one = AuthorsRater(tiny_model, batch_size=3, max_length=400, sampling=sampling, seed=0).ratings(questions, answers, seeds)
-    apart = AuthorsRater(tiny_model, batch_size=1, max_length=400, sampling=sampling, seed=0).ratings(questions, answers, seeds)
+    one = AuthorsRater(ModelSpec(tiny_model), batch_size=3, max_length=400, sampling=sampling, seed=0).ratings(questions, answers, seeds)
+    apart = AuthorsRater(ModelSpec(tiny_model), batch_size=1, max_length=400, sampling=sampling, seed=0).ratings(questions, answers, seeds)
     np.testing.assert_array_equal(one, apart)
 
     ids = greedy.prompt_ids("q", "blah " * 500)

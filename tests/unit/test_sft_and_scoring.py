@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from dsw_ray.models import load_model, load_tokenizer
+from dsw_ray.models import ModelSpec, load_model, load_tokenizer
 from dsw_ray.score import LossModel, valid_loss_stats
-from dsw_ray.sft import IGNORE, OFFICIAL_LENGTH, encode_example, encode_official, pad_batch, sequence_losses
+from dsw_ray.sft import IGNORE, OFFICIAL_LENGTH, LossTokens, encode_example, encode_official, pad_batch, sequence_losses
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def test_padding_gets_no_loss(tokenizer):
 
 
 def test_batched_loss_equals_one_at_a_time_loss(tiny_model):
-    scorer = LossModel(tiny_model, "float32", False, 512, "answer")
+    scorer = LossModel(ModelSpec(tiny_model))
     questions = ["Mia has 3 pens.", "Tom buys 2 bags with 4 cards in each bag. How many cards?", "q"]
     answers = ["3 + 1 = 4. The answer is 4.", "2 * 4 = 8. The answer is 8.", "The answer is 1."]
     batched = scorer.losses(questions, answers, batch_size=3)
@@ -82,7 +82,7 @@ def test_official_encoding_is_the_authors_text(tokenizer):
 def test_official_loss_is_the_mean_over_real_tokens(tiny_model, tokenizer):
     """The left-padded 400-token loss equals the same tokens' loss computed unpadded
     (positions shift, and rotary attention depends only on relative positions)."""
-    official = LossModel(tiny_model, "float32", False, 512, "answer", official=True)
+    official = LossModel(ModelSpec(tiny_model), LossTokens(official=True))
     questions, answers = ["Mia has 3 pens.", "q"], ["3 + 1 = 4. The answer is 4.", "The answer is 1."]
     losses = official.losses(questions, answers, batch_size=2)
     model = load_model(tiny_model, device="cpu")
@@ -92,7 +92,7 @@ def test_official_loss_is_the_mean_over_real_tokens(tiny_model, tokenizer):
         with torch.no_grad():
             reference = model(input_ids=torch.tensor([real]), labels=torch.tensor([real])).loss.item()
         assert loss == pytest.approx(reference, abs=1e-4)
-    paper = LossModel(tiny_model, "float32", False, 512, "full").losses(questions, answers, batch_size=2)
+    paper = LossModel(ModelSpec(tiny_model), LossTokens(loss_on="full")).losses(questions, answers, batch_size=2)
     assert not np.allclose(losses, paper), "the EOS after 'A: ' and the BOS change the loss"
 
 

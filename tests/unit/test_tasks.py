@@ -159,7 +159,8 @@ def test_a_careless_answer_adds_every_amount_and_is_right_only_for_two_gains():
 
 def test_the_toy_corpus_answers_a_share_of_two_step_problems_carelessly():
     from dsw_ray.tasks import arith
-    from dsw_ray.toy import ToyModelConfig, corpus
+    from dsw_ray.config import ToyModelConfig
+    from dsw_ray.toy import corpus
 
     config = ToyModelConfig(pretrain_examples=3000, careless_share=0.3)
     careful = corpus(config.model_copy(update={"careless_share": 0.0}), set())

@@ -14,9 +14,9 @@ import yaml
 
 from dsw_ray.config import JobConfig, load_job
 from dsw_ray.errors import ConfigError
-from dsw_ray.decoding import OUTPUT_COLUMNS, requests, sample_seed
+from dsw_ray.decoding import OUTPUT_COLUMNS, Decoding, requests, sample_seed
 from dsw_ray.generate import TransformersGenerator
-from dsw_ray.models import STOPS, load_tokenizer
+from dsw_ray.models import STOPS, ModelSpec, load_tokenizer
 from dsw_ray.prompting import Prompter
 from dsw_ray.tasks import get_task
 from dsw_ray.vllm_backend import (
@@ -64,7 +64,7 @@ def test_engine_args_from_the_job():
             "engine_kwargs": {"kv_cache_dtype": "fp8"},
         }
     )
-    args = engine_args("/models/base", job.model.dtype, False, 7, job.generate.vllm.model_dump(), None)
+    args = engine_args(ModelSpec("/models/base", job.model.dtype), 7, job.generate.vllm.model_dump(), None)
     assert args == {
         "model": "/models/base",
         "tokenizer": "/models/base",
@@ -79,7 +79,7 @@ def test_engine_args_from_the_job():
         "kv_cache_dtype": "fp8",
         "distributed_executor_backend": "ray",
     }
-    one_gpu = engine_args("/m", "float16", True, 0, vllm_job().generate.vllm.model_dump(), None)
+    one_gpu = engine_args(ModelSpec("/m", "float16", True), 0, vllm_job().generate.vllm.model_dump(), None)
     assert "distributed_executor_backend" not in one_gpu and "max_model_len" not in one_gpu
     assert one_gpu["trust_remote_code"] is True
 
@@ -92,12 +92,12 @@ def test_on_cpu_the_engine_gets_a_kv_cache_of_a_fixed_size():
     assert placement(cpu_job.generate) == {"num_gpus": 0}
     assert pool_settings(cpu_job.generate) == ({"engine": engine, "on_gpu": False}, {"num_gpus": 0})
     assert pool_settings(vllm_job().generate)[0]["on_gpu"] is True
-    assert engine_args("/m", "float32", False, 0, engine, None, on_gpu=False)["kv_cache_memory_bytes"] == 256 << 20
-    assert "kv_cache_memory_bytes" not in engine_args("/m", "float32", False, 0, engine, None, on_gpu=True)
-    assert engine_args("/m", "float32", False, 0, engine, None, on_gpu=False)["enable_chunked_prefill"] is False
-    assert "enable_chunked_prefill" not in engine_args("/m", "float32", False, 0, engine, None, on_gpu=True)
+    assert engine_args(ModelSpec("/m"), 0, engine, None, on_gpu=False)["kv_cache_memory_bytes"] == 256 << 20
+    assert "kv_cache_memory_bytes" not in engine_args(ModelSpec("/m"), 0, engine, None, on_gpu=True)
+    assert engine_args(ModelSpec("/m"), 0, engine, None, on_gpu=False)["enable_chunked_prefill"] is False
+    assert "enable_chunked_prefill" not in engine_args(ModelSpec("/m"), 0, engine, None, on_gpu=True)
     sized = {**engine, "kv_cache_memory_bytes": 64 << 20}
-    assert engine_args("/m", "float32", False, 0, sized, None, on_gpu=False)["kv_cache_memory_bytes"] == 64 << 20
+    assert engine_args(ModelSpec("/m"), 0, sized, None, on_gpu=False)["kv_cache_memory_bytes"] == 64 << 20
 
 
 def test_a_model_with_narrow_heads_is_refused_on_cpu(tiny_model):
@@ -124,11 +124,11 @@ def test_a_loss_from_prompt_logprobs_averages_the_labeled_tokens_only():
 
 def test_sampling_params_one_request_per_candidate_with_its_own_seed():
     seeds = [sample_seed(0, 1, "q-0", i) for i in range(3)]
-    params = sampling_params(seeds, 1.1, 0.95, 64)
+    params = sampling_params(seeds, Decoding(64, 1.1, 3, 0.95))
     assert [p["seed"] for p in params] == seeds
     assert all(p["n"] == 1 and p["temperature"] == 1.1 and p["top_p"] == 0.95 for p in params)
     assert all(p["max_tokens"] == 64 and p["stop"] == list(STOPS) for p in params)
-    greedy = sampling_params(seeds[:1], None, 0.95, 32)
+    greedy = sampling_params(seeds[:1], Decoding(32))
     assert greedy == [{"n": 1, "max_tokens": 32, "stop": list(STOPS), "skip_special_tokens": True, "temperature": 0.0}]
 
 
@@ -139,11 +139,11 @@ def test_outputs_become_the_transformers_backends_rows(tiny_model):
         C.QUESTION: np.array(["What is 2 + 3?", "What is 4 * 5?"]),
         C.GOLD: np.array(["5", "20"]),
     }
-    common = dict(task=get_task("arith"), top_p=1.0, max_new_tokens=8, seed=0, round_index=1)
-    reference = TransformersGenerator(tiny_model, samples_per_question=2, temperature=1.0, **common)(batch)
+    decoding = Decoding(8, temperature=1.0, samples=2, round_index=1)
+    reference = TransformersGenerator(ModelSpec(tiny_model), get_task("arith"), decoding)(batch)
 
     prompter = Prompter(load_tokenizer(tiny_model), get_task("arith"))
-    _, _, seeds = requests(batch, prompter, 2, 0, 1)
+    _, _, seeds = requests(batch, prompter, decoding)
     from dsw_ray.decoding import candidate_rows
 
     outputs = [request_output(f" 2 + 3 = 5. The answer is {i}. ", 40, 9, "stop") for i in range(3)]
@@ -197,7 +197,7 @@ def test_lora_adapter_is_named_by_round_and_method(tiny_model, tmp_path):
     assert lora_adapter(tiny_model) is None  # a merged-only model serves its own weights
 
     job = vllm_job(vllm={"serve_lora": True})
-    args = engine_args(str(round_2), "bfloat16", False, 0, job.generate.vllm.model_dump(), first)
+    args = engine_args(ModelSpec(str(round_2), "bfloat16"), 0, job.generate.vllm.model_dump(), first)
     assert args["model"] == tiny_model and args["tokenizer"] == str(round_2)
     assert (args["enable_lora"], args["max_loras"], args["max_lora_rank"]) == (True, 1, 16)
 
