@@ -16,7 +16,7 @@ Each part runs on its own (an error or an exhausted time budget fails its checks
 still runs) and the JSON is rewritten after every part, so a run cut short keeps what it
 measured. Checks: training's held-out loss falls, the optimizer makes the steps promised,
 the exported model's held-out loss equals the worker's; bf16 scoring losses are close to
-float32. Measures: tokens/s, model FLOPs utilisation (MFU, ``dsw_ray.bench.gpu_cost``) against
+float32. Measures: tokens/s, model FLOPs utilisation (MFU, ``gpu_cost``) against
 the GPU's dense bf16 peak, peak GPU memory, candidates/s and new tokens/s, the batched
 forward limit of the device, scoring tokens/s as a fraction of it. Prints markdown tables
 and the round projection these rates imply; exits 1 when a check fails. docs/gpu_proof.md
@@ -208,7 +208,7 @@ class Proof:
         """``toy`` or ``realistic``, built (and described in ``self.models``) on first use."""
         import torch
 
-        from dsw_ray.bench import gpu_cost
+        import gpu_cost
 
         if model not in self.models:
             started = time.time()
@@ -295,7 +295,7 @@ class Proof:
         def part() -> dict:
             import pyarrow as pa
 
-            from dsw_ray.bench import gpu_cost
+            import gpu_cost
             from dsw_ray.models import load_tokenizer
             from dsw_ray.sft import encode_example
             from dsw_ray.train import train_worker
@@ -360,8 +360,8 @@ class Proof:
             import numpy as np
             import torch
 
-            from dsw_ray.bench import gpu_cost
-            from dsw_ray.bench.sections import batched_forward_limit
+            import gpu_cost
+            from section_generate import batched_forward_limit
             from dsw_ray.config import GenerateConfig
             from dsw_ray.generate import TransformersGenerator, decoding, with_sampling_defaults
             from dsw_ray.models import ModelSpec
@@ -423,8 +423,8 @@ class Proof:
             import numpy as np
             import torch
 
-            from dsw_ray.bench import gpu_cost
-            from dsw_ray.bench.sections import batched_forward_limit
+            import gpu_cost
+            from section_generate import batched_forward_limit
             from dsw_ray.config import ScoreConfig, TrainConfig
             from dsw_ray.models import ModelSpec
             from dsw_ray.score import CALL_BATCHES, LossModel, Scorer
@@ -593,14 +593,14 @@ def main() -> int:
     parser.add_argument("--toy", help=f"the toy model (default: {QUICKSTART_TOY}, built if missing; tiny: its own)")
     parser.add_argument("--parts", help="comma-separated part names to run (default: all)")
     parser.add_argument("--skip", help="comma-separated part names not to run")
-    parser.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak, for a GPU not in dsw_ray.bench.gpu_cost")
+    parser.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak, for a GPU not in gpu_cost.py")
     parser.add_argument("--budget-s", type=float, help="start no part after this many seconds (default: per size)")
     parser.add_argument("--cpu", action="store_true", help="stay on the CPU even where there is a GPU")
     args = parser.parse_args()
 
     import torch
 
-    from dsw_ray.bench import gpu_cost
+    import gpu_cost
 
     size = SIZES[args.size]
     cuda = torch.cuda.is_available() and not args.cpu
@@ -611,7 +611,7 @@ def main() -> int:
         peak = {"value": args.peak_tflops, "source": "--peak-tflops"}
     elif cuda:
         value = gpu_cost.peak_tflops(torch.cuda.get_device_name(0))
-        peak = {"value": value, "source": "dense bf16 by GPU name, dsw_ray.bench.gpu_cost" if value else "unknown GPU: no MFU"}
+        peak = {"value": value, "source": "dense bf16 by GPU name, gpu_cost.py" if value else "unknown GPU: no MFU"}
     else:
         peak = {"value": None, "source": "CPU: no MFU"}
     proof.peak = peak["value"]

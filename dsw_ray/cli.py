@@ -2,12 +2,15 @@
 ``dsw-ray table SUITE.yaml [key=value ...]``: run several jobs (one per dataset) and print one
 accuracy table across them; ``dsw-ray sweep STUDY.yaml [key=value ...]``: run a job at every point
 of a grid and print the study's scaling report; ``dsw-ray model import SOURCE OUT``: a GGUF model as a Hugging Face
-folder; ``dsw-ray status RUN_DIR``: where a run stands."""
+folder; ``dsw-ray status RUN_DIR``: where a run stands; ``dsw-ray bench``: the benchmarks of the
+clone it runs from (``benchmarks/``)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
+import os
 import signal
 import sys
 import time
@@ -76,14 +79,13 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    if args.command == "bench" and args.vllm:
-        from dsw_ray.bench.vllm_compare import main as bench_vllm
-
-        return bench_vllm(args)
     if args.command == "bench":
-        from dsw_ray.bench.sections import main as bench
-
-        return bench(args)
+        try:
+            command = benchmark("vllm_compare" if args.vllm else "dsw_bench")
+        except UserError as error:
+            print(f"dsw-ray: {error}", file=sys.stderr)
+            return 2
+        return command.main(args)
     if args.command == "model":
         from dsw_ray.gguf_import import import_gguf
 
@@ -95,6 +97,17 @@ def main(argv: list[str] | None = None) -> int:
     from dsw_ray.report import status_text  # status
 
     return printed(lambda: status_text(args.run_dir))
+
+
+def benchmark(module: str):
+    """``benchmarks/<module>.py`` of the clone this package runs from (the benchmarks are not part
+    of the installed package); Ray's workers import from that folder too (PYTHONPATH)."""
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+    if not os.path.isfile(os.path.join(folder, f"{module}.py")):
+        raise UserError(f"dsw-ray bench runs from a clone of the repository: there is no {module}.py in {folder}")
+    sys.path.insert(0, folder)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [folder, os.environ.get("PYTHONPATH")]))
+    return importlib.import_module(module)
 
 
 def printed(produce) -> int:

@@ -16,6 +16,9 @@ import pytest
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The benchmarks are the repository's scripts, not the package's modules: their tests import
+# them as they import each other, from their folder.
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
 
 

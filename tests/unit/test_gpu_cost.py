@@ -1,4 +1,4 @@
-"""Model FLOPs, MFU and the GPU round projection (dsw_ray.bench.gpu_cost), the GPU proof kit's
+"""Model FLOPs, MFU and the GPU round projection (benchmarks/gpu_cost.py), the GPU proof kit's
 tables, and bench's use of a proof run."""
 
 import importlib.util
@@ -10,8 +10,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from dsw_ray.bench import gpu_cost
-from dsw_ray.bench.sections import markdown_table
+import gpu_cost
+from dsw_bench import markdown_table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LLAMA_32_1B = {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,

@@ -1,4 +1,5 @@
-"""A run's wall time split into the work its actors did and fixed costs, from its manifests.
+"""The quickstart's round as ``jobs/quickstart.yaml`` runs it, its wall time split into the
+work its actors did and fixed costs, from its manifests.
 
 A pool stage's manifest has ``busy_seconds``: the wall time in which some actor of its pool
 was inside a call (``progress``); a fine-tune's has ``loop_seconds``: its workers' epochs.
@@ -10,7 +11,11 @@ run) share a manifest time and count once.
 
 from __future__ import annotations
 
+import os
+import time
+
 from dsw_ray.scaling import stage_passes
+from dsw_ray.toy import QUICKSTART_JOB
 
 
 def stage_split(run_dir: str) -> list[dict]:
@@ -53,3 +58,23 @@ def split_table(split: dict) -> str:
         f"({100 * split['fixed_share']:.0f}%) |"
     )
     return "\n".join(lines)
+
+
+# --size tiny runs the quickstart's job on a few rows.
+# Answers are not cut short and 32 candidates hold a correct one, so every method trains.
+TINY_QUICKSTART = ["task.num_questions=8", "task.num_valid=6", "task.num_test=6", "generate.samples_per_question=4",
+                   "evaluate.max_new_tokens=24"]
+
+
+def quickstart_round(size_name: str, work: str, model_path: str, ray_start_s: float) -> dict:
+    """``jobs/quickstart.yaml`` on this Ray and ``model_path``, split into work and fixed costs."""
+    from dsw_ray.config import load_job
+    from dsw_ray.pipeline import run_job
+
+    overrides = [f"run_dir={os.path.join(work, 'quickstart')}", f"model.path={model_path}"]
+    job = load_job(QUICKSTART_JOB, overrides + (TINY_QUICKSTART if size_name == "tiny" else []))
+    started = time.perf_counter()
+    summary = run_job(job)
+    split = round_split(job.run_dir, ray_start_s, time.perf_counter() - started)
+    return {**split, "methods": list(job.methods), "questions": summary["questions"], "test": summary["test"],
+            "generated": summary["rounds"][0]["methods"][job.methods[0]]["candidates"]["generated"]}

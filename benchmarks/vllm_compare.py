@@ -11,6 +11,7 @@ import logging
 import os
 import time
 
+from bench_common import machine
 from dsw_ray.toy import QUICKSTART_JOB, build_quickstart_toy
 
 log = logging.getLogger(__name__)
@@ -156,7 +157,6 @@ def run_vllm_compare(model: str, questions: int, samples: int, out: str) -> dict
     import ray
 
     from dsw_ray import columns as C
-    from dsw_ray.bench.sections import machine
     from dsw_ray.config import load_job
     from dsw_ray.generate import generate
     from dsw_ray.models import load_tokenizer
