@@ -3,7 +3,7 @@
     python benchmarks/gpu_proof.py --size full --out gpu_proof.json      # one GPU, about 6 minutes
     python benchmarks/gpu_proof.py --size tiny --out /tmp/gpu_proof.json  # CPU, float32: what CI runs
 
-No Ray: it calls the stages' own code in this one process. Training is ``train.train_worker``
+No Ray: it calls the stages' own code in this one process. Training is ``train_worker.train_worker``
 at world size 1 (DeepSpeed over a single-process NCCL group on a GPU, gloo on CPU);
 generation is ``generate.TransformersGenerator`` at the generate stage's default batch
 settings; scoring is ``score.Scorer`` and ``score.LossModel``. Two models: a randomly
@@ -266,9 +266,9 @@ class Proof:
 
     # -- train
 
-    def training_settings(self, model: str, engine: dict, epochs: int, learning_rate: float) -> dict:
+    def train_plan(self, model: str, engine: dict, epochs: int, learning_rate: float):
         from dsw_ray.config import JobConfig
-        from dsw_ray.train import training_settings
+        from dsw_ray.train import train_plan
 
         import torch
 
@@ -279,7 +279,7 @@ class Proof:
             train["lora"] = {**engine["lora"]}
         job = JobConfig.model_validate({"run_dir": "unused", "task": {"name": "arith"},
                                         "model": {"path": path, "dtype": self.dtype}, "train": train})
-        return training_settings(job.train, job.model, path, threads=torch.get_num_threads(), heldout=self.heldout)
+        return train_plan(job.train, job.model, path, threads=torch.get_num_threads(), heldout=self.heldout)
 
     def heldout_loss(self, path: str) -> float:
         """Mean held-out loss of a model directory, as the scorer computes it, in the batches the worker uses."""
@@ -298,17 +298,17 @@ class Proof:
             import gpu_cost
             from dsw_ray.models import load_tokenizer
             from dsw_ray.sft import encode_example
-            from dsw_ray.train import train_worker
+            from dsw_ray.train_worker import train_worker
 
             name = f"train/{model}/{engine_name}"
             path = self.model_path(model)
             if model not in self.base_heldout:
                 self.base_heldout[model] = self.heldout_loss(path)
-            settings = self.training_settings(model, ENGINES[engine_name], epochs, learning_rate)
+            plan = self.train_plan(model, ENGINES[engine_name], epochs, learning_rate)
             pairs = self.train_pairs[:rows]
             table = pa.table({"question": [q for q, _ in pairs], "text": [a for _, a in pairs]})
             tokenizer = load_tokenizer(path)
-            lengths = [len(encode_example(tokenizer, q, a, settings["max_length"])["input_ids"]) for q, a in pairs]
+            lengths = [len(encode_example(tokenizer, q, a, plan.train.max_length)["input_ids"]) for q, a in pairs]
             final = {}
 
             def report(metrics: dict, out_dir: str | None) -> None:
@@ -325,10 +325,10 @@ class Proof:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
             started = time.time()
-            train_worker(settings, table, report)
+            train_worker(plan, table, report)
             wall = time.time() - started
             metrics, history = final["metrics"], final["history"]
-            mode = "lora" if settings["lora"] else "train"
+            mode = "lora" if plan.train.lora else "train"
             flops = gpu_cost.sequence_flops(self.config(model), lengths, mode) * epochs
             quarter = max(1, len(history) // 4)
             before, after, exported = self.base_heldout[model], metrics["heldout_loss"], final["export_heldout"]
@@ -339,8 +339,9 @@ class Proof:
             self.check(name, "export's loss is the worker's", abs(exported - after) <= tolerance,
                        f"export {exported:.5f}, worker {after:.5f}, tolerance {tolerance:.1e}")
             return {
-                "model": model, "engine": engine_name, "settings": {k: settings[k] for k in (
-                    "zero_stage", "offload_optimizer", "lora", "micro_batch_size", "epochs", "learning_rate", "dtype")},
+                "model": model, "engine": engine_name, "settings": {**plan.train.model_dump(include={
+                    "zero_stage", "offload_optimizer", "lora", "micro_batch_size", "epochs", "learning_rate"}),
+                    "dtype": plan.model.dtype},
                 "rows": rows, "tokens": sum(lengths) * epochs, "loop_s": metrics["loop_seconds"], "worker_s": wall,
                 "tokens_per_s": sum(lengths) * epochs / metrics["loop_seconds"],
                 "samples_per_s": rows * epochs / metrics["loop_seconds"],

@@ -18,7 +18,7 @@ def plain_training_loop(model_path: str, questions: list[str], texts: list[str],
 
     from dsw_ray.models import load_tokenizer
     from dsw_ray.sft import encode_example, pad_batch, sequence_losses
-    from dsw_ray.train import micro_batches
+    from dsw_ray.train_worker import micro_batches
 
     train = job.train
     tokenizer = load_tokenizer(model_path)
@@ -44,7 +44,7 @@ def train_section(job, run_dir: str, stage_seconds: float, model_path: str) -> d
     """The round's train stage (loop and whole stage) against the plain loop on its rows."""
     from dsw_ray import columns as C
     from dsw_ray.rundir import read_table
-    from dsw_ray.train import LOSS_HISTORY
+    from dsw_ray.train_worker import LOSS_HISTORY
 
     method_dir = os.path.join(run_dir, "round-1", job.methods[0])
     kept = read_table(os.path.join(method_dir, "filter"))

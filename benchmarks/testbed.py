@@ -106,19 +106,19 @@ def fine_tune(path: str, pairs: list[tuple[str, str]], lr: float, epochs: int, m
     from dsw_ray import sft
     from dsw_ray.models import load_tokenizer
     from dsw_ray.sft import pad_batch, sequence_losses
-    from dsw_ray.train import lr_schedule, micro_batches
-
-    from dsw_ray.train import build_model
+    from dsw_ray.config import LoraConfig
+    from dsw_ray.models import ModelSpec
+    from dsw_ray.train_worker import build_model, lr_schedule, micro_batches
 
     torch.manual_seed(seed)
     tokenizer = load_tokenizer(path)
-    model = build_model({"model_path": path, "trust_remote_code": False, "lora": lora})
+    model = build_model(ModelSpec(path), LoraConfig(**lora) if lora else None)
     model.train()
     examples = [sft.encode_example(tokenizer, q, a, 512) for q, a in pairs]
     steps = math.ceil(len(examples) / micro_batch) * epochs
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, betas=(0.9, 0.999), weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_schedule({"warmup_fraction": warmup, "lr_schedule": schedule}, steps)
+        optimizer, lr_schedule(warmup, schedule, steps)
     )
     for epoch in range(epochs):
         for batch in micro_batches(len(examples), micro_batch, seed, epoch):

@@ -46,7 +46,8 @@ def run_dsw(spec: dict) -> dict:
     import torch.distributed as dist
 
     from dsw_ray.config import JobConfig
-    from dsw_ray.train import train_worker, training_settings
+    from dsw_ray.train import train_plan
+    from dsw_ray.train_worker import train_worker
 
     job = JobConfig.model_validate(
         {
@@ -57,7 +58,7 @@ def run_dsw(spec: dict) -> dict:
                       "lr_schedule": "constant", "packing": spec["packing"]},
         }
     )
-    settings = training_settings(job.train, job.model, spec["model"], THREADS)
+    plan = train_plan(job.train, job.model, spec["model"], THREADS)
     # A one-rank group, set up as torchrun would (DeepSpeed reads LOCAL_RANK).
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(spec["port"]))
     dist.init_process_group("gloo")
@@ -70,7 +71,7 @@ def run_dsw(spec: dict) -> dict:
                 result["losses"] = [h["loss"] for h in json.load(f)["history"]]
             result["loop_s"] = metrics["loop_seconds"]
 
-    train_worker(settings, table, report)
+    train_worker(plan, table, report)
     return result
 
 

@@ -251,7 +251,7 @@ def test_a_full_and_a_lora_fine_tune_step_export_models_that_answer_as_the_worke
     then each export reloaded: its loss on held-out pairs is the one the worker measured with
     the weights it trained, and not the base model's."""
     from dsw_ray.config import JobConfig
-    from dsw_ray.train import training_settings
+    from dsw_ray.train import train_plan
 
     splits = svamp_pairs(shared_data, 8)
     rows = splits.valid[:4]
@@ -264,9 +264,9 @@ def test_a_full_and_a_lora_fine_tune_step_export_models_that_answer_as_the_worke
             "run_dir": "unused", "task": {"name": "svamp", "data_path": os.path.join(shared_data, "svamp")},
             "model": {"path": smollm2}, "train": {"epochs": 1, "micro_batch_size": 4, "zero_stage": 2, **train},
         })  # fmt: skip
-        settings = training_settings(job.train, job.model, smollm2, threads=2, heldout=heldout)
+        plan = train_plan(job.train, job.model, smollm2, threads=2, heldout=heldout)
         (tmp_path / name).mkdir()
-        runs.append({"settings": settings, "data": data, "out": str(tmp_path / name)})
+        runs.append({"plan": plan.to_json(), "data": data, "out": str(tmp_path / name)})
     (tmp_path / "spec.json").write_text(json.dumps(runs))
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run(

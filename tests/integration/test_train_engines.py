@@ -21,7 +21,8 @@ from dsw_ray.config import JobConfig
 from dsw_ray.models import ModelSpec
 from dsw_ray.score import LossModel
 from dsw_ray.tasks import SplitSizes
-from dsw_ray.train import load_weights_only, training_settings
+from dsw_ray.train import train_plan
+from dsw_ray.train_worker import load_weights_only
 
 # LoRA on the barely pre-trained tiny model learns slowly: its loss falls by about 1% here.
 LORA = {"lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "up_proj"]}, "learning_rate": 1e-2}
@@ -39,7 +40,7 @@ def data(tmp_path_factory):
     return str(path), [(e.question, e.rationale) for e in valid[ROWS:]]
 
 
-def settings_for(model_path, heldout, **train):
+def plan_for(model_path, heldout, **train):
     job = JobConfig.model_validate(
         {
             "run_dir": "unused",
@@ -49,7 +50,7 @@ def settings_for(model_path, heldout, **train):
                       "lr_schedule": "constant", "num_workers": WORLD, **train},
         }
     )
-    return training_settings(job.train, job.model, model_path, threads=1, heldout=heldout)
+    return train_plan(job.train, job.model, model_path, threads=1, heldout=heldout)
 
 
 def free_port() -> int:
@@ -59,14 +60,14 @@ def free_port() -> int:
 
 
 def launch(runs: list[tuple]) -> list[tuple[list, list]]:
-    """Fine-tunes ``(settings, data_path, out)`` or ``(settings, data_path, out, restore)`` one
+    """Fine-tunes ``(plan, data_path, out)`` or ``(plan, data_path, out, restore)`` one
     after the other in one ``torchrun`` launch of WORLD ranks; each one's per-rank metrics and
     loss history, or its per-rank errors."""
     for _, _, out, *_ in runs:
         os.makedirs(out, exist_ok=True)
     spec = os.path.join(runs[0][2], "spec.json")
     with open(spec, "w") as f:
-        json.dump([{"settings": run[0], "data": run[1], "out": str(run[2]), "restore": (run[3:] or [None])[0]} for run in runs], f)
+        json.dump([{"plan": run[0].to_json(), "data": run[1], "out": str(run[2]), "restore": (run[3:] or [None])[0]} for run in runs], f)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD), "--master_port", str(free_port()),
@@ -110,13 +111,13 @@ def runs(tiny_model, data, tmp_path_factory):
             "deepspeed": {"zero_optimization": {"stage3_param_persistence_threshold": 0}},
         },
     }
-    runs = [(settings_for(tiny_model, heldout, **train), data_path, base / name) for name, train in configs.items()]
+    runs = [(plan_for(tiny_model, heldout, **train), data_path, base / name) for name, train in configs.items()]
     # Last, in the same launch: rows whose loss turns NaN on one rank only (a NaN loss weight
     # in rank 1's shard; bf16 overflow does the same on GPUs).
     rows = pq.read_table(data_path)
     weights = [float("nan") if i == 5 else 1.0 for i in range(rows.num_rows)]
     pq.write_table(rows.append_column("loss_weight", pa.array(weights)), base / "nan_rows.parquet")
-    runs.append((settings_for(tiny_model, heldout, zero_stage=2), str(base / "nan_rows.parquet"), base / "diverged"))
+    runs.append((plan_for(tiny_model, heldout, zero_stage=2), str(base / "nan_rows.parquet"), base / "diverged"))
     # And the loss-weight pairs of test_loss_weights_scale_each_rows_loss, one launch for all.
     weighted = loss_weight_runs(tiny_model, base)
     results = launch(runs + list(weighted.values()))
@@ -142,9 +143,9 @@ def loss_weight_runs(tiny_model, base) -> dict:
     found = {}
     for stage in (0, 3):
         extra = {"deepspeed": {"zero_optimization": {"stage3_param_persistence_threshold": 0}}} if stage == 3 else {}
-        settings = settings_for(tiny_model, [], zero_stage=stage, **common, **extra)
+        plan = plan_for(tiny_model, [], zero_stage=stage, **common, **extra)
         for name in ("weighted", "doubled"):
-            found[f"{name}-{stage}"] = (settings, str(base / f"{name}.parquet"), base / f"{name}-{stage}")
+            found[f"{name}-{stage}"] = (plan, str(base / f"{name}.parquet"), base / f"{name}-{stage}")
     return found
 
 
@@ -240,9 +241,9 @@ def resumed(runs, data, tiny_model, tmp_path_factory):
         torch.save({"optimizer_state_dict": Poison(str(marker))}, states)
     lora_zero3 = {"zero_stage": 3, **LORA, "deepspeed": {"zero_optimization": {"stage3_param_persistence_threshold": 0}}}
     results = launch([
-        (settings_for(tiny_model, heldout, zero_stage=2), data_path, base / "zero2", checkpoint_of(runs, "zero2", 2)),
-        (settings_for(tiny_model, heldout, **lora_zero3), data_path, base / "lora_zero3", checkpoint_of(runs, "lora_zero3", 1)),
-        (settings_for(tiny_model, heldout, zero_stage=2), data_path, base / "poisoned", str(poisoned)),
+        (plan_for(tiny_model, heldout, zero_stage=2), data_path, base / "zero2", checkpoint_of(runs, "zero2", 2)),
+        (plan_for(tiny_model, heldout, **lora_zero3), data_path, base / "lora_zero3", checkpoint_of(runs, "lora_zero3", 1)),
+        (plan_for(tiny_model, heldout, zero_stage=2), data_path, base / "poisoned", str(poisoned)),
     ])  # fmt: skip
     return {"zero2": results[0], "lora_zero3": results[1], "poisoned": (results[2], poisoned), "marker": marker}
 

@@ -4,12 +4,12 @@ to give each rank exactly the same rows in the same order under every ZeRO stage
     python -m torch.distributed.run --nproc_per_node 2 train_harness.py SPEC.json
 
 SPEC: a list of fine-tunes, run one after the other in the same processes (a launch's
-process start and imports cost more than a tiny fine-tune), each with ``settings`` (as
-``training_settings`` makes them), ``data`` (a parquet file of ``question``/``text`` rows),
+process start and imports cost more than a tiny fine-tune), each with ``plan`` (a
+``TrainPlan`` as its ``to_json`` writes it), ``data`` (a parquet file of ``question``/``text`` rows),
 ``out`` (a folder: ``metrics-<rank>.json``, ``export/`` and each epoch's checkpoint in
 ``checkpoints/epoch-<n>``, or ``error-<rank>.txt`` when the loss diverged or a checkpoint was
 refused) and optionally ``restore`` (a checkpoint folder to resume from). Rank r trains on rows r,
-r + world, ... of the file (``train.shard``), in the seeded order ``train_worker`` gives
+r + world, ... of the file (``train_worker.shard``), in the seeded order ``train_worker`` gives
 each epoch, as a Ray Train worker does.
 """
 
@@ -21,7 +21,7 @@ import sys
 import pyarrow.parquet as pq
 import torch.distributed as dist
 
-from dsw_ray.train import NonFiniteLoss, UnsafeCheckpoint, shard, train_worker
+from dsw_ray.train_worker import NonFiniteLoss, TrainPlan, UnsafeCheckpoint, shard, train_worker
 
 
 def fine_tune(spec: dict, rank: int, world: int) -> None:
@@ -37,7 +37,7 @@ def fine_tune(spec: dict, rank: int, world: int) -> None:
             shutil.copytree(directory, os.path.join(spec["out"], "export"))
 
     try:
-        train_worker(spec["settings"], rows, report, rank, world, spec.get("restore"), identity=f"rank-{rank}")
+        train_worker(TrainPlan.from_json(spec["plan"]), rows, report, rank, world, spec.get("restore"), identity=f"rank-{rank}")
     except (NonFiniteLoss, UnsafeCheckpoint) as error:  # every rank stops at the same step; the test reads why
         with open(os.path.join(spec["out"], f"error-{rank}.txt"), "w") as f:
             f.write(str(error))
