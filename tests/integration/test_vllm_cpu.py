@@ -81,7 +81,7 @@ def greedy_here(table, model: str, job):
     from dsw_ray.tasks import get_task
 
     actor_class, settings, _ = generator(job.evaluate, job.model, get_task(job.task.name))
-    evaluator, size, answers = Evaluator(actor_class, None, **settings), job.evaluate.batch_size, []
+    evaluator, size, answers = Evaluator(actor_class, threads=None, **settings), job.evaluate.batch_size, []
     for start in range(0, table.num_rows, size):
         chunk = table.slice(start, size)
         batch = {name: chunk[name].to_numpy(zero_copy_only=False) for name in chunk.column_names}
