@@ -364,7 +364,7 @@ class Proof:
             import gpu_cost
             from section_generate import batched_forward_limit
             from dsw_ray.config import GenerateConfig
-            from dsw_ray.generate import TransformersGenerator, decoding, with_sampling_defaults
+            from dsw_ray.generate import TransformersGenerator, decoding_of, with_sampling_defaults
             from dsw_ray.models import ModelSpec
             from dsw_ray.tasks import get_task
 
@@ -373,7 +373,7 @@ class Proof:
             max_new_tokens = self.size.max_new_tokens or stage.max_new_tokens
             generator = TransformersGenerator(
                 ModelSpec(self.model_path(model), self.dtype), get_task("arith"),
-                decoding(stage.model_copy(update={"max_new_tokens": max_new_tokens}), 1),
+                decoding_of(stage.model_copy(update={"max_new_tokens": max_new_tokens}), 1),
             )
             questions = self.questions
 

@@ -44,7 +44,7 @@ def generate_section(job, run_dir: str, stage_seconds: float, model_path: str, s
     import pyarrow.parquet as pq
     import torch
 
-    from dsw_ray.generate import TransformersGenerator, decoding, with_sampling_defaults
+    from dsw_ray.generate import TransformersGenerator, decoding_of, with_sampling_defaults
     from dsw_ray.models import ModelSpec, load_model, load_tokenizer
     from dsw_ray.rundir import read_table
     from dsw_ray.tasks import get_task
@@ -60,7 +60,7 @@ def generate_section(job, run_dir: str, stage_seconds: float, model_path: str, s
     # does once it is up (the stage minus start-up and Ray Data).
     questions = pq.read_table(os.path.join(run_dir, "inputs", "questions", "data"))
     sampling = with_sampling_defaults(job.generate, model_path)
-    generator = TransformersGenerator(ModelSpec(model_path), get_task(job.task.name), decoding(sampling, 1), threads)
+    generator = TransformersGenerator(ModelSpec(model_path), get_task(job.task.name), decoding_of(sampling, 1), threads)
     loop_tokens, started = 0, time.perf_counter()
     for start in range(0, questions.num_rows, job.generate.batch_size):
         batch = {name: questions[name].to_numpy(zero_copy_only=False)[start : start + job.generate.batch_size]

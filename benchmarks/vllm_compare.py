@@ -59,14 +59,14 @@ def stage_requests(job, task, questions, tokenizer) -> tuple:
     id of each prompt, the prompts' token ids and one ``vllm.SamplingParams`` dict per
     candidate (``samples`` consecutive per prompt)."""
     from dsw_ray.decoding import requests
-    from dsw_ray.generate import decoding, with_sampling_defaults
+    from dsw_ray.generate import decoding_of, with_sampling_defaults
     from dsw_ray.prompting import Prompter
     from dsw_ray.vllm_backend import sampling_params
 
     section = with_sampling_defaults(job.generate, tokenizer.name_or_path)
     batch = {name: questions[name].to_numpy(zero_copy_only=False) for name in questions.column_names}
     prompter = Prompter(tokenizer, task)
-    stage = decoding(section, 1)
+    stage = decoding_of(section, 1)
     question_ids, prompts, seeds = requests(batch, prompter, stage)
     return question_ids, prompts, sampling_params(seeds, stage, prompter.stops)
 

@@ -137,7 +137,7 @@ def with_sampling_defaults(section: GenerateConfig, model_path: str, fallback: d
     return section.model_copy(update=chosen)
 
 
-def decoding(section: GenerateConfig | EvaluateConfig, round_index: int = 0) -> Decoding:
+def decoding_of(section: GenerateConfig | EvaluateConfig, round_index: int = 0) -> Decoding:
     """How the section's actors decode: the generate section samples its m candidates per
     question, the evaluate section decodes one greedy answer (no seed or top-p matters then)."""
     if isinstance(section, EvaluateConfig):
@@ -155,7 +155,7 @@ def generator(
     """The pool's actor class for the section's backend, its constructor's settings and its
     placement (``pool_map``'s); no ``model_path`` for the evaluate section: each row of an
     evaluation pass names the model that answers it."""
-    constructor = dict(model=ModelSpec.of(model_path, model), task=task, decoding=decoding(section, round_index))
+    constructor = dict(model=ModelSpec.of(model_path, model), task=task, decoding=decoding_of(section, round_index))
     if section.backend == "vllm":
         from dsw_ray import vllm_backend
 

@@ -5,7 +5,7 @@ import torch
 
 from dsw_ray.config import EvaluateConfig, GenerateConfig
 from dsw_ray.decoding import Decoding, cut_at_stop, sample_seed
-from dsw_ray.generate import GumbelSampler, decoding
+from dsw_ray.generate import GumbelSampler, decoding_of
 from dsw_ray.models import STOPS
 
 
@@ -16,9 +16,9 @@ def test_sample_seed_is_a_pure_function_of_identity():
 
 
 def test_a_section_decodes_as_its_stage_does():
-    sampled = decoding(GenerateConfig(samples_per_question=5, temperature=0.7, top_p=0.9, top_k=20, seed=3), 2)
+    sampled = decoding_of(GenerateConfig(samples_per_question=5, temperature=0.7, top_p=0.9, top_k=20, seed=3), 2)
     assert sampled == Decoding(GenerateConfig().max_new_tokens, 0.7, 5, 0.9, 20, 3, 2) and not sampled.greedy
-    greedy = decoding(EvaluateConfig(max_new_tokens=32))
+    greedy = decoding_of(EvaluateConfig(max_new_tokens=32))
     assert greedy.greedy and greedy.samples == 1 and greedy.max_new_tokens == 32
     with pytest.raises(ValueError, match="one answer per question"):
         Decoding(32, None, 4)
