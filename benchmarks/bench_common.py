@@ -79,13 +79,6 @@ def job_config(size: BenchSize, run_dir: str, model_path: str, **overrides):
     return JobConfig.model_validate(settings)
 
 
-def load_splits(job):
-    from dsw_ray.tasks import SplitSizes, get_task
-
-    t = job.task
-    return get_task(t.name).load(t.data_path, SplitSizes.of(t))
-
-
 def stage_seconds(run_dir: str) -> dict[str, float]:
     """Wall seconds of every stage of a run directory (``round-1/generate``), from the start and
     finish times in its manifests."""

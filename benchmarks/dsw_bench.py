@@ -45,7 +45,7 @@ from dataclasses import asdict
 
 from dsw_ray.toy import QUICKSTART_TOY, build_quickstart_toy
 
-from bench_common import GPU_PROOF, SIZES, BenchSize, job_config, load_splits, machine, pool_threads, rounded
+from bench_common import GPU_PROOF, SIZES, BenchSize, job_config, machine, pool_threads, rounded
 from gpu_cost import gpu_projection, load_proof, projection_table
 from section_cost import cost_model
 from section_generate import generate_section
@@ -136,6 +136,7 @@ def run_bench(
 
     from dsw_ray.inputs import base_model
     from dsw_ray.ray_session import start_ray
+    from dsw_ray.tasks import splits_of
 
     size = SIZES[size_name]
     work = tempfile.mkdtemp(prefix="dsw-bench-")
@@ -143,7 +144,7 @@ def run_bench(
     try:
         job = job_config(size, os.path.join(work, "round"), model)
         build_quickstart_toy(model)
-        model_path = base_model(job, load_splits(job))
+        model_path = base_model(job, splits_of(job.task))
         ray_started = time.perf_counter()
         start_ray(job)
         ray_start_s = time.perf_counter() - ray_started

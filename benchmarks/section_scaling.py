@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from bench_common import BenchSize, job_config, load_splits, stage_seconds
+from bench_common import BenchSize, job_config, stage_seconds
 from section_round import stage_split
 
 
@@ -42,12 +42,12 @@ def candidates_point(size: BenchSize, work: str, name: str, model_path: str, **o
     from dsw_ray import inputs, rundir
     from dsw_ray.generate import generate
     from dsw_ray.score import rows_per_call, score_losses, weigh
-    from dsw_ray.tasks import get_task
+    from dsw_ray.tasks import get_task, splits_of
     from dsw_ray.vote import answer_parser, vote
 
     run_dir = os.path.join(work, name)
     job = job_config(size, run_dir, model_path, **overrides)
-    splits = load_splits(job)
+    splits = splits_of(job.task)
     inputs.write_inputs(run_dir, splits, job)
     stage = lambda name: os.path.join(run_dir, "round-1", name)  # noqa: E731
     times = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from bench_common import BenchSize, load_splits, num_threads, pool_threads
+from bench_common import BenchSize, num_threads, pool_threads
 from section_generate import batched_forward_limit
 
 
@@ -70,12 +70,12 @@ def score_section(job, run_dir: str, stage_seconds: float, model_path: str, size
     from dsw_ray.models import ModelSpec
     from dsw_ray.score import SCORED_COLUMNS, VALID_ROW, LossModel, rows_per_call
     from dsw_ray.sft import LossTokens
-    from dsw_ray.tasks import SplitSizes, get_task
+    from dsw_ray.tasks import SplitSizes, get_task, splits_of
 
     model = LossModel(ModelSpec.of(model_path, job.model), LossTokens(job.train.max_length, job.score.loss_on))
 
     # The round's score stage: the valid set and the majority candidates, one pool pass.
-    splits = load_splits(job)
+    splits = splits_of(job.task)
     voted = read_table(os.path.join(run_dir, "round-1", "vote"))
     majority = voted.filter(voted[C.IS_MAJORITY])
     pairs = [(e.question, e.rationale) for e in splits.valid] + list(

@@ -165,13 +165,13 @@ def run_vllm_compare(model: str, questions: int, samples: int, out: str) -> dict
     from dsw_ray.resources import pool_cpus, pool_input, torch_threads
     from dsw_ray.score import score_losses
     from dsw_ray.sft import encode_example
-    from dsw_ray.tasks import SplitSizes, get_task
+    from dsw_ray.tasks import get_task, splits_of
 
     build_quickstart_toy(model)
     job = load_job(QUICKSTART_JOB, [f"model.path={model}", f"task.num_questions={questions}",
                                     f"generate.samples_per_question={samples}", "generate.actors=1", "score.actors=1"])  # fmt: skip
     task = get_task(job.task.name)
-    splits = task.load(None, SplitSizes.of(job.task))
+    splits = splits_of(job.task)
     questions_table = examples_table(splits.questions)
     tokenizer = load_tokenizer(model)
     candidates = questions * samples

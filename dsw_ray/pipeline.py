@@ -24,7 +24,7 @@ from dsw_ray.models import model_identity
 from dsw_ray.ray_session import guard_submitted_job, start_ray
 from dsw_ray.report import write_report
 from dsw_ray.rundir import claim_run_dir, fingerprint, holding, sharing, write_json
-from dsw_ray.tasks import Splits, SplitSizes, task_of
+from dsw_ray.tasks import Splits, splits_of
 from dsw_ray.tracking import log_job, require_tracking
 
 log = logging.getLogger(__name__)
@@ -32,8 +32,7 @@ log = logging.getLogger(__name__)
 
 def run_job(job: JobConfig) -> dict:
     """Run every round of the job and write ``summary.json``; returns the summary."""
-    task = task_of(job.task)
-    splits = task.load(job.task.data_path, SplitSizes.of(job.task))
+    splits = splits_of(job.task)
     check_splits(splits, job.task)
     model_path = base_model(job, splits)
     guard_submitted_job(job)

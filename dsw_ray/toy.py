@@ -21,7 +21,7 @@ import tempfile
 import time
 
 from dsw_ray.config import ToyModelConfig, load_job
-from dsw_ray.tasks import SplitSizes, arith, get_task
+from dsw_ray.tasks import arith, splits_of
 
 log = logging.getLogger(__name__)
 
@@ -201,5 +201,5 @@ def build_quickstart_toy(path: str = QUICKSTART_TOY) -> str:
     settings, its valid and test questions left out of the corpus), so that the quickstart,
     the tests and the benchmarks reuse one build."""
     job = load_job(QUICKSTART_JOB)
-    splits = get_task(job.task.name).load(None, SplitSizes.of(job.task))
+    splits = splits_of(job.task)
     return build_toy_model(path, job.model.toy, {e.question for e in splits.test + splits.valid})

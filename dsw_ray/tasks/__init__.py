@@ -83,6 +83,12 @@ def task_of(config) -> Task:
     return dataclasses.replace(task, prompt_format=config.prompt_format, exemplars=exemplars)
 
 
+def splits_of(config) -> Splits:
+    """The splits a job's ``task`` section asks for: its task's rows from ``data_path``, cut to
+    its sizes (``SplitSizes.of``)."""
+    return task_of(config).load(config.data_path, SplitSizes.of(config))
+
+
 def get_task(name: str) -> Task:
     try:
         return TASKS[name]
@@ -90,4 +96,4 @@ def get_task(name: str) -> Task:
         raise ConfigError(f"unknown task {name!r}; choose one of {sorted(TASKS)}.") from None
 
 
-__all__ = ["Example", "SplitSizes", "Splits", "Task", "TASKS", "get_task", "task_of"]
+__all__ = ["Example", "SplitSizes", "Splits", "Task", "TASKS", "get_task", "splits_of", "task_of"]

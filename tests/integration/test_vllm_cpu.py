@@ -149,7 +149,7 @@ def test_a_whole_round_generates_scores_and_evaluates_on_vllm(toy_model, tmp_pat
     from dsw_ray.pipeline import run_job
     from dsw_ray.rundir import read_dataset, read_table
     from dsw_ray.score import Scorer, scorer_settings, scoring_rows, weigh
-    from dsw_ray.tasks import SplitSizes, get_task
+    from dsw_ray.tasks import splits_of
     from dsw_ray.weights import keep_lowest
     from tests.conftest import small_round
 
@@ -172,8 +172,7 @@ def test_a_whole_round_generates_scores_and_evaluates_on_vllm(toy_model, tmp_pat
 
     # The transformers scorer on the pool's rows, in this process (the actor's class, no pool to start).
     majority = read_table(stage("round-1/vote")).filter(pc.field(C.IS_MAJORITY))
-    valid = get_task(config.task.name).load(None, SplitSizes.of(config.task)).valid
-    pairs = scoring_rows(valid, read_dataset(stage("round-1/vote"), 8)).to_pandas()
+    pairs = scoring_rows(splits_of(config.task).valid, read_dataset(stage("round-1/vote"), 8)).to_pandas()
     scorer = Scorer(**scorer_settings(on_transformers.score, on_transformers.model, toy_model, config.train.max_length,
                                       False))  # fmt: skip
     losses = pa.Table.from_pandas(pd.DataFrame(scorer({name: pairs[name].to_numpy() for name in pairs})))
