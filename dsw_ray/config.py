@@ -26,6 +26,10 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# How a prompt is written (prompting.py): the paper's few-shot text, or the model's chat template.
+PromptFormat = Literal["few_shot", "chat"]
+
+
 class TaskConfig(Section):
     name: str = Field(description=f"Task: one of {sorted(TASKS)}, or the name of the task `custom` defines.")
     data_path: str | None = Field(
@@ -35,7 +39,7 @@ class TaskConfig(Section):
     num_valid: int | None = Field(None, ge=1, description="Cap on the labeled valid set (None: the whole split).")
     num_test: int | None = Field(None, ge=1, description="Cap on test questions (None: the whole split).")
     seed: int = Field(0, description="Seed of the arith task's generated data.")
-    prompt_format: Literal["few_shot", "chat"] = Field(
+    prompt_format: PromptFormat = Field(
         "few_shot",
         description="few_shot: the exemplars as 'Q: ...\\nA: ...' text before the question (the paper's); chat: the "
         "model's chat template, the exemplars as earlier turns (an instruct model's own format). Training and "

@@ -28,8 +28,6 @@ from dsw_ray.errors import UserError
 from dsw_ray.models import STOPS
 from dsw_ray.tasks.numeric import training_prompt
 
-PROMPT_FORMATS = ("few_shot", "chat")
-
 
 def ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
