@@ -1,8 +1,10 @@
-"""The layout docs/architecture.md describes: no import cycle among dsw_ray's modules (lazy
-imports inside functions included), and no module of the package importing benchmark code."""
+"""The layout docs/architecture.md describes: its layers (read from its table), no import cycle
+among dsw_ray's modules (lazy imports inside functions included), and no module of the package
+importing benchmark code."""
 
 import ast
 import os
+import re
 
 from tests.conftest import ROOT
 
@@ -58,6 +60,40 @@ def test_no_module_of_dsw_ray_is_in_an_import_cycle():
     for module in sorted(graph):
         if module not in state:
             visit(module, [module])
+
+
+def layers() -> dict[str, int]:
+    """Each module (or package, ``tasks``) that docs/architecture.md's table places -> its
+    layer, 0 for the lowest (the table lists the highest first)."""
+    with open(os.path.join(ROOT, "docs", "architecture.md")) as f:
+        rows = [line for line in f if line.startswith("| ") and not line.startswith(("| layer", "| ---"))]
+    assert len(rows) >= 4, "docs/architecture.md has no layer table"
+    return {
+        name: rank
+        for rank, row in enumerate(reversed(rows))
+        for name in re.findall(r"`([a-z_]+)(?:\.py|/)`", row.split("|")[2])
+    }
+
+
+def test_each_module_imports_only_from_its_layer_or_below():
+    placed = layers()
+    assert placed["pipeline"] > placed["generate"] > placed["config"]
+
+    def layer(module: str) -> int:
+        # dsw_ray.tasks.custom is the package tasks/; the package and its __main__ are the CLI's.
+        top = (module.split(".") + ["cli"])[1]
+        top = "cli" if top == "__main__" else top
+        assert top in placed, f"docs/architecture.md's table does not place {module}"
+        return placed[top]
+
+    upward = [
+        f"{module} -> {target}"
+        for module, targets in sorted(imports().items())
+        if module != "dsw_ray"  # the package's lazy public names reach every layer by design
+        for target in sorted(targets)
+        if layer(target) > layer(module)
+    ]
+    assert not upward, "imports from a higher layer: " + ", ".join(upward)
 
 
 def test_the_engine_never_imports_benchmark_code():
