@@ -1,3 +1,6 @@
+"""The numeric tasks: tasks/numeric.py's parser and grader (the paper's and the authors'), the gsm8k,
+svamp and arith loaders and prompts, and their bad rows."""
+
 import json
 
 import pytest
