@@ -62,7 +62,7 @@ def make_candidates(
         return os.path.join(where, name)
 
     questions = os.path.join(run_dir, "inputs", "questions")
-    official = job.semantics == "official"
+    official, task = job.official, task_of(job.task)
     sampling = with_sampling_defaults(job.generate, model_path, HF_SAMPLING if official else PAPER_SAMPLING)
     fps = {
         "generate": stage_fingerprint(
@@ -75,7 +75,7 @@ def make_candidates(
         lambda out: write_dataset(
             generate(
                 read_dataset(questions, job.generate.batch_size, job.generate.actors), sampling, job.model,
-                task_of(job.task), model_path, round_index,
+                task, model_path, round_index,
             ),
             out,
         ),
@@ -88,7 +88,7 @@ def make_candidates(
         stage("vote"),
         fps["vote"],
         lambda out: write_dataset(
-            vote(read_dataset(stage("generate"), 1024), answer_parser(task_of(job.task), official)), out
+            vote(read_dataset(stage("generate"), 1024), answer_parser(task, official)), out
         ),
         rows_in=generated["rows"],
         force=job.forced("vote"),
@@ -159,7 +159,7 @@ def rate_stage(job: JobConfig, fps: dict[str, str], where: str, model_path: str,
     """The self method's ratings of the majority candidates by ``model_path``, which generated
     them; a new keep fraction reuses them (it is part of the filter's fingerprint only)."""
     vote_dir = os.path.join(os.path.dirname(where), "vote")
-    official = job.semantics == "official"
+    official = job.official
     # The authors' ratings may be sampled, from seeds of the generate section's seed.
     authors = [job.semantics, job.generate.seed] if official else []
     fps["rate"] = stage_fingerprint("rate", fps["vote"], job.rate, job.train.max_length, job.model.dtype, *authors)

@@ -446,6 +446,11 @@ class JobConfig(Section):
                 data[section] = {**defaults, **given}
         return data
 
+    @property
+    def official(self) -> bool:
+        """Whether the authors' released code decides the numbers (``semantics: official``)."""
+        return self.semantics == "official"
+
     def needs(self, stage: str) -> bool:
         """Whether a listed method's filter reads ``stage`` (``filters.Method.needs``): the
         optional stages (reward, rate) run for the methods that declare them."""
@@ -478,7 +483,7 @@ class JobConfig(Section):
                 "score.vllm.serve_lora needs GPUs (score.gpus_per_actor): on CPU vLLM cannot give prompt "
                 "log-probs through a LoRA adapter; set it false to score the merged weights"
             )
-        if self.score.backend == "vllm" and self.semantics == "official":
+        if self.score.backend == "vllm" and self.official:
             # The authors' text is left-padded with shifted positions, which a vLLM request cannot reproduce.
             raise ValueError("score.backend vllm scores with semantics: paper only")
         return self

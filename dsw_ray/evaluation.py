@@ -51,8 +51,7 @@ def evaluate_round(job: JobConfig, run_dir: str, evaluations: list[Evaluation], 
             [questions.append_column(MODEL, pa.array([model] * questions.num_rows, pa.string())) for model in models]
         )
         answered = evaluate(
-            pool_input(rows, job.evaluate.batch_size, job.evaluate.actors), job.evaluate, job.model, task_of(job.task),
-            job.semantics == "official",
+            pool_input(rows, job.evaluate.batch_size, job.evaluate.actors), job.evaluate, job.model, task_of(job.task), job.official
         )
         answers = pa.concat_tables(ray.get(answered.to_arrow_refs()), promote_options="default")
         return [

@@ -28,7 +28,7 @@ def run_method(
     seed of ``repeats``; none when it keeps nothing)."""
     chosen = variant(method)
     spec, settings = chosen.spec, chosen.settings(job.filter)
-    official = job.semantics == "official"
+    official = job.official
 
     def stage(name: str) -> str:
         return os.path.join(where, name)
