@@ -5,12 +5,15 @@ own base model: a byte-level BPE tokenizer trained on arith text (digits split o
 token, which makes arithmetic learnable for a small model) and a small Llama pre-trained
 on packed ``Q: ...\\nA: ...`` blocks, the same layout as a few-shot prompt. It is saved as
 an ordinary Hugging Face directory and used like any other model path; a second build at
-the same path with the same settings reuses it.
+the same path with the same settings reuses it, and a build anywhere else on the machine with
+the same settings, left-out questions, code and torch copies it from the machine's cache
+(``~/.cache/dsw-ray/toys``, or ``$DSW_RAY_CACHE/toys``; ``DSW_RAY_CACHE=`` turns it off).
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 import math
@@ -115,6 +118,39 @@ def build_settings(config: ToyModelConfig) -> dict:
     return {**config.model_dump(), "build_version": BUILD_VERSION}
 
 
+def cached_build(config: ToyModelConfig, exclude: set[str]) -> str | None:
+    """Where the machine's cache keeps the build of these settings and left-out questions by
+    this code and this torch (None: the cache is off). A build is a pure function of them, so
+    a second clone or run directory copies it (megabytes) instead of pre-training again."""
+    import torch
+
+    root = os.environ.get("DSW_RAY_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "dsw-ray"))
+    if not root:
+        return None
+    code = hashlib.sha256()
+    for module in (__file__, arith.__file__):
+        with open(module, "rb") as f:
+            code.update(f.read())
+    key = {"settings": build_settings(config), "exclude": sorted(exclude), "torch": torch.__version__,
+           "code": code.hexdigest()}  # fmt: skip
+    return os.path.join(root, "toys", hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20])
+
+
+def copy_into(source: str, path: str) -> None:
+    """``source``'s files at ``path`` (absent or empty) through a sibling folder renamed once
+    whole, so that an interrupted copy never looks finished; an OSError where another process
+    put its copy there first."""
+    staging = tempfile.mkdtemp(prefix=".toy-", dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        shutil.copytree(source, staging, dirs_exist_ok=True)
+        if os.path.isdir(path) and not os.listdir(path):
+            os.rmdir(path)
+        os.rename(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def build_toy_model(path: str, config: ToyModelConfig, exclude: set[str] = frozenset()) -> str:
     """Build the model at ``path`` unless a build with the same settings is already there.
     Processes that ask for the same path at once (two jobs, parallel test workers) take
@@ -139,6 +175,11 @@ def build_unless_built(path: str, config: ToyModelConfig, exclude: set[str]) -> 
         )
     if os.path.exists(path) and os.listdir(path):
         raise FileExistsError(f"{path} exists and is not a toy model build; point model.path elsewhere.")
+    cached = cached_build(config, exclude)
+    if cached is not None and os.path.exists(os.path.join(cached, MARKER)):
+        copy_into(cached, path)
+        log.info("copied the toy base model to %s from the cache %s", path, cached)
+        return path
 
     import torch
 
@@ -150,13 +191,20 @@ def build_unless_built(path: str, config: ToyModelConfig, exclude: set[str]) -> 
     torch.use_deterministic_algorithms(True)
     try:
         torch.manual_seed(config.seed)
-        return save_build(path, config, exclude, started)
+        save_build(path, config, exclude, started)
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
+    if cached is not None and not os.path.exists(cached):
+        try:
+            os.makedirs(os.path.dirname(cached), exist_ok=True)
+            copy_into(path, cached)
+        except OSError as error:  # a full or read-only cache costs the next clone a build, nothing more
+            log.warning("could not keep the toy base model in the cache %s: %s", cached, error)
+    return path
 
 
-def save_build(path: str, config: ToyModelConfig, exclude: set[str], started: float) -> str:
+def save_build(path: str, config: ToyModelConfig, exclude: set[str], started: float) -> None:
     """Train the tokenizer, pre-train the model and move the finished folder into place."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -193,7 +241,6 @@ def save_build(path: str, config: ToyModelConfig, exclude: set[str], started: fl
         shutil.rmtree(path)
     os.rename(staging, path)
     log.info("built the toy base model at %s in %.0f s (loss %.3f)", path, time.time() - started, final_loss)
-    return path
 
 
 def build_quickstart_toy(path: str = QUICKSTART_TOY) -> str:

@@ -11,6 +11,14 @@ from dsw_ray.tasks import SplitSizes
 from dsw_ray.config import ToyModelConfig
 from dsw_ray.toy import MARKER, build_toy_model
 
+SMALL = ToyModelConfig(hidden_size=32, num_layers=1, num_heads=1, pretrain_examples=200, steps=20)
+
+
+@pytest.fixture(autouse=True)
+def no_machine_cache(monkeypatch):
+    """Every build here is a real build (a test of the cache sets its own)."""
+    monkeypatch.setenv("DSW_RAY_CACHE", "")
+
 
 @pytest.mark.timeout(600)
 def test_default_toy_model_is_between_useless_and_perfect(toy_model):
@@ -52,7 +60,7 @@ def test_a_rebuild_gives_the_same_weights_bit_for_bit(tmp_path):
     count was before the build (the build sets its own and restores it)."""
     from safetensors.torch import load_file
 
-    config = ToyModelConfig(hidden_size=32, num_layers=1, num_heads=1, pretrain_examples=200, steps=20)
+    config = SMALL
     threads = torch.get_num_threads()
     first = build_toy_model(str(tmp_path / "a"), config)
     torch.set_num_threads(1)
@@ -68,6 +76,23 @@ def test_a_rebuild_gives_the_same_weights_bit_for_bit(tmp_path):
     other = build_toy_model(str(tmp_path / "c"), config.model_copy(update={"seed": 7}))
     c = load_file(os.path.join(other, "model.safetensors"))
     assert not all(torch.equal(a[k], c[k]) for k in a), "the seed reaches the weights"
+
+
+def test_a_build_elsewhere_with_the_same_settings_is_copied_from_the_machines_cache(tmp_path, monkeypatch):
+    """A second clone or run directory copies the build (the same files, its marker included, so
+    no second pre-training wrote them); other left-out questions are another build."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("DSW_RAY_CACHE", str(cache))
+    first = build_toy_model(str(tmp_path / "a"), SMALL, {"What is 1 + 1?"})
+    assert len(os.listdir(cache / "toys")) == 1
+    second = build_toy_model(str(tmp_path / "b"), SMALL, {"What is 1 + 1?"})
+    for name in (MARKER, "model.safetensors", "tokenizer.json"):
+        with open(os.path.join(first, name), "rb") as f, open(os.path.join(second, name), "rb") as g:
+            assert f.read() == g.read(), name
+    other = build_toy_model(str(tmp_path / "c"), SMALL, {"What is 2 + 2?"})
+    with open(os.path.join(first, MARKER)) as f, open(os.path.join(other, MARKER)) as g:
+        assert f.read() != g.read(), "another corpus is pre-trained, not copied"
+    assert len(os.listdir(cache / "toys")) == 2 and not [p for p in os.listdir(tmp_path) if p.startswith(".toy-")]
 
 
 def test_builds_started_at_once_take_turns(tmp_path):
