@@ -126,7 +126,8 @@ class ToyModelConfig(Section):
 class ModelConfig(Section):
     path: str = Field(description="Hugging Face model directory of the base model (round 1).")
     toy: ToyModelConfig | None = Field(
-        None, description="If set, build the embedded toy base model at `path` when it is not there yet."
+        None, description="If set, build the embedded toy base model at `path` when it is not there yet (or copy the same "
+        "build from the machine's cache, ~/.cache/dsw-ray/toys or $DSW_RAY_CACHE/toys)."
     )
     gguf: str | None = Field(
         None,
