@@ -126,8 +126,8 @@ class ToyModelConfig(Section):
 class ModelConfig(Section):
     path: str = Field(description="Hugging Face model directory of the base model (round 1).")
     toy: ToyModelConfig | None = Field(
-        None, description="If set, build the embedded toy base model at `path` when it is not there yet (or copy the same "
-        "build from the machine's cache, ~/.cache/dsw-ray/toys or $DSW_RAY_CACHE/toys)."
+        None, description="If set, build the embedded toy base model at `path` when it is not there yet (or take the same "
+        "build from the machine's cache, ~/.cache/dsw-ray/toys or $DSW_RAY_CACHE/toys, as hard links)."
     )
     gguf: str | None = Field(
         None,

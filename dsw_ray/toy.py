@@ -6,24 +6,24 @@ token, which makes arithmetic learnable for a small model) and a small Llama pre
 on packed ``Q: ...\\nA: ...`` blocks, the same layout as a few-shot prompt. It is saved as
 an ordinary Hugging Face directory and used like any other model path; a second build at
 the same path with the same settings reuses it, and a build anywhere else on the machine with
-the same settings, left-out questions, code and torch copies it from the machine's cache
+the same settings, left-out questions, code and torch links it from the machine's cache
 (``~/.cache/dsw-ray/toys``, or ``$DSW_RAY_CACHE/toys``; ``DSW_RAY_CACHE=`` turns it off).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import math
 import os
 import random
 import shutil
-import tempfile
 import time
 
 from dsw_ray.config import ToyModelConfig, load_job
+from dsw_ray.rundir import fingerprint, link_tree
 from dsw_ray.tasks import arith, splits_of
 
 log = logging.getLogger(__name__)
@@ -121,28 +121,29 @@ def build_settings(config: ToyModelConfig) -> dict:
 def cached_build(config: ToyModelConfig, exclude: set[str]) -> str | None:
     """Where the machine's cache keeps the build of these settings and left-out questions by
     this code and this torch (None: the cache is off). A build is a pure function of them, so
-    a second clone or run directory copies it (megabytes) instead of pre-training again."""
+    a second clone or run directory links it (copies it across filesystems) instead of
+    pre-training again."""
     import torch
 
     root = os.environ.get("DSW_RAY_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "dsw-ray"))
     if not root:
         return None
-    code = hashlib.sha256()
+    sources = []
     for module in (__file__, arith.__file__):
-        with open(module, "rb") as f:
-            code.update(f.read())
-    key = {"settings": build_settings(config), "exclude": sorted(exclude), "torch": torch.__version__,
-           "code": code.hexdigest()}  # fmt: skip
-    return os.path.join(root, "toys", hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20])
+        with open(module) as f:
+            sources.append(f.read())
+    return os.path.join(root, "toys", fingerprint(build_settings(config), sorted(exclude), torch.__version__, sources))
 
 
-def copy_into(source: str, path: str) -> None:
-    """``source``'s files at ``path`` (absent or empty) through a sibling folder renamed once
-    whole, so that an interrupted copy never looks finished; an OSError where another process
-    put its copy there first."""
-    staging = tempfile.mkdtemp(prefix=".toy-", dir=os.path.dirname(os.path.abspath(path)))
+@contextlib.contextmanager
+def staged(path: str):
+    """A sibling folder to fill, renamed to ``path`` (absent or empty) once whole, so that an
+    interrupted build or copy never looks finished, and removed if filling it fails; the
+    rename is an OSError where another process put its folder there first."""
+    staging = os.path.join(os.path.dirname(os.path.abspath(path)), f".toy-{os.getpid()}-{os.path.basename(path)}")
+    shutil.rmtree(staging, ignore_errors=True)
     try:
-        shutil.copytree(source, staging, dirs_exist_ok=True)
+        yield staging
         if os.path.isdir(path) and not os.listdir(path):
             os.rmdir(path)
         os.rename(staging, path)
@@ -177,7 +178,8 @@ def build_unless_built(path: str, config: ToyModelConfig, exclude: set[str]) -> 
         raise FileExistsError(f"{path} exists and is not a toy model build; point model.path elsewhere.")
     cached = cached_build(config, exclude)
     if cached is not None and os.path.exists(os.path.join(cached, MARKER)):
-        copy_into(cached, path)
+        with staged(path) as staging:
+            link_tree(cached, staging)  # hard links: a finished build is never written again
         log.info("copied the toy base model to %s from the cache %s", path, cached)
         return path
 
@@ -198,14 +200,15 @@ def build_unless_built(path: str, config: ToyModelConfig, exclude: set[str]) -> 
     if cached is not None and not os.path.exists(cached):
         try:
             os.makedirs(os.path.dirname(cached), exist_ok=True)
-            copy_into(path, cached)
+            with staged(cached) as staging:
+                link_tree(path, staging)
         except OSError as error:  # a full or read-only cache costs the next clone a build, nothing more
             log.warning("could not keep the toy base model in the cache %s: %s", cached, error)
     return path
 
 
 def save_build(path: str, config: ToyModelConfig, exclude: set[str], started: float) -> None:
-    """Train the tokenizer, pre-train the model and move the finished folder into place."""
+    """Train the tokenizer, pre-train the model and put the finished folder in place."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     settings = build_settings(config)
@@ -231,15 +234,11 @@ def save_build(path: str, config: ToyModelConfig, exclude: set[str], started: fl
         )
     )
     final_loss = pretrain(model, token_ids, config)
-    # Build in a sibling folder and rename, so an interrupted build never looks finished.
-    staging = tempfile.mkdtemp(prefix=".toy-", dir=os.path.dirname(os.path.abspath(path)))
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    with open(os.path.join(staging, MARKER), "w") as f:
-        json.dump({"config": settings, "final_loss": final_loss, "seconds": time.time() - started}, f)
-    if os.path.exists(path):
-        shutil.rmtree(path)
-    os.rename(staging, path)
+    with staged(path) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        with open(os.path.join(staging, MARKER), "w") as f:
+            json.dump({"config": settings, "final_loss": final_loss, "seconds": time.time() - started}, f)
     log.info("built the toy base model at %s in %.0f s (loss %.3f)", path, time.time() - started, final_loss)
 
 
